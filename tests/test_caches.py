@@ -107,13 +107,18 @@ def test_round_trip_through_pytree():
     assert rebuilt.get_seq_length() == cache.get_seq_length()
 
 
-def test_empty_cache_cannot_be_flattened():
-    from transformers import DynamicCache
+def test_empty_layer_flattens_to_no_leaf_and_comes_back_empty():
+    from transformers.cache_utils import DynamicCache, DynamicLayer
 
-    with cache_pytrees(), pytest.raises(ValueError, match="layer 0 of the cache is empty"):
-        cache = DynamicCache()
-        cache.layers = [type(make_dynamic_cache(_pairs(1)).layers[0])()]
-        pytree.tree_flatten(cache)
+    cache = DynamicCache()
+    cache.layers = [DynamicLayer(), make_dynamic_cache(_pairs(1)).layers[0]]
+    with cache_pytrees():
+        leaves, spec = pytree.tree_flatten(cache)
+        paths = [pytree.keystr(p) for p, _ in pytree.tree_flatten_with_path(cache)[0]]
+        rebuilt = pytree.tree_unflatten(leaves, spec)
+    assert paths == ["['key_cache'][1]", "['value_cache'][1]"]
+    assert rebuilt.layers[0].keys is None and not rebuilt.layers[0].is_initialized
+    assert rebuilt.layers[1].keys is leaves[0]
 
 
 class _ReadCache(torch.nn.Module):

@@ -7,7 +7,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _hooks():
-    spec = importlib.util.spec_from_file_location("gallery_hooks", ROOT / "docs" / "gallery_hooks.py")
+    spec = importlib.util.spec_from_file_location(
+        "gallery_hooks", ROOT / "docs" / "gallery_hooks.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

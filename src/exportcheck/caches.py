@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["make_dynamic_cache"]
+__all__ = ["make_dynamic_cache", "make_encoder_decoder_cache", "make_static_cache"]
 
 
 def _check_pairs(fname: str, pairs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -71,23 +71,92 @@ def _shape(t: torch.Tensor) -> str:
 
 
 def fill_layer(layer: Any, key: torch.Tensor, value: torch.Tensor) -> Any:
-    """Assign key and value to a cache layer as if it had been updated once.
+    """Assign key and value to an attention layer as if it had been updated once.
 
-    Only plain attribute assignments happen here, so it is safe under tracing.
+    Only attribute assignments happen here, so it is safe under tracing.
     """
     layer.keys = key
     layer.values = value
     layer.is_initialized = True
     layer.device = key.device
-    if hasattr(layer, "cumulative_length"):
+    if "cumulative_length" in vars(layer) and not isinstance(layer.cumulative_length, torch.Tensor):
         layer.cumulative_length = key.shape[-2]
     return layer
 
 
-def make_dynamic_cache(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    """Build a ``transformers.DynamicCache`` holding one ``(key, value)`` pair per layer.
+_LAYER_KINDS = ("full_attention", "sliding_attention", "linear_attention")
 
-    Each tensor has shape ``(batch, kv_heads, cache_length, head_dim)``.
+
+def _check_layer_types(fname: str, layer_types: Any, n: int, sliding_window: Any) -> list[str]:
+    if layer_types is None:
+        return ["full_attention"] * n
+    if isinstance(layer_types, str) or not isinstance(layer_types, Sequence):
+        raise TypeError(
+            f"{fname}: layer_types must be a list with one entry per layer, "
+            f"got {type(layer_types).__name__}."
+        )
+    if len(layer_types) != n:
+        raise ValueError(
+            f"{fname}: layer_types has {len(layer_types)} entries but there are {n} layers."
+        )
+    for i, kind in enumerate(layer_types):
+        if kind not in _LAYER_KINDS:
+            raise ValueError(
+                f"{fname}: layer {i} has type {kind!r}; expected one of {', '.join(_LAYER_KINDS)}."
+            )
+    if "sliding_attention" in layer_types and (
+        not isinstance(sliding_window, int)
+        or isinstance(sliding_window, bool)
+        or sliding_window < 1
+    ):
+        raise ValueError(
+            f"{fname}: sliding_attention layers need sliding_window, a positive int, "
+            f"got {sliding_window!r}."
+        )
+    return list(layer_types)
+
+
+def _linear_layer(i: int, conv: Any, recurrent: Any) -> Any:
+    from transformers.cache_utils import LinearAttentionLayer
+
+    states = [t for t in (conv, recurrent) if t is not None]
+    if not states:
+        raise ValueError(
+            f"make_dynamic_cache: linear_attention layer {i} needs a conv state, a recurrent "
+            "state or both, got (None, None)."
+        )
+    for what, t in (("conv state", conv), ("recurrent state", recurrent)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"make_dynamic_cache: the {what} of layer {i} must be a tensor or None, "
+                f"got {type(t).__name__}."
+            )
+    layer = LinearAttentionLayer()
+    layer.device, layer.dtype = states[0].device, states[0].dtype
+    if conv is not None:
+        layer.conv_states[0] = conv
+        layer.conv_kernel_size[0] = conv.shape[-1]
+        layer.is_conv_states_initialized[0] = True
+    if recurrent is not None:
+        layer.recurrent_states[0] = recurrent
+        layer.is_recurrent_states_initialized[0] = True
+    layer.has_previous_state[0] = True
+    return layer
+
+
+def make_dynamic_cache(
+    pairs: Sequence[tuple[Any, Any]],
+    layer_types: Sequence[str] | None = None,
+    sliding_window: int | None = None,
+) -> Any:
+    """Build a ``transformers.DynamicCache`` holding one pair of tensors per layer.
+
+    :param pairs: for attention layers ``(key, value)``, each of shape
+        ``(batch, kv_heads, cache_length, head_dim)``; for ``linear_attention`` layers
+        ``(conv_state, recurrent_state)``, either of which may be None
+    :param layer_types: one of ``full_attention`` (default), ``sliding_attention``,
+        ``linear_attention`` per layer, as in a config's ``layer_types``
+    :param sliding_window: the window of ``sliding_attention`` layers
 
     >>> import torch
     >>> from exportcheck import make_dynamic_cache, string_type
@@ -95,16 +164,113 @@ def make_dynamic_cache(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> An
     >>> string_type(cache, with_shape=True)
     'DynamicCache(key_cache=#1[T1s2x1x30x96], value_cache=#1[T1s2x1x30x96])'
     """
-    from transformers.cache_utils import DynamicCache, DynamicLayer
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-    checked = _check_pairs("make_dynamic_cache", pairs)
+    fname = "make_dynamic_cache"
+    if isinstance(pairs, torch.Tensor) or not isinstance(pairs, Sequence):
+        raise TypeError(
+            f"{fname}: expected a list of (key, value) pairs of tensors, got {type(pairs).__name__}."
+        )
+    kinds = _check_layer_types(fname, layer_types, len(pairs), sliding_window)
+    attention = [
+        (i, p) for i, (p, k) in enumerate(zip(pairs, kinds, strict=True)) if k != "linear_attention"
+    ]
+    checked = dict(
+        zip([i for i, _ in attention], _check_pairs(fname, [p for _, p in attention]), strict=True)
+    )
     cache = DynamicCache()
     if not hasattr(cache, "layers"):
         raise RuntimeError(
-            "make_dynamic_cache: this transformers stores caches without layer objects; "
+            f"{fname}: this transformers stores caches without layer objects; "
             "exportcheck needs transformers >= 4.57."
         )
-    cache.layers = [fill_layer(DynamicLayer(), k, v) for k, v in checked]
+    layers = []
+    for i, kind in enumerate(kinds):
+        if kind == "linear_attention":
+            pair = pairs[i]
+            if not isinstance(pair, Sequence) or len(pair) != 2:
+                raise TypeError(
+                    f"{fname}: layer {i} must be a (conv_state, recurrent_state) pair, "
+                    f"got {type(pair).__name__}."
+                )
+            layers.append(_linear_layer(i, *pair))
+            continue
+        key, value = checked[i]
+        if kind == "sliding_attention":
+            layer = DynamicSlidingWindowLayer(sliding_window=sliding_window)
+            if key.shape[-2] >= sliding_window:
+                raise ValueError(
+                    f"{fname}: sliding layer {i} holds {key.shape[-2]} tokens but a window of "
+                    f"{sliding_window} keeps at most {sliding_window - 1}."
+                )
+        else:
+            layer = DynamicLayer()
+        layers.append(fill_layer(layer, key, value))
+    cache.layers = layers
     # A cache built from data does not grow new layers by itself.
     cache.layer_class_to_replicate = None
     return cache
+
+
+def make_static_cache(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], max_cache_len: int
+) -> Any:
+    """Build a ``transformers.StaticCache`` of ``max_cache_len`` positions per layer.
+
+    The first ``cache_length`` positions hold the given keys and values, the rest
+    are zeros, and the cache knows that ``cache_length`` tokens were seen.
+
+    >>> import torch
+    >>> from exportcheck import make_static_cache, string_type
+    >>> cache = make_static_cache([(torch.rand(1, 2, 3, 8), torch.rand(1, 2, 3, 8))], 16)
+    >>> string_type(cache, with_shape=True), int(cache.layers[0].cumulative_length)
+    ('StaticCache(key_cache=#1[T1s1x2x16x8], value_cache=#1[T1s1x2x16x8])', 3)
+    """
+    from transformers.cache_utils import Cache, StaticCache, StaticLayer
+
+    fname = "make_static_cache"
+    if not isinstance(max_cache_len, int) or isinstance(max_cache_len, bool) or max_cache_len < 1:
+        raise ValueError(f"{fname}: max_cache_len must be a positive int, got {max_cache_len!r}.")
+    checked = _check_pairs(fname, pairs)
+    layers = []
+    for i, (key, value) in enumerate(checked):
+        length = key.shape[-2]
+        if length > max_cache_len:
+            raise ValueError(
+                f"{fname}: layer {i} holds {length} tokens, more than max_cache_len={max_cache_len}."
+            )
+        layer = StaticLayer(max_cache_len=max_cache_len)
+        layer.lazy_initialization(key, value)
+        layer.keys[:, :, :length] = key
+        layer.values[:, :, :length] = value
+        layer.cumulative_length.fill_(length)
+        layers.append(layer)
+    cache = StaticCache.__new__(StaticCache)
+    Cache.__init__(cache, layers=layers)
+    return cache
+
+
+def make_encoder_decoder_cache(self_attention: Any, cross_attention: Any) -> Any:
+    """Build a ``transformers.EncoderDecoderCache`` from two caches or two lists of pairs.
+
+    >>> import torch
+    >>> from exportcheck import make_encoder_decoder_cache, string_type
+    >>> pair = (torch.rand(1, 2, 3, 8), torch.rand(1, 2, 3, 8))
+    >>> cross = (torch.rand(1, 2, 7, 8), torch.rand(1, 2, 7, 8))
+    >>> string_type(make_encoder_decoder_cache([pair], [cross]), with_shape=True)
+    'EncoderDecoderCache(self_attention_cache=DynamicCache(key_cache=#1[T1s1x2x3x8], value_cache=#1[T1s1x2x3x8]), cross_attention_cache=DynamicCache(key_cache=#1[T1s1x2x7x8], value_cache=#1[T1s1x2x7x8]))'
+    """
+    from transformers.cache_utils import Cache, EncoderDecoderCache
+
+    caches = []
+    for name, part in (("self_attention", self_attention), ("cross_attention", cross_attention)):
+        if isinstance(part, Cache):
+            caches.append(part)
+        elif isinstance(part, Sequence) and not isinstance(part, str | torch.Tensor):
+            caches.append(make_dynamic_cache(part))
+        else:
+            raise TypeError(
+                f"make_encoder_decoder_cache: {name} must be a Cache or a list of (key, value) "
+                f"pairs, got {type(part).__name__}."
+            )
+    return EncoderDecoderCache(*caches)

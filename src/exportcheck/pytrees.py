@@ -3,117 +3,310 @@
 ``torch.export`` only accepts inputs it can flatten into tensors. transformers does
 not register its cache classes, so exporting a model called with a cache fails with
 ``Cannot associate shape ... to non-tensor type <class '...DynamicCache'>``.
-:func:`cache_pytrees` registers them for the duration of a ``with`` block.
+:func:`cache_pytrees` registers every cache class for the duration of a ``with``
+block and restores the registries on exit.
 
-Flattened layout (stable: the key paths become input names of the exported graph)::
+**Flattened layout.** A cache made of layers (``DynamicCache``, ``StaticCache`` and any
+other subclass of ``transformers.Cache`` that keeps a ``layers`` list) flattens into
+one list per *slot*, each list holding one entry per layer::
 
-    DynamicCache         -> [key_cache: [k_0, ..., k_{L-1}], value_cache: [v_0, ..., v_{L-1}]]
-                            key paths: cache.key_cache[i], cache.value_cache[i]
-    EncoderDecoderCache  -> [self_attention_cache: DynamicCache, cross_attention_cache: DynamicCache]
+    [key_cache:   [layer 0 keys,   layer 1 keys,   ...],
+     value_cache: [layer 0 values, layer 1 values, ...],
+     <other slots, sorted by name>: [...]]
 
-The context keeps the class and parameters of every layer (for example the window
-of a ``DynamicSlidingWindowLayer``), so unflattening rebuilds the same layer kinds.
+* ``key_cache`` and ``value_cache`` are always first. A cache of plain attention
+  layers has only these two, so its dynamic shapes are
+  ``[[{0: batch, 2: length}] * L, [{0: batch, 2: length}] * L]``.
+* Other slots are the tensor attributes of layers that have them, under the
+  attribute's name: ``conv_states`` and ``recurrent_states`` (linear attention; one
+  list per layer, one entry per state index), ``indexer_keys``, ``cumulative_length``
+  (static layers), ...
+* A layer without a tensor in a slot (a linear-attention layer has no keys, a
+  shared-KV layer is empty) has ``()`` there: an empty tuple flattens to no leaf (unlike
+  ``None``, which is a leaf for torch pytrees), so the index in every list is the
+  layer index and every leaf is a tensor.
 
-Unflattening assigns tensors to the layers directly. Rebuilding through
-``cache.update()`` would work for ``torch.export.export`` but break
-``run_decompositions()`` and ``torch.onnx.export`` with
-``Constant tensor lifted_tensor_N is not in the constants dictionary``: the layer's
-lazy initialisation allocates ``torch.tensor([])`` while tracing.
+Leaves come in that order: all ``key_cache`` entries, then all ``value_cache``
+entries, then the other slots. Their key paths, which ``torch.export`` turns into input
+names, are ``cache['key_cache'][i]`` (input ``cache_key_cache_i``),
+``cache['value_cache'][i]``, ``cache['conv_states'][i][j]``...
+
+``EncoderDecoderCache`` flattens into ``[self_attention_cache, cross_attention_cache]``.
+
+**Context.** The context keeps the class of the cache and of every layer and their
+plain attributes (window sizes, maximum lengths, flags such as ``has_previous_state``).
+Counters that change at every step (``cumulative_length`` of sliding-window layers)
+are not kept: they are recomputed from the tensors, so that the exported program
+accepts caches of any length.
+
+**Unflattening never calls** ``update()`` **nor a layer's constructor**. Both allocate
+tensors (``torch.tensor([])`` in the lazy initialisation), and a tensor allocated
+while tracing becomes a lifted constant that breaks ``run_decompositions()`` and
+``torch.onnx.export`` with ``Constant tensor lifted_tensor_N is not in the constants
+dictionary``. Layers are rebuilt with ``__new__`` and attribute assignments.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 import torch.fx._pytree as fx_pytree
 import torch.utils._pytree as pytree
 
-from .caches import fill_layer
+__all__ = ["cache_dynamic_shapes", "cache_pytrees", "registered_cache_classes"]
 
-__all__ = ["cache_pytrees", "registered_cache_classes"]
-
-# Layer classes the flatten functions know how to rebuild, with the constructor
-# arguments to keep in the context.
-_LAYER_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "DynamicLayer": (),
-    "DynamicSlidingWindowLayer": ("sliding_window",),
-}
-
-
-def _layer_class(name: str) -> type:
-    import transformers.cache_utils as cu
-
-    cls = getattr(cu, name, None)
-    if cls is None:
-        raise ValueError(
-            f"cache_pytrees: this transformers has no cache layer class {name!r}; the "
-            "ExportedProgram was probably saved with another transformers version."
-        )
-    return cls
+_FIRST_SLOTS = ("keys", "values")
+_SLOT_NAMES = {"keys": "key_cache", "values": "value_cache"}
+_ATTRIBUTE_OF_SLOT = {v: k for k, v in _SLOT_NAMES.items()}
+# Counters recomputed on unflatten instead of being frozen into the context.
+_COUNTERS = ("cumulative_length", "cumulative_length_int")
+_PLAIN = (bool, int, float, str, type(None))
+_ABSENT = ()  # the entry of a layer that has no tensor in a slot
 
 
-def _describe_layer(i: int, layer: Any) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    name = type(layer).__name__
-    if name not in _LAYER_PARAMETERS:
-        raise ValueError(
-            f"cache_pytrees: layer {i} of the cache is a {name}, which exportcheck cannot "
-            f"flatten yet (known layers: {', '.join(sorted(_LAYER_PARAMETERS))})."
-        )
-    if not getattr(layer, "is_initialized", False) or layer.keys is None:
-        raise ValueError(
-            f"cache_pytrees: layer {i} of the cache is empty; build the cache with "
-            "exportcheck.make_dynamic_cache or run the model once to fill it."
-        )
-    return name, tuple((p, getattr(layer, p)) for p in _LAYER_PARAMETERS[name])
+def _is_absent(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 0
 
 
-def _flatten_dynamic_cache(cache: Any) -> tuple[list[Any], Any]:
-    layers = tuple(_describe_layer(i, layer) for i, layer in enumerate(cache.layers))
-    replicate = cache.layer_class_to_replicate
-    context = (layers, None if replicate is None else replicate.__name__)
-    children = [[layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]]
-    return children, context
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, tuple | list):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, _PLAIN) and _is_plain(v) for k, v in value.items())
+    return False
 
 
-def _flatten_with_keys_dynamic_cache(cache: Any) -> tuple[list[tuple[Any, Any]], Any]:
-    children, context = _flatten_dynamic_cache(cache)
-    names = ("key_cache", "value_cache")
-    return [(pytree.MappingKey(n), c) for n, c in zip(names, children, strict=True)], context
+def _freeze(value: Any) -> Any:
+    """Plain value -> hashable, JSON-friendly value."""
+    if isinstance(value, dict):
+        return ("__dict__", tuple((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return ("__list__", tuple(_freeze(v) for v in value))
+    return value
 
 
-def _unflatten_dynamic_cache(children: Any, context: Any) -> Any:
-    from transformers.cache_utils import DynamicCache
-
-    keys, values = children
-    layers_desc, replicate = context
-    layers = []
-    for (name, params), key, value in zip(layers_desc, keys, values, strict=True):
-        layer = _layer_class(name)(**dict(params))
-        layers.append(fill_layer(layer, key, value))
-    cache = DynamicCache()
-    cache.layers = layers
-    cache.layer_class_to_replicate = None if replicate is None else _layer_class(replicate)
-    return cache
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple | list) and len(value) == 2 and value[0] == "__dict__":
+        return {k: _thaw(v) for k, v in value[1]}
+    if isinstance(value, tuple | list) and len(value) == 2 and value[0] == "__list__":
+        return [_thaw(v) for v in value[1]]
+    return value
 
 
-def _dynamic_cache_to_json(context: Any) -> str:
-    layers, replicate = context
-    return json.dumps(
-        {"layers": [[name, dict(params)] for name, params in layers], "replicate": replicate}
+def _is_tensor_dict(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) > 0
+        and all(isinstance(k, int) for k in value)
+        and all(v is None or isinstance(v, torch.Tensor) for v in value.values())
+        and any(isinstance(v, torch.Tensor) for v in value.values())
     )
 
 
-def _dynamic_cache_from_json(text: str) -> Any:
-    data = json.loads(text)
-    layers = tuple((name, tuple(params.items())) for name, params in data["layers"])
-    return layers, data["replicate"]
+def _is_step_counter(layer: Any, name: str, value: Any) -> bool:
+    """Python-int counters of dynamic layers, recomputed from the tensors on unflatten."""
+    return (
+        name in _COUNTERS
+        and isinstance(value, int | torch.SymInt)
+        and not isinstance(value, bool)
+        and not hasattr(layer, "max_cache_len")
+    )
 
 
-def _flatten_spec_dynamic_cache(cache: Any, spec: pytree.TreeSpec) -> list[Any]:
-    children, _ = _flatten_dynamic_cache(cache)
+def _split_layer(i: int, layer: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """Returns the data slots of a layer and the description kept in the context."""
+    slots: dict[str, Any] = {}
+    plain: list[tuple[str, Any]] = []
+    counters: list[str] = []
+    for name, value in vars(layer).items():
+        if _is_step_counter(layer, name, value):
+            counters.append(name)
+        elif isinstance(value, torch.Tensor):
+            if name.startswith("_"):
+                continue  # derived constants such as _sliding_window_tensor
+            slots[name] = value
+        elif _is_tensor_dict(value):
+            slots[name] = value
+        elif isinstance(value, torch.device):
+            plain.append((name, ("__device__", str(value))))
+        elif isinstance(value, torch.dtype):
+            plain.append((name, ("__dtype__", str(value).replace("torch.", ""))))
+        elif _is_plain(value):
+            plain.append((name, _freeze(value)))
+        else:
+            raise ValueError(
+                f"cache_pytrees: layer {i} ({type(layer).__name__}) has an attribute "
+                f"{name!r} of type {type(value).__name__} that cannot be flattened; "
+                "please report this layer class."
+            )
+    dict_slots = tuple(
+        sorted((n, tuple(sorted(v))) for n, v in slots.items() if isinstance(v, dict))
+    )
+    desc = (type(layer).__name__, type(layer).__module__, tuple(plain), dict_slots, tuple(counters))
+    return slots, desc
+
+
+def _rebuild_plain(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__device__":
+        return torch.device(value[1])
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__dtype__":
+        return getattr(torch, value[1])
+    return _thaw(value)
+
+
+def _find_class(name: str, module: str) -> type:
+    import importlib
+
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"cache_pytrees: cannot find class {name} in {module} ({e}); the program was "
+            "probably saved with another transformers version."
+        ) from e
+    return cls
+
+
+def _slot_order(all_slots: Iterable[str]) -> list[str]:
+    names = set(all_slots)
+    first = [s for s in _FIRST_SLOTS if s in names]
+    # key_cache and value_cache are always present so that the layout never changes
+    # for plain attention caches, even if every layer is empty.
+    return list(_FIRST_SLOTS) + sorted(names - set(first) - set(_FIRST_SLOTS))
+
+
+def _flatten_layered_cache(cache: Any) -> tuple[list[Any], Any]:
+    split = [_split_layer(i, layer) for i, layer in enumerate(cache.layers)]
+    reference = _reference_length(cache.layers)
+    for i, (layer, (slots, desc)) in enumerate(zip(cache.layers, split, strict=True)):
+        # A counter is dropped only if unflatten can recompute it. An all-sliding cache
+        # longer than its window cannot: its counter stays in the context, and the
+        # exported program then only accepts caches that saw as many tokens.
+        keep = [
+            c
+            for c in desc[4]
+            if type(getattr(layer, c)) is int  # a SymInt under tracing is derived
+            and type(_expected_count(layer, reference)) is int
+            and getattr(layer, c) != _expected_count(layer, reference)
+        ]
+        if keep:
+            plain = desc[2] + tuple((c, getattr(layer, c)) for c in keep)
+            counters = tuple(c for c in desc[4] if c not in keep)
+            split[i] = (slots, (*desc[:2], plain, desc[3], counters))
+    order = _slot_order(name for slots, _ in split for name in slots)
+    children = []
+    for attr in order:
+        entries = []
+        for slots, _ in split:
+            value = slots.get(attr)
+            if isinstance(value, dict):
+                value = [() if value[k] is None else value[k] for k in sorted(value)]
+            # None is a leaf for torch pytrees; () has no leaf at all.
+            entries.append(_ABSENT if value is None else value)
+        children.append(entries)
+    cache_plain = []
+    for name, value in vars(cache).items():
+        if name == "layers":
+            continue
+        if isinstance(value, type):
+            cache_plain.append((name, ("__class__", value.__name__, value.__module__)))
+        elif _is_plain(value):
+            cache_plain.append((name, _freeze(value)))
+        else:
+            raise ValueError(
+                f"cache_pytrees: {type(cache).__name__} has an attribute {name!r} of type "
+                f"{type(value).__name__} that cannot be flattened (offloading caches cannot "
+                "be exported)."
+            )
+    context = (
+        type(cache).__name__,
+        type(cache).__module__,
+        tuple(cache_plain),
+        tuple(_SLOT_NAMES.get(a, a) for a in order),
+        tuple(desc for _, desc in split),
+    )
+    return children, context
+
+
+def _flatten_with_keys_layered_cache(cache: Any) -> tuple[list[tuple[Any, Any]], Any]:
+    children, context = _flatten_layered_cache(cache)
+    return [(pytree.MappingKey(n), c) for n, c in zip(context[3], children, strict=True)], context
+
+
+def _reference_length(layers: list[Any]) -> Any:
+    """Tokens seen so far: the length of the first full-attention layer, if any."""
+    for layer in layers:
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and not getattr(layer, "is_sliding", False):
+            return keys.shape[-2]
+    return None
+
+
+def _expected_count(layer: Any, reference: Any) -> Any:
+    """The value unflatten gives to a step counter of ``layer``."""
+    if reference is not None:
+        return reference
+    keys = getattr(layer, "keys", None)
+    return keys.shape[-2] if isinstance(keys, torch.Tensor) else 0
+
+
+def _unflatten_layered_cache(children: Any, context: Any) -> Any:
+    cls_name, cls_module, cache_plain, slot_names, layer_descs = context
+    layers = []
+    for i, (name, module, plain, dict_slots, _) in enumerate(layer_descs):
+        layer_cls = _find_class(name, module)
+        layer = layer_cls.__new__(layer_cls)
+        for attr, value in plain:
+            setattr(layer, attr, _rebuild_plain(value))
+        dict_keys = dict(dict_slots)
+        for slot, entries in zip(slot_names, children, strict=True):
+            attr = _ATTRIBUTE_OF_SLOT.get(slot, slot)
+            value = None if _is_absent(entries[i]) else entries[i]
+            if attr in dict_keys and value is not None:
+                value = {
+                    k: None if _is_absent(v) else v
+                    for k, v in zip(dict_keys[attr], value, strict=True)
+                }
+            if value is not None:
+                setattr(layer, attr, value)
+        layers.append(layer)
+    # Sliding-window layers keep at most window - 1 tokens: the number of tokens seen
+    # comes from a full-attention layer when the cache has one.
+    reference = _reference_length(layers)
+    for layer, desc in zip(layers, layer_descs, strict=True):
+        for counter in desc[4]:
+            setattr(layer, counter, _expected_count(layer, reference))
+    cls = _find_class(cls_name, cls_module)
+    cache = cls.__new__(cls)
+    for attr, value in cache_plain:
+        if isinstance(value, tuple) and len(value) == 3 and value[0] == "__class__":
+            value = _find_class(value[1], value[2])
+        else:
+            value = _thaw(value)
+        setattr(cache, attr, value)
+    cache.layers = layers
+    return cache
+
+
+def _layered_to_json(context: Any) -> str:
+    return json.dumps(context)
+
+
+def _layered_from_json(text: str) -> Any:
+    def tuplify(x: Any) -> Any:
+        return tuple(tuplify(v) for v in x) if isinstance(x, list) else x
+
+    return tuplify(json.loads(text))
+
+
+def _flatten_spec_layered_cache(cache: Any, spec: pytree.TreeSpec) -> list[Any]:
+    children, _ = _flatten_layered_cache(cache)
     return children
 
 
@@ -138,40 +331,52 @@ def _flatten_spec_encoder_decoder_cache(cache: Any, spec: pytree.TreeSpec) -> li
     return children
 
 
-def _registrations() -> list[dict[str, Any]]:
-    from transformers import cache_utils as cu
-
-    return [
-        dict(
-            cls=cu.DynamicCache,
-            flatten_fn=_flatten_dynamic_cache,
-            unflatten_fn=_unflatten_dynamic_cache,
-            flatten_with_keys_fn=_flatten_with_keys_dynamic_cache,
-            serialized_type_name="transformers.cache_utils.DynamicCache",
-            to_dumpable_context=_dynamic_cache_to_json,
-            from_dumpable_context=_dynamic_cache_from_json,
-            flatten_spec=_flatten_spec_dynamic_cache,
-        ),
-        dict(
-            cls=cu.EncoderDecoderCache,
-            flatten_fn=_flatten_encoder_decoder_cache,
-            unflatten_fn=_unflatten_encoder_decoder_cache,
-            flatten_with_keys_fn=_flatten_with_keys_encoder_decoder_cache,
-            serialized_type_name="transformers.cache_utils.EncoderDecoderCache",
-            to_dumpable_context=None,
-            from_dumpable_context=None,
-            flatten_spec=_flatten_spec_encoder_decoder_cache,
-        ),
-    ]
+def _all_subclasses(cls: type) -> list[type]:
+    seen: list[type] = []
+    stack = [cls]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub not in seen:
+                seen.append(sub)
+                stack.append(sub)
+    return seen
 
 
 def registered_cache_classes() -> list[type]:
-    """The cache classes that :func:`cache_pytrees` registers.
+    """The cache classes that :func:`cache_pytrees` registers when entered now.
 
-    >>> [c.__name__ for c in registered_cache_classes()]
-    ['DynamicCache', 'EncoderDecoderCache']
+    Every subclass of ``transformers.Cache`` imported so far: model files that define
+    their own cache class register it when the model is imported.
+
+    >>> names = [c.__name__ for c in registered_cache_classes()]
+    >>> "DynamicCache" in names and "EncoderDecoderCache" in names
+    True
     """
-    return [r["cls"] for r in _registrations()]
+    from transformers.cache_utils import Cache
+
+    return sorted(_all_subclasses(Cache), key=lambda c: (c.__module__, c.__name__))
+
+
+def _registration(cls: type) -> dict[str, Any]:
+    from transformers.cache_utils import EncoderDecoderCache
+
+    if issubclass(cls, EncoderDecoderCache):
+        return dict(
+            flatten_fn=_flatten_encoder_decoder_cache,
+            unflatten_fn=_unflatten_encoder_decoder_cache,
+            flatten_with_keys_fn=_flatten_with_keys_encoder_decoder_cache,
+            to_dumpable_context=None,
+            from_dumpable_context=None,
+            flatten_spec=_flatten_spec_encoder_decoder_cache,
+        )
+    return dict(
+        flatten_fn=_flatten_layered_cache,
+        unflatten_fn=_unflatten_layered_cache,
+        flatten_with_keys_fn=_flatten_with_keys_layered_cache,
+        to_dumpable_context=_layered_to_json,
+        from_dumpable_context=_layered_from_json,
+        flatten_spec=_flatten_spec_layered_cache,
+    )
 
 
 # Every registry that a registration touches. They are saved on entry and restored
@@ -191,8 +396,10 @@ def _registries() -> list[Any]:
 def cache_pytrees() -> Iterator[None]:
     """Register transformers cache classes as torch pytree nodes inside a ``with`` block.
 
-    On exit the pytree registries are restored to what they were on entry. Nesting is
-    allowed.
+    Every subclass of ``transformers.Cache`` imported when the block starts is
+    registered (see :func:`registered_cache_classes`). On exit the pytree registries
+    are restored to what they were on entry, even after an exception. Nesting is
+    allowed. Only the Python pytree registry is used, the one ``torch.export`` reads.
 
     >>> import torch
     >>> import torch.utils._pytree as pytree
@@ -205,20 +412,20 @@ def cache_pytrees() -> Iterator[None]:
     """
     saved = [dict(r) for r in _registries()]
     try:
-        for reg in _registrations():
-            cls = reg["cls"]
+        for cls in registered_cache_classes():
+            reg = _registration(cls)
+            serialized_name = f"{cls.__module__}.{cls.__qualname__}"
             # Replace any earlier registration of the class (ours when nested, or
             # someone else's); the saved registries bring it back on exit.
             for r in _registries():
-                if r is pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
-                    continue
-                r.pop(cls, None)
-            pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE.pop(reg["serialized_type_name"], None)
+                if r is not pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
+                    r.pop(cls, None)
+            pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE.pop(serialized_name, None)
             pytree._private_register_pytree_node(
                 cls,
                 reg["flatten_fn"],
                 reg["unflatten_fn"],
-                serialized_type_name=reg["serialized_type_name"],
+                serialized_type_name=serialized_name,
                 to_dumpable_context=reg["to_dumpable_context"],
                 from_dumpable_context=reg["from_dumpable_context"],
                 flatten_with_keys_fn=reg["flatten_with_keys_fn"],
@@ -229,3 +436,85 @@ def cache_pytrees() -> Iterator[None]:
         for registry, content in zip(_registries(), saved, strict=True):
             registry.clear()
             registry.update(content)
+
+
+def _check_dim(name: str, value: Any) -> None:
+    from torch.export.dynamic_shapes import Dim, _DimHint
+
+    if value is None or isinstance(value, int | Dim | _DimHint):
+        return
+    raise TypeError(
+        f"cache_dynamic_shapes: {name} must be a torch.export.Dim, Dim.DYNAMIC, Dim.AUTO, "
+        f"Dim.STATIC, an int or None, got {type(value).__name__}."
+    )
+
+
+def cache_dynamic_shapes(
+    cache: Any,
+    batch: Any = torch.export.Dim.DYNAMIC,
+    length: Any = torch.export.Dim.DYNAMIC,
+    sliding_length: Any = torch.export.Dim.AUTO,
+) -> Any:
+    """The dynamic-shape spec of a cache, in the layout :func:`cache_pytrees` flattens it to.
+
+    :param cache: the cache passed to the model at export time
+    :param batch: dimension 0 of every tensor of the cache
+    :param length: dimension 2 of the keys and values of full-attention layers
+    :param sliding_length: the same for sliding-window layers, which stop growing at
+        the window size, so they get their own dimension; ``Dim.AUTO`` by default,
+        since the model's code behaves differently below and at the window size and
+        export then restricts the range to one side of it
+    :return: nested lists matching the flattened cache; pass it as the cache's entry in
+        ``dynamic_shapes``
+
+    Linear-attention states (``conv_states``, ``recurrent_states``) have a fixed size:
+    only their batch dimension is dynamic.
+
+    >>> import torch
+    >>> from exportcheck import cache_dynamic_shapes, make_dynamic_cache
+    >>> cache = make_dynamic_cache([(torch.rand(2, 1, 3, 4), torch.rand(2, 1, 3, 4))])
+    >>> batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    >>> cache_dynamic_shapes(cache, batch, length)
+    [[{0: Dim('batch', min=0), 2: Dim('length', min=0)}], [{0: Dim('batch', min=0), 2: Dim('length', min=0)}]]
+    """
+    from transformers.cache_utils import Cache, EncoderDecoderCache
+
+    for name, value in (("batch", batch), ("length", length), ("sliding_length", sliding_length)):
+        _check_dim(name, value)
+    if isinstance(cache, EncoderDecoderCache):
+        return [
+            cache_dynamic_shapes(cache.self_attention_cache, batch, length, sliding_length),
+            # The encoder's length is not the decoder's.
+            cache_dynamic_shapes(
+                cache.cross_attention_cache,
+                batch,
+                torch.export.Dim.DYNAMIC,
+                torch.export.Dim.DYNAMIC,
+            ),
+        ]
+    if not isinstance(cache, Cache) or not isinstance(getattr(cache, "layers", None), list):
+        raise TypeError(
+            "cache_dynamic_shapes: expected a transformers cache with layers (DynamicCache, "
+            f"StaticCache, EncoderDecoderCache, ...), got {type(cache).__name__}."
+        )
+    children, context = _flatten_layered_cache(cache)
+    slot_names = context[3]
+
+    def spec_of(slot: str, layer: Any, value: Any) -> Any:
+        if _is_absent(value):
+            return _ABSENT
+        if isinstance(value, list):  # states of a linear-attention layer
+            return [spec_of(slot, layer, v) for v in value]
+        if value.dim() == 0:
+            return None
+        if slot in ("key_cache", "value_cache") and value.dim() >= 3:
+            if hasattr(layer, "max_cache_len"):  # static layers do not grow
+                return {0: batch}
+            window = sliding_length if getattr(layer, "is_sliding", False) else length
+            return {0: batch, 2: window}
+        return {0: batch}
+
+    return [
+        [spec_of(slot, layer, value) for layer, value in zip(cache.layers, entries, strict=True)]
+        for slot, entries in zip(slot_names, children, strict=True)
+    ]

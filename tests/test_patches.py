@@ -1,0 +1,101 @@
+"""export_patches: every fix applies inside the block and nothing survives it."""
+
+import os
+
+import pytest
+import torch
+import torch.fx._pytree as fx_pytree
+import torch.utils._pytree as pytree
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from exportcheck import export_patches, max_diff
+
+
+@pytest.fixture(scope="module")
+def moe_model():
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "mixtral",
+        num_hidden_layers=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        vocab_size=100,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _state(model):
+    return (
+        [
+            dict(r)
+            for r in (
+                pytree.SUPPORTED_NODES,
+                pytree.SUPPORTED_SERIALIZED_TYPES,
+                pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE,
+                fx_pytree.SUPPORTED_NODES,
+                fx_pytree.SUPPORTED_NODES_EXACT_MATCH,
+            )
+        ],
+        model.config._experts_implementation,
+    )
+
+
+def test_patches_apply_inside_and_restore_after(moe_model):
+    from transformers import DynamicCache
+
+    before = _state(moe_model)
+    assert before[1] == "grouped_mm"
+    with export_patches(moe_model):
+        assert moe_model.config._experts_implementation == "batched_mm"
+        assert DynamicCache in pytree.SUPPORTED_NODES
+        with export_patches(moe_model):  # nested
+            assert moe_model.config._experts_implementation == "batched_mm"
+        assert moe_model.config._experts_implementation == "batched_mm"
+    assert _state(moe_model) == before
+    with export_patches(moe_model):  # a second time
+        pass
+    assert _state(moe_model) == before
+
+
+def test_patches_restore_after_an_exception(moe_model):
+    before = _state(moe_model)
+    with pytest.raises(KeyError, match="inside"), export_patches(moe_model):
+        raise KeyError("inside")
+    assert _state(moe_model) == before
+
+
+def test_moe_onnx_export_needs_the_patch(moe_model, tmp_path):
+    import onnxruntime
+
+    input_ids = torch.randint(0, 100, (2, 3))
+    kwargs = dict(use_cache=False)
+    with pytest.raises(torch.onnx.OnnxExporterError) as failure:
+        torch.onnx.export(moe_model, (input_ids,), tmp_path / "a.onnx", kwargs=kwargs, dynamo=True)
+    cause = f"{failure.value}\n{failure.value.__cause__}"
+    assert "No ONNX function found" in cause and "grouped_mm" in cause, cause
+    with export_patches(moe_model):
+        torch.onnx.export(moe_model, (input_ids,), tmp_path / "b.onnx", kwargs=kwargs, dynamo=True)
+    assert os.path.exists(tmp_path / "b.onnx")
+    session = onnxruntime.InferenceSession(tmp_path / "b.onnx", providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: input_ids.numpy()})
+    with torch.no_grad():
+        expected = moe_model(input_ids, use_cache=False).logits
+    assert max_diff(expected, got[:1])["abs"] <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(exclude="cache_pytrees"), TypeError, "exclude must be a tuple of patch names"),
+        (dict(exclude=("nope",)), ValueError, "unknown patch names \\['nope'\\]"),
+        (dict(model="llama"), TypeError, "model must be a torch.nn.Module"),
+    ],
+)
+def test_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message), export_patches(**kwargs):
+        pass
