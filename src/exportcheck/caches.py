@@ -7,6 +7,7 @@ lifted constant when it happens under ``torch.export`` (see :mod:`exportcheck.py
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -223,7 +224,7 @@ def make_static_cache(
     >>> import torch
     >>> from exportcheck import make_static_cache, string_type
     >>> cache = make_static_cache([(torch.rand(1, 2, 3, 8), torch.rand(1, 2, 3, 8))], 16)
-    >>> string_type(cache, with_shape=True), int(cache.layers[0].cumulative_length)
+    >>> string_type(cache, with_shape=True), int(cache.get_seq_length())
     ('StaticCache(key_cache=#1[T1s1x2x16x8], value_cache=#1[T1s1x2x16x8])', 3)
     """
     from transformers.cache_utils import Cache, StaticCache, StaticLayer
@@ -240,10 +241,13 @@ def make_static_cache(
                 f"{fname}: layer {i} holds {length} tokens, more than max_cache_len={max_cache_len}."
             )
         layer = StaticLayer(max_cache_len=max_cache_len)
-        layer.lazy_initialization(key, value)
+        # transformers 4.57 allocates from the keys alone, 5.x from keys and values.
+        n_args = len(inspect.signature(layer.lazy_initialization).parameters)
+        layer.lazy_initialization(*(key, value)[:n_args])
         layer.keys[:, :, :length] = key
         layer.values[:, :, :length] = value
-        layer.cumulative_length.fill_(length)
+        if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor):
+            layer.cumulative_length.fill_(length)  # transformers 4.57 has no counter
         layers.append(layer)
     cache = StaticCache.__new__(StaticCache)
     Cache.__init__(cache, layers=layers)
