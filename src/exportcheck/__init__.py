@@ -2,14 +2,16 @@
 
 from .caches import make_dynamic_cache, make_encoder_decoder_cache, make_static_cache
 from .describe import onnx_dtype_code, register_formatter, string_type
-from .models import available_configs, get_config
+from .models import UntrainedModel, available_configs, get_config, untrained_model
 from .patches import export_patches
 from .pytrees import cache_dynamic_shapes, cache_pytrees, registered_cache_classes
+from .tiny import tiny_config
 from .validate import max_diff
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "UntrainedModel",
     "available_configs",
     "cache_dynamic_shapes",
     "cache_pytrees",
@@ -23,4 +25,6 @@ __all__ = [
     "register_formatter",
     "registered_cache_classes",
     "string_type",
+    "tiny_config",
+    "untrained_model",
 ]

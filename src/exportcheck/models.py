@@ -6,12 +6,15 @@ A hub id ``org/name`` is stored as ``configs/org--name.json``, a copy of the
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
+import inspect
 import json
 from importlib import resources
 from typing import Any
 
-__all__ = ["available_configs", "get_config"]
+__all__ = ["UntrainedModel", "available_configs", "get_config", "untrained_model"]
 
 _SEPARATOR = "--"
 
@@ -65,3 +68,202 @@ def get_config(model_id: str, **overrides: Any) -> Any:
     data.update(overrides)
     model_type = data.pop("model_type")
     return AutoConfig.for_model(model_type, **data)
+
+
+# --- untrained models -------------------------------------------------------------
+
+_TASKS = ("text-generation",)
+
+
+@dataclasses.dataclass
+class UntrainedModel:
+    """A model with random weights, inputs for a decode step and their dynamic shapes.
+
+    * ``model``: the model in eval mode
+    * ``config``: its config
+    * ``inputs``: keyword arguments of one decode step with a filled cache (batch 2,
+      3 new tokens, 30 cached tokens), or of a plain forward when the model takes no
+      cache
+    * ``other_inputs``: input sets of shapes the export does not see: batch 1, one new
+      token, a longer cache, another batch and length
+    * ``dynamic_shapes``: for every input, its dynamic dimensions, named ``batch``,
+      ``seq_length`` and ``cache_length``
+    * ``cache_argument``: the forward argument that takes the cache (``cache`` or
+      ``past_key_values``), None when the model takes none
+    """
+
+    model: Any
+    config: Any
+    inputs: dict[str, Any]
+    other_inputs: list[dict[str, Any]]
+    dynamic_shapes: dict[str, Any]
+    cache_argument: str | None
+    shapes: list[tuple[int, int, int]]
+
+    def describe(self) -> str:
+        """One line per input set: its shapes."""
+        from .describe import string_type
+
+        lines = [f"inputs: {string_type(self.inputs, with_shape=True)}"]
+        for i, feeds in enumerate(self.other_inputs):
+            lines.append(f"other_inputs[{i}]: {string_type(feeds, with_shape=True)}")
+        lines.append(f"dynamic_shapes: {string_type(self.dynamic_shapes)}")
+        return "\n".join(lines)
+
+
+def _resolve_config(source: Any, overrides: dict[str, Any]) -> Any:
+    from transformers import AutoConfig, PretrainedConfig
+
+    from .tiny import set_attributes, tiny_config
+
+    if isinstance(source, PretrainedConfig):
+        return set_attributes(copy.deepcopy(source), overrides)
+    if isinstance(source, dict):
+        data = dict(source)
+        if "model_type" not in data:
+            raise ValueError("untrained_model: a config dict needs a 'model_type' key.")
+        data.update(overrides)
+        return AutoConfig.for_model(data.pop("model_type"), **data)
+    if isinstance(source, str) and "/" in source:
+        return get_config(source, **overrides)
+    if isinstance(source, str):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        if source not in CONFIG_MAPPING_NAMES:
+            close = difflib.get_close_matches(source, list(CONFIG_MAPPING_NAMES), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(
+                f"untrained_model: {source!r} is neither a hub id with a shipped config "
+                f"(exportcheck.available_configs()) nor a transformers model_type.{hint}"
+            )
+        return set_attributes(tiny_config(AutoConfig.for_model(source)), overrides)
+    raise TypeError(
+        "untrained_model: source must be a hub id, a model_type, a config or a dict, "
+        f"got {type(source).__name__}."
+    )
+
+
+def _cache_argument(model: Any) -> str | None:
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return None
+
+
+def _vocab(config: Any) -> int:
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return int(getattr(text, "vocab_size", None) or getattr(config, "vocab_size", 1024))
+
+
+def _has_attention(cache: Any) -> bool:
+    import torch
+
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        inner = getattr(cache, "self_attention_cache", None)
+        return True if inner is None else _has_attention(inner)
+    return any(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers)
+
+
+def _decode_inputs(model, config, cache_argument, batch, seq_length, cache_length, generator):
+    import torch
+
+    vocab = _vocab(config)
+    feeds: dict[str, Any] = {}
+    cache = None
+    if cache_argument is not None:
+        prefill_ids = torch.randint(0, vocab, (batch, cache_length), generator=generator)
+        with torch.no_grad():
+            out = model(
+                input_ids=prefill_ids,
+                attention_mask=torch.ones((batch, cache_length), dtype=torch.int64),
+                use_cache=True,
+            )
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+    if cache_argument is not None and cache is not None:
+        feeds["input_ids"] = torch.randint(0, vocab, (batch, seq_length), generator=generator)
+        # Attention masks cover cached and new tokens; a model without attention
+        # layers (state-space, recurrent) masks only the new tokens.
+        mask_length = seq_length + (cache_length if _has_attention(cache) else 0)
+        feeds["attention_mask"] = torch.ones((batch, mask_length), dtype=torch.int64)
+        feeds[cache_argument] = cache
+    else:
+        feeds["input_ids"] = torch.randint(0, vocab, (batch, seq_length), generator=generator)
+        feeds["attention_mask"] = torch.ones((batch, seq_length), dtype=torch.int64)
+    return feeds
+
+
+def untrained_model(
+    source: Any,
+    task: str = "text-generation",
+    *,
+    seed: int = 0,
+    **config_overrides: Any,
+) -> UntrainedModel:
+    """Build a model with random weights, decode-step inputs and their dynamic shapes.
+
+    :param source: a hub id whose config ships with exportcheck (``arnir0/Tiny-LLM``),
+        a transformers ``model_type`` (``llama``: shrunk by
+        :func:`exportcheck.tiny.tiny_config`), a config object or a config dict
+    :param task: only ``text-generation`` for now
+    :param seed: seeds the weights and the inputs
+    :param config_overrides: config attributes to set (``num_hidden_layers=1``, ...)
+    :return: an :class:`UntrainedModel`
+
+    The cache of every input set comes from running the model on a prompt, so it
+    has the model's own cache class and layer kinds (sliding-window,
+    linear-attention, ...).
+
+    >>> from exportcheck import untrained_model
+    >>> m = untrained_model("arnir0/Tiny-LLM")
+    >>> print(m.describe().splitlines()[0])
+    inputs: dict(input_ids:T7s2x3,attention_mask:T7s2x33,cache:DynamicCache(key_cache=#1[T1s2x1x30x96], value_cache=#1[T1s2x1x30x96]))
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .pytrees import cache_dynamic_shapes
+
+    if task not in _TASKS:
+        raise ValueError(f"untrained_model: task {task!r} is not supported; use one of {_TASKS}.")
+    config = _resolve_config(source, config_overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    cache_argument = _cache_argument(model)
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(2, 3, 30), (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17)]
+    sets = [_decode_inputs(model, config, cache_argument, b, s, c, generator) for b, s, c in shapes]
+    if cache_argument not in sets[0]:
+        # The forward has a cache argument but the model returned no cache (an
+        # encoder used as a decoder, a model whose cache is not a transformers Cache).
+        cache_argument = None
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    seq_length = torch.export.Dim("seq_length", min=1, max=4096)
+    cache_length = torch.export.Dim("cache_length", min=1, max=4096)
+    dynamic_shapes: dict[str, Any] = {"input_ids": {0: batch, 1: seq_length}}
+    if cache_argument is not None and _has_attention(sets[0][cache_argument]):
+        # The mask covers cache and new tokens: its length is their sum, which a Dim
+        # cannot express, so it gets a dimension of its own.
+        dynamic_shapes["attention_mask"] = {0: batch, 1: torch.export.Dim.DYNAMIC}
+        dynamic_shapes[cache_argument] = cache_dynamic_shapes(
+            sets[0][cache_argument], batch, cache_length
+        )
+    elif cache_argument is not None:
+        dynamic_shapes["attention_mask"] = {0: batch, 1: seq_length}
+        dynamic_shapes[cache_argument] = cache_dynamic_shapes(
+            sets[0][cache_argument], batch, cache_length
+        )
+    else:
+        dynamic_shapes["attention_mask"] = {0: batch, 1: seq_length}
+    return UntrainedModel(
+        model=model,
+        config=config,
+        inputs=sets[0],
+        other_inputs=sets[1:],
+        dynamic_shapes=dynamic_shapes,
+        cache_argument=cache_argument,
+        shapes=shapes,
+    )

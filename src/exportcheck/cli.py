@@ -1,0 +1,133 @@
+"""The command line: ``exportcheck <command> ...`` or ``python -m exportcheck <command> ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def _parse_value(text: str) -> Any:
+    """``--set key=value`` values: JSON when it parses (numbers, booleans, lists), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            parser.error(f"--set expects key=value, got {pair!r}")
+        overrides[key] = _parse_value(value)
+    return overrides
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        help="a hub id whose config ships with exportcheck (arnir0/Tiny-LLM) or a "
+        "transformers model_type (llama), shrunk to a tiny config",
+    )
+    parser.add_argument(
+        "--layers", type=int, default=None, help="number of hidden layers (shrinks a hub config)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config attribute, repeatable (--set hidden_size=128)",
+    )
+
+
+def _config_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    overrides = _overrides(args.set, parser)
+    if args.layers is not None:
+        if args.layers < 1:
+            parser.error(f"--layers must be at least 1, got {args.layers}")
+        overrides["num_hidden_layers"] = args.layers
+    return overrides
+
+
+def _cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .models import _resolve_config
+
+    config = _resolve_config(args.source, _config_overrides(args, parser))
+    print(config.to_json_string(use_diff=False))
+    return 0
+
+
+def _cmd_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .models import untrained_model
+
+    m = untrained_model(args.source, **_config_overrides(args, parser))
+    print(
+        f"model: {type(m.model).__name__} ({sum(p.numel() for p in m.model.parameters()):,} parameters)"
+    )
+    print(m.describe())
+    return 0
+
+
+def _cmd_configs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .models import available_configs
+
+    for name in available_configs():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exportcheck",
+        description="Export transformers models with torch.export and ONNX, checked.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("configs", help="list the hub ids whose config ships here")
+    p.set_defaults(run=_cmd_configs)
+
+    p = commands.add_parser("config", help="print the config of a hub id or model_type")
+    _add_source(p)
+    p.set_defaults(run=_cmd_config)
+
+    p = commands.add_parser(
+        "inputs", help="print the inputs and dynamic shapes of an untrained model"
+    )
+    _add_source(p)
+    p.set_defaults(run=_cmd_inputs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``exportcheck`` command."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args, parser)
+    except (ValueError, TypeError) as e:
+        if not _raised_by_exportcheck(e):
+            raise
+        # Bad input caught by exportcheck's own checks: the message says what was
+        # wrong and what to do, a traceback would add nothing.
+        print(f"exportcheck {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+def _raised_by_exportcheck(error: BaseException) -> bool:
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
