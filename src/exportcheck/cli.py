@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,6 +83,66 @@ def _cmd_configs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .models import untrained_model
+    from .validate import validate
+
+    overrides = _config_overrides(args, parser)
+    source: Any = args.source
+    if overrides:
+        print(f"building {args.source} with {overrides}", file=sys.stderr)
+        source = untrained_model(args.source, **overrides)
+    begin = time.perf_counter()
+
+    def progress(stage: str) -> None:
+        if not args.json:
+            print(
+                f"[{time.perf_counter() - begin:6.1f} s] {stage} ...", file=sys.stderr, flush=True
+            )
+
+    report = validate(source, exporter=args.exporter, atol=args.atol, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report.table())
+    return 0 if report.ok else 1
+
+
+def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .sweep import sweep
+    from .tiny import causal_lm_types
+
+    if args.task != "text-generation":
+        parser.error(f"--task {args.task!r} is not supported; use text-generation")
+    known = causal_lm_types()
+    sources = args.only or known
+    unknown = [s for s in sources if "/" not in s and s not in known]
+    if unknown:
+        parser.error(f"not causal-LM model types of this transformers: {', '.join(unknown)}")
+    rows = sweep(
+        sources,
+        args.out,
+        exporter=args.exporter,
+        workers=args.workers,
+        timeout=args.timeout,
+        memory_gib=args.memory_gib,
+    )
+    ok = sum(1 for r in rows if r.get("ok"))
+    print(f"{ok} of {len(rows)} new rows ok; results in {args.out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .report import write_report
+
+    if not os.path.exists(args.results):
+        parser.error(f"no results file {args.results!r}; run 'exportcheck sweep --out FILE' first")
+    written = write_report(args.results, args.out, title=args.title)
+    for path in written:
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exportcheck",
@@ -101,6 +162,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source(p)
     p.set_defaults(run=_cmd_inputs)
+
+    p = commands.add_parser(
+        "validate", help="export one model and compare with eager on unseen shapes"
+    )
+    _add_source(p)
+    p.add_argument("--exporter", choices=("export", "onnx"), default="onnx")
+    p.add_argument("--atol", type=float, default=1e-4, help="max abs diff counted as correct")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=_cmd_validate)
+
+    p = commands.add_parser("sweep", help="validate every causal-LM architecture, one process each")
+    p.add_argument("--task", default="text-generation")
+    p.add_argument("--out", required=True, help="JSONL results file, appended to (resumable)")
+    p.add_argument("--only", nargs="+", help="model types or hub ids to run instead of all")
+    p.add_argument("--exporter", choices=("export", "onnx"), default="onnx")
+    p.add_argument("--workers", type=int, default=1, help="models validated at once")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per model")
+    p.add_argument("--memory-gib", type=float, default=8, help="memory cap per model process")
+    p.set_defaults(run=_cmd_sweep)
+
+    p = commands.add_parser("report", help="render sweep results as the docs status page")
+    p.add_argument("results", help="JSONL file written by sweep")
+    p.add_argument("--out", required=True, help="folder for the page and its plots")
+    p.add_argument("--title", default="Exporter status")
+    p.set_defaults(run=_cmd_report)
     return parser
 
 

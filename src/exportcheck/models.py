@@ -156,6 +156,38 @@ def _vocab(config: Any) -> int:
     return int(getattr(text, "vocab_size", None) or getattr(config, "vocab_size", 1024))
 
 
+def _smallest_window(config: Any) -> int | None:
+    windows = []
+    stack, seen = [config], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        value = getattr(current, "sliding_window", None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            windows.append(value)
+        for key in getattr(current, "sub_configs", {}) or {}:
+            sub = getattr(current, key, None)
+            if sub is not None:
+                stack.append(sub)
+    return min(windows) if windows else None
+
+
+def _length_bounds(config: Any) -> tuple[int, int]:
+    """Upper bounds of seq_length and cache_length.
+
+    A sliding-window model behaves differently once the window is full, so the
+    exported program is valid for caches and new tokens that fit in the window: the
+    bounds keep ``cache_length + seq_length`` below it.
+    """
+    window = _smallest_window(config)
+    limit = 8192 if window is None else window - 1
+    # 64: chunked linear attention (qwen3_next, ...) exports one chunk of new tokens.
+    seq_max = max(8, min(64, limit // 8))
+    return seq_max, max(limit - seq_max, 64)
+
+
 def _has_attention(cache: Any) -> bool:
     import torch
 
@@ -240,9 +272,10 @@ def untrained_model(
         # The forward has a cache argument but the model returned no cache (an
         # encoder used as a decoder, a model whose cache is not a transformers Cache).
         cache_argument = None
+    seq_max, cache_max = _length_bounds(config)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    seq_length = torch.export.Dim("seq_length", min=1, max=4096)
-    cache_length = torch.export.Dim("cache_length", min=1, max=4096)
+    seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
+    cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
     dynamic_shapes: dict[str, Any] = {"input_ids": {0: batch, 1: seq_length}}
     if cache_argument is not None and _has_attention(sets[0][cache_argument]):
         # The mask covers cache and new tokens: its length is their sum, which a Dim

@@ -103,7 +103,7 @@ def _is_tensor_dict(value: Any) -> bool:
     return (
         isinstance(value, dict)
         and len(value) > 0
-        and all(isinstance(k, int) for k in value)
+        and (all(isinstance(k, int) for k in value) or all(isinstance(k, str) for k in value))
         and all(v is None or isinstance(v, torch.Tensor) for v in value.values())
         and any(isinstance(v, torch.Tensor) for v in value.values())
     )
@@ -211,10 +211,15 @@ def _flatten_layered_cache(cache: Any) -> tuple[list[Any], Any]:
             entries.append(_ABSENT if value is None else value)
         children.append(entries)
     cache_plain = []
+    cache_slots = []
     for name, value in vars(cache).items():
         if name == "layers":
             continue
-        if isinstance(value, type):
+        if _is_tensor_list(value):
+            # A list per layer kept by the cache itself (MiniMaxCache.linear_cache).
+            cache_slots.append(name)
+            children.append([v if isinstance(v, torch.Tensor) else _ABSENT for v in value])
+        elif isinstance(value, type):
             cache_plain.append((name, ("__class__", value.__name__, value.__module__)))
         elif _is_plain(value):
             cache_plain.append((name, _freeze(value)))
@@ -228,10 +233,20 @@ def _flatten_layered_cache(cache: Any) -> tuple[list[Any], Any]:
         type(cache).__name__,
         type(cache).__module__,
         tuple(cache_plain),
-        tuple(_SLOT_NAMES.get(a, a) for a in order),
+        tuple(_SLOT_NAMES.get(a, a) for a in order) + tuple(cache_slots),
         tuple(desc for _, desc in split),
+        len(cache_slots),
     )
     return children, context
+
+
+def _is_tensor_list(value: Any) -> bool:
+    """A list of tensors where missing entries are empty lists."""
+    return (
+        isinstance(value, list)
+        and any(isinstance(v, torch.Tensor) for v in value)
+        and all(isinstance(v, torch.Tensor) or (isinstance(v, list) and not v) for v in value)
+    )
 
 
 def _flatten_with_keys_layered_cache(cache: Any) -> tuple[list[tuple[Any, Any]], Any]:
@@ -257,7 +272,8 @@ def _expected_count(layer: Any, reference: Any) -> Any:
 
 
 def _unflatten_layered_cache(children: Any, context: Any) -> Any:
-    cls_name, cls_module, cache_plain, slot_names, layer_descs = context
+    cls_name, cls_module, cache_plain, slot_names, layer_descs, n_cache_slots = context
+    n_layer_slots = len(slot_names) - n_cache_slots
     layers = []
     for i, (name, module, plain, dict_slots, _) in enumerate(layer_descs):
         layer_cls = _find_class(name, module)
@@ -265,7 +281,9 @@ def _unflatten_layered_cache(children: Any, context: Any) -> Any:
         for attr, value in plain:
             setattr(layer, attr, _rebuild_plain(value))
         dict_keys = dict(dict_slots)
-        for slot, entries in zip(slot_names, children, strict=True):
+        for slot, entries in zip(
+            slot_names[:n_layer_slots], list(children)[:n_layer_slots], strict=True
+        ):
             attr = _ATTRIBUTE_OF_SLOT.get(slot, slot)
             value = None if _is_absent(entries[i]) else entries[i]
             if attr in dict_keys and value is not None:
@@ -284,6 +302,11 @@ def _unflatten_layered_cache(children: Any, context: Any) -> Any:
             setattr(layer, counter, _expected_count(layer, reference))
     cls = _find_class(cls_name, cls_module)
     cache = cls.__new__(cls)
+    if n_cache_slots:
+        for name, entries in zip(
+            slot_names[-n_cache_slots:], children[-n_cache_slots:], strict=True
+        ):
+            setattr(cache, name, [[] if _is_absent(v) else v for v in entries])
     for attr, value in cache_plain:
         if isinstance(value, tuple) and len(value) == 3 and value[0] == "__class__":
             value = _find_class(value[1], value[2])
@@ -514,7 +537,10 @@ def cache_dynamic_shapes(
             return {0: batch, 2: window}
         return {0: batch}
 
-    return [
+    n_layer_slots = len(slot_names) - context[5]
+    layer_specs = [
         [spec_of(slot, layer, value) for layer, value in zip(cache.layers, entries, strict=True)]
-        for slot, entries in zip(slot_names, children, strict=True)
+        for slot, entries in zip(slot_names[:n_layer_slots], children[:n_layer_slots], strict=True)
     ]
+    cache_specs = [[spec_of("", None, v) for v in entries] for entries in children[n_layer_slots:]]
+    return layer_specs + cache_specs

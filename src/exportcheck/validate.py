@@ -1,7 +1,36 @@
-"""Compare what an exported model computes with what eager PyTorch computes."""
+"""Export a model and compare what the export computes with eager PyTorch.
+
+:func:`validate` runs the stages below and returns a :class:`ValidationReport`. A
+failure of the model in any stage is recorded in the report, never raised; misuse of
+the API (an unknown exporter, a bad tolerance) raises.
+
+==================  ==========================================================
+stage               what it does
+==================  ==========================================================
+``build``           :func:`exportcheck.untrained_model`: model, input sets, dynamic
+                    shapes (skipped when an :class:`UntrainedModel` is given)
+``eager``           the model on ``inputs`` and every ``other_inputs`` set, each
+                    deep-copied (eager appends to the cache it receives)
+``export``          ``torch.export.export`` with the dynamic shapes, inside
+                    :func:`exportcheck.export_patches`
+``exported_run``    the ExportedProgram on every input set, compared with eager
+``onnx``            ``torch.onnx.export`` of the ExportedProgram (onnx only)
+``ort_session``     an onnxruntime ``InferenceSession`` on CPU (onnx only)
+``ort_run``         onnxruntime on every input set, compared with eager (onnx only)
+==================  ==========================================================
+"""
 
 from __future__ import annotations
 
+import collections
+import copy
+import dataclasses
+import os
+import platform
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,7 +39,7 @@ import torch.utils._pytree as pytree
 
 from .pytrees import cache_pytrees
 
-__all__ = ["max_diff"]
+__all__ = ["ValidationReport", "max_diff", "validate"]
 
 
 def _leaves(obj: Any) -> list[Any]:
@@ -91,3 +120,288 @@ def max_diff(expected: Any, got: Any) -> dict[str, Any]:
         out["abs"] = out["rel"] = float("inf")
         out["mismatch"] = f"{out['nan']} outputs have NaN where the other side has a number"
     return out
+
+
+EXPORTERS = ("export", "onnx")
+
+
+@dataclasses.dataclass
+class ValidationReport:
+    """What :func:`validate` found. ``ok`` is True when every stage passed and every
+    compared input set is within ``atol``. ``to_dict()`` gives a JSON-ready dict."""
+
+    source: str
+    exporter: str
+    atol: float
+    stages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    onnx: dict[str, Any] = dataclasses.field(default_factory=dict)
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        expected = ["build", "eager", "export", "exported_run"]
+        if self.exporter == "onnx":
+            expected += ["onnx", "ort_session", "ort_run"]
+        done = {s["stage"]: s["ok"] for s in self.stages}
+        return all(done.get(stage, False) for stage in expected)
+
+    @property
+    def failed_stage(self) -> str | None:
+        """The first stage that failed, None if all passed."""
+        return next((s["stage"] for s in self.stages if not s["ok"]), None)
+
+    def worst(self, runner: str) -> float | None:
+        """Largest max-abs difference of a runner (``exported`` or ``ort``), None if it never ran."""
+        values = [r["abs"] for r in self.runs if r["runner"] == runner]
+        return max(values) if values else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["ok"] = self.ok
+        data["failed_stage"] = self.failed_stage
+        data["worst_exported_abs"] = self.worst("exported")
+        data["worst_ort_abs"] = self.worst("ort")
+        return data
+
+    def table(self) -> str:
+        """A readable summary: one line per stage, then one line per compared run."""
+        lines = [f"{self.source} ({self.exporter}): {'OK' if self.ok else 'FAILED'}"]
+        for st in self.stages:
+            status = "ok" if st["ok"] else "FAILED"
+            error = "" if st["ok"] else f"  {st['error_type']}: {st['error']}"
+            lines.append(f"  {st['stage']:13} {status:6} {st['seconds']:7.2f} s{error}")
+        for run in self.runs:
+            verdict = "ok" if run["ok"] else "DIFF"
+            extra = f"  {run['mismatch']}" if run.get("mismatch") else ""
+            lines.append(
+                f"  {run['runner']:9} {run['input_set']:34} abs {run['abs']:9.2e} "
+                f"rel {run['rel']:9.2e} {verdict}{extra}"
+            )
+        if self.onnx:
+            top = ", ".join(f"{k}:{v}" for k, v in list(self.onnx["op_types"].items())[:6])
+            lines.append(
+                f"  onnx: {self.onnx['nodes']} nodes, {self.onnx['bytes'] / 2**20:.1f} MiB, {top}"
+            )
+        return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "exportcheck"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:500] if text else ""
+
+
+def _label(feeds: dict[str, Any]) -> str:
+    ids = feeds.get("input_ids")
+    batch, seq = tuple(ids.shape) if ids is not None else ("?", "?")
+    cache = next((v for k, v in feeds.items() if k in ("cache", "past_key_values")), None)
+    length = None
+    if cache is not None:
+        try:
+            length = int(cache.get_seq_length())
+        except Exception:  # some caches hold only linear-attention layers
+            length = None
+    return f"batch={batch} seq={seq}" + (f" cache={length}" if length is not None else "")
+
+
+def _onnx_summary(path: str) -> dict[str, Any]:
+    import onnx
+
+    proto = onnx.load(path, load_external_data=False)
+    ops = collections.Counter(node.op_type for node in proto.graph.node)
+    folder = os.path.dirname(path)
+    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+    return {
+        "nodes": len(proto.graph.node),
+        "op_types": dict(ops.most_common()),
+        "bytes": size,
+        "inputs": [i.name for i in proto.graph.input],
+        "outputs": [o.name for o in proto.graph.output],
+    }
+
+
+def validate(
+    source_or_experiment: Any,
+    exporter: str = "onnx",
+    *,
+    atol: float = 1e-4,
+    onnx_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ValidationReport:
+    """Export a model, run the export on every input set and compare with eager.
+
+    :param source_or_experiment: what :func:`exportcheck.untrained_model` accepts (a
+        hub id, a model_type, a config) or an :class:`exportcheck.UntrainedModel`
+    :param exporter: ``export`` (torch.export only) or ``onnx`` (torch.export, then
+        the ExportedProgram converted to ONNX and run with onnxruntime)
+    :param atol: largest max-abs difference with eager that counts as correct
+    :param onnx_dir: where to write the ONNX model; a temporary folder, removed at
+        the end, by default
+    :param progress: called with the name of each stage as it starts
+    :return: a :class:`ValidationReport`; ``report.ok`` says if everything passed
+
+    >>> from exportcheck import validate
+    >>> report = validate("arnir0/Tiny-LLM", exporter="export")
+    >>> report.ok, [s["stage"] for s in report.stages]
+    (True, ['build', 'eager', 'export', 'exported_run'])
+    """
+    from .models import UntrainedModel, untrained_model
+    from .patches import export_patches
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"validate: exporter must be one of {EXPORTERS}, got {exporter!r}.")
+    if not isinstance(atol, int | float) or isinstance(atol, bool) or not atol > 0:
+        raise ValueError(f"validate: atol must be a positive number, got {atol!r}.")
+    if onnx_dir is not None and not isinstance(onnx_dir, str | os.PathLike):
+        raise TypeError(f"validate: onnx_dir must be a path, got {type(onnx_dir).__name__}.")
+    name = (
+        getattr(source_or_experiment.config, "model_type", "model")
+        if isinstance(source_or_experiment, UntrainedModel)
+        else source_or_experiment
+        if isinstance(source_or_experiment, str)
+        else getattr(source_or_experiment, "model_type", None)
+        or (
+            source_or_experiment.get("model_type")
+            if isinstance(source_or_experiment, dict)
+            else None
+        )
+        or type(source_or_experiment).__name__
+    )
+    report = ValidationReport(source=str(name), exporter=exporter, atol=float(atol))
+    report.versions = _versions()
+    state: dict[str, Any] = {}
+
+    def stage(stage_name: str, fn: Callable[[], Any]) -> bool:
+        if progress is not None:
+            progress(stage_name)
+        begin = time.perf_counter()
+        entry: dict[str, Any] = {"stage": stage_name, "ok": True}
+        try:
+            fn()
+        except Exception as e:  # a model's failure is a result, not an error of validate
+            tb = traceback.extract_tb(e.__traceback__)
+            entry.update(
+                ok=False,
+                error_type=type(e).__name__,
+                error=_first_line(e),
+                where=f"{tb[-1].filename.split('site-packages/')[-1]}:{tb[-1].lineno}"
+                if tb
+                else "",
+            )
+        entry["seconds"] = round(time.perf_counter() - begin, 3)
+        report.stages.append(entry)
+        return entry["ok"]
+
+    def build() -> None:
+        if isinstance(source_or_experiment, UntrainedModel):
+            state["m"] = source_or_experiment
+        else:
+            state["m"] = untrained_model(source_or_experiment)
+        m = state["m"]
+        report.model = {
+            "class": type(m.model).__name__,
+            "model_type": getattr(m.config, "model_type", None),
+            "parameters": sum(p.numel() for p in m.model.parameters()),
+            "cache_argument": m.cache_argument,
+            "input_sets": [_label(f) for f in [m.inputs, *m.other_inputs]],
+        }
+
+    def eager() -> None:
+        m = state["m"]
+        with torch.no_grad():
+            state["expected"] = [m.model(**copy.deepcopy(f)) for f in [m.inputs, *m.other_inputs]]
+
+    def export() -> None:
+        m = state["m"]
+        with export_patches(m.model), torch.no_grad():
+            state["ep"] = torch.export.export(
+                m.model, (), kwargs=copy.deepcopy(m.inputs), dynamic_shapes=m.dynamic_shapes
+            )
+
+    def compare(runner: str, run_one: Callable[[dict[str, Any]], Any]) -> None:
+        m = state["m"]
+        failures = []
+        for i, feeds in enumerate([m.inputs, *m.other_inputs]):
+            got = run_one(feeds)
+            diff = max_diff(state["expected"][i], got)
+            ok = diff["mismatch"] is None and diff["abs"] <= atol
+            report.runs.append({"runner": runner, "input_set": _label(feeds), "ok": ok, **diff})
+            if not ok:
+                failures.append(f"{_label(feeds)}: abs {diff['abs']:.3g}")
+        if failures:
+            raise AssertionError(
+                f"{runner} differs from eager beyond {atol}: " + "; ".join(failures)
+            )
+
+    def exported_run() -> None:
+        # The module must be built while the caches are pytree nodes: its input
+        # flattening code is generated from the registrations.
+        with export_patches(state["m"].model), torch.no_grad():
+            module = state["ep"].module()
+            compare("exported", lambda feeds: module(**copy.deepcopy(feeds)))
+
+    def to_onnx() -> None:
+        folder = onnx_dir or state["tmp"]
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{report.source.replace('/', '--')}.onnx")
+        with export_patches(state["m"].model), torch.no_grad():
+            torch.onnx.export(
+                state["ep"], (), path, kwargs=copy.deepcopy(state["m"].inputs), dynamo=True
+            )
+        state["onnx_path"] = path
+        report.onnx = _onnx_summary(path)
+
+    def ort_session() -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        state["session"] = onnxruntime.InferenceSession(
+            state["onnx_path"], options, providers=["CPUExecutionProvider"]
+        )
+
+    def ort_run() -> None:
+        session = state["session"]
+        names = [i.name for i in session.get_inputs()]
+
+        def run_one(feeds: dict[str, Any]) -> Any:
+            with cache_pytrees():
+                flat = [t for t in pytree.tree_leaves(feeds) if isinstance(t, torch.Tensor)]
+            if len(flat) != len(names):
+                raise ValueError(
+                    f"the ONNX model has {len(names)} inputs but the input set flattens "
+                    f"into {len(flat)} tensors"
+                )
+            return session.run(None, {n: t.numpy() for n, t in zip(names, flat, strict=True)})
+
+        compare("ort", run_one)
+
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("build", build),
+        ("eager", eager),
+        ("export", export),
+        ("exported_run", exported_run),
+    ]
+    if exporter == "onnx":
+        steps += [("onnx", to_onnx), ("ort_session", ort_session), ("ort_run", ort_run)]
+    with tempfile.TemporaryDirectory(prefix="exportcheck-") as tmp:
+        state["tmp"] = tmp
+        for stage_name, fn in steps:
+            # exported_run failing does not stop the ONNX conversion: both verdicts count.
+            if not stage(stage_name, fn) and stage_name != "exported_run":
+                break
+        state.pop("session", None)
+    return report

@@ -1,0 +1,325 @@
+"""Sweep results -> the status page of the docs: tables (reST, Markdown) and plots."""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import time
+from typing import Any
+
+from .sweep import read_results
+
+__all__ = ["categorize", "summarize", "write_report"]
+
+STAGES = ("build", "eager", "export", "exported_run", "onnx", "ort_session", "ort_run")
+_STAGE_TITLES = {
+    "build": "tiny model builds",
+    "eager": "eager on every input set",
+    "export": "torch.export",
+    "exported_run": "ExportedProgram correct on every input set",
+    "onnx": "ONNX conversion",
+    "ort_session": "onnxruntime session",
+    "ort_run": "onnxruntime correct on every input set",
+}
+
+# (category, stage or None, pattern of "ErrorType: message"), first match wins.
+_CATEGORIES: list[tuple[str, str | None, str]] = [
+    ("process crashed, timed out or ran out of memory", "process", r".*"),
+    ("no ONNX translation for an operator", None, r"No ONNX function found|DispatchError"),
+    (
+        "dimension specialized or constrained by the model code",
+        "export",
+        r"Constraints violated|specialized|Not all values of",
+    ),
+    (
+        "data-dependent control flow or shape",
+        "export",
+        r"data.dependent|GuardOnDataDependentSymNode|unbacked|Could not guard",
+    ),
+    ("cache or input not flattenable", None, r"cache_pytrees|Cannot associate shape|pytree"),
+    (
+        "ExportedProgram rejects other shapes (guard)",
+        "exported_run",
+        r"Guard failed|guard|Expected input|_check_input_constraints",
+    ),
+    ("ExportedProgram differs from eager", "exported_run", r"differs from eager"),
+    ("onnxruntime differs from eager", "ort_run", r"differs from eager"),
+    (
+        "onnxruntime cannot load or run the model",
+        None,
+        r"onnxruntime|ONNXRuntimeError|Fail|INVALID",
+    ),
+    ("tiny config does not build or run", "build", r".*"),
+    ("eager forward fails on the input sets", "eager", r".*"),
+    ("torch.export fails", "export", r".*"),
+    ("ONNX conversion fails", "onnx", r".*"),
+]
+
+
+def categorize(row: dict[str, Any]) -> str | None:
+    """The category of the first failure of a result row, None if the row passed.
+
+    >>> categorize({"ok": False, "stages": [{"stage": "export", "ok": False,
+    ...     "error_type": "UserError", "error": "Constraints violated (seq_length)!"}]})
+    'dimension specialized or constrained by the model code'
+    """
+    if row.get("ok"):
+        return None
+    failed = next((s for s in row.get("stages", []) if not s["ok"]), None)
+    if failed is None:
+        return "unknown"
+    text = f"{failed.get('error_type', '')}: {failed.get('error', '')}"
+    for category, stage, pattern in _CATEGORIES:
+        if (stage is None or stage == failed["stage"]) and re.search(pattern, text, re.IGNORECASE):
+            return category
+    return f"{failed['stage']} fails"
+
+
+def _stage(row: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((s for s in row.get("stages", []) if s["stage"] == name), None)
+
+
+def _passed(row: dict[str, Any], name: str) -> bool:
+    st = _stage(row, name)
+    return bool(st and st["ok"])
+
+
+def _verdicts(row: dict[str, Any]) -> tuple[bool, bool]:
+    export_ok = all(_passed(row, s) for s in ("build", "eager", "export", "exported_run"))
+    onnx_ok = export_ok and all(_passed(row, s) for s in ("onnx", "ort_session", "ort_run"))
+    if row.get("exporter") == "onnx":
+        # The ONNX conversion starts from the ExportedProgram: it is checked even when
+        # the ExportedProgram failed on other shapes.
+        onnx_ok = all(
+            _passed(row, s) for s in ("build", "eager", "export", "onnx", "ort_session", "ort_run")
+        )
+    return export_ok, onnx_ok
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts per stage and per verdict, failure categories, measured sweep time."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        latest[row["source"]] = row  # a rerun replaces an earlier row
+    rows = sorted(latest.values(), key=lambda r: r["source"])
+    per_stage = collections.OrderedDict((s, sum(_passed(r, s) for r in rows)) for s in STAGES)
+    verdicts = [_verdicts(r) for r in rows]
+    categories = collections.Counter(c for r in rows if (c := categorize(r)) is not None)
+    failed_at = collections.Counter(r.get("failed_stage") or "none" for r in rows)
+    begins = [r["started_at"] for r in rows if "started_at" in r]
+    ends = [r["finished_at"] for r in rows if "finished_at" in r]
+    versions = next((r["versions"] for r in rows if r.get("versions")), {})
+    return {
+        "rows": rows,
+        "total": len(rows),
+        "export_green": sum(e for e, _ in verdicts),
+        "onnx_green": sum(o for _, o in verdicts),
+        "both_green": sum(e and o for e, o in verdicts),
+        "per_stage": per_stage,
+        "categories": categories,
+        "failed_at": failed_at,
+        "elapsed": (max(ends) - min(begins)) if begins and ends else None,
+        "workers": max((r.get("workers", 1) for r in rows), default=1),
+        "versions": versions,
+    }
+
+
+def _fmt_diff(value: Any) -> str:
+    return "" if value is None else f"{value:.1e}"
+
+
+def _fmt_s(row: dict[str, Any], stage: str) -> str:
+    st = _stage(row, stage)
+    return "" if st is None else f"{st['seconds']:.1f}"
+
+
+def _first_error(row: dict[str, Any]) -> str:
+    failed = next((s for s in row.get("stages", []) if not s["ok"]), None)
+    if failed is None:
+        return ""
+    text = f"{failed['stage']}: {failed.get('error_type', '')}: {failed.get('error', '')}"
+    return text[:160]
+
+
+def _table_rows(summary: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for row in summary["rows"]:
+        export_ok, onnx_ok = _verdicts(row)
+        out.append(
+            [
+                row["source"],
+                "✅" if export_ok else "❌",
+                "✅" if onnx_ok else "❌",
+                _fmt_diff(row.get("worst_exported_abs")),
+                _fmt_diff(row.get("worst_ort_abs")),
+                _fmt_s(row, "export"),
+                _fmt_s(row, "onnx"),
+                categorize(row) or "",
+                _first_error(row),
+            ]
+        )
+    return out
+
+
+_HEADER = [
+    "model type",
+    "torch.export",
+    "ONNX",
+    "max abs diff (exported)",
+    "max abs diff (onnxruntime)",
+    "export s",
+    "ONNX s",
+    "failure category",
+    "first error",
+]
+
+
+def _rst_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("`", "'").replace("*", "\\*").replace("|", "/")
+
+
+def _rst_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    for i, cells in enumerate([header, *rows]):
+        for j, cell in enumerate(cells):
+            prefix = "   * - " if j == 0 else "     - "
+            lines.append(prefix + (_rst_escape(cell) if i else cell))
+    return "\n".join(lines)
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The per-model table in Markdown."""
+    rows = [_HEADER, ["---"] * len(_HEADER), *_table_rows(summary)]
+    return "\n".join("| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows)
+
+
+def _plots(summary: dict[str, Any], out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = [_STAGE_TITLES[s] for s in STAGES]
+    counts = list(summary["per_stage"].values())
+    ax.barh(names[::-1], counts[::-1], color="#4c72b0")
+    for y, c in enumerate(counts[::-1]):
+        ax.text(c, y, f" {c}", va="center", fontsize=8)
+    ax.set_xlim(0, max(summary["total"], 1) * 1.1)
+    ax.set_xlabel(f"model types that passed the stage (of {summary['total']})")
+    ax.set_title("Where models fail")
+    fig.tight_layout()
+    path = os.path.join(out_dir, "stages.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    timed = [
+        (r["source"], _stage(r, "export"), _stage(r, "onnx"))
+        for r in summary["rows"]
+        if _stage(r, "export") is not None
+    ]
+    timed.sort(key=lambda t: (t[2] or {"seconds": 0})["seconds"] + t[1]["seconds"])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    xs = range(len(timed))
+    ax.bar(xs, [t[1]["seconds"] for t in timed], label="torch.export", color="#4c72b0")
+    ax.bar(
+        xs,
+        [(t[2] or {"seconds": 0})["seconds"] for t in timed],
+        bottom=[t[1]["seconds"] for t in timed],
+        label="ONNX conversion",
+        color="#dd8452",
+    )
+    ax.set_xlabel("model types, sorted by total time")
+    ax.set_ylabel("seconds")
+    ax.set_xticks([])
+    ax.set_title("Export and conversion time per model type (tiny configs, 1 thread)")
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out_dir, "conversion_time.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def write_report(results: str, out_dir: str, title: str = "Exporter status") -> list[str]:
+    """Render ``results`` (a sweep's JSONL) as ``out_dir/index.rst`` with plots.
+
+    :return: the paths written
+    """
+    rows = read_results(results)
+    if not rows:
+        raise ValueError(f"write_report: {results} holds no result rows.")
+    os.makedirs(out_dir, exist_ok=True)
+    # The page links the results file: keep a copy next to it.
+    local = os.path.join(out_dir, os.path.basename(results))
+    if os.path.abspath(local) != os.path.abspath(results):
+        shutil.copyfile(results, local)
+    summary = summarize(rows)
+    written = _plots(summary, out_dir)
+    total = summary["total"]
+    versions = ", ".join(f"{k} {v}" for k, v in summary["versions"].items())
+    elapsed = summary["elapsed"]
+    finished = [r["finished_at"] for r in rows if "finished_at" in r]
+    when = time.strftime("%Y-%m-%d", time.gmtime(max(finished))) if finished else "an unknown date"
+    lines = [
+        title,
+        "=" * len(title),
+        "",
+        f"Every causal-LM architecture of the installed transformers, built untrained from "
+        f"a tiny config, exported with ``torch.export`` and converted to ONNX, then run on "
+        f"five input sets (four of them with shapes the export did not see) and compared "
+        f"with eager PyTorch. A model is green when every stage passes and every max abs "
+        f"difference is at most {rows[0].get('atol', 1e-4):g}.",
+        "",
+        f"* Swept on {when} with {versions}.",
+        f"* **{summary['both_green']} of {total}** model types are green in both exporters "
+        f"({100 * summary['both_green'] / total:.1f} %); torch.export alone: "
+        f"{summary['export_green']}, ONNX: {summary['onnx_green']}.",
+    ]
+    if elapsed is not None:
+        lines.append(
+            f"* The sweep took {elapsed / 60:.1f} minutes with {summary['workers']} worker(s) "
+            f"on 2 CPU cores (measured from the first start to the last finish)."
+        )
+    lines += [
+        f"* Results file: :download:`{os.path.basename(results)} <{os.path.basename(results)}>`.",
+        "",
+        "Stages",
+        "------",
+        "",
+        _rst_table(
+            ["stage", "model types that passed it"],
+            [[_STAGE_TITLES[s], str(n)] for s, n in summary["per_stage"].items()],
+        ),
+        "",
+        ".. image:: stages.png",
+        "",
+        "Failures by category",
+        "--------------------",
+        "",
+        _rst_table(
+            ["category", "count"],
+            [[c, str(n)] for c, n in summary["categories"].most_common()] or [["none", "0"]],
+        ),
+        "",
+        "Per model type",
+        "--------------",
+        "",
+        _rst_table(_HEADER, _table_rows(summary)),
+        "",
+        "Time",
+        "----",
+        "",
+        ".. image:: conversion_time.png",
+        "",
+    ]
+    page = os.path.join(out_dir, "index.rst")
+    with open(page, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    written.append(page)
+    return written

@@ -1,0 +1,256 @@
+"""Validate many architectures, each in its own process, into a resumable JSONL file.
+
+Every model runs in a child process forked from a server that has already imported
+torch, transformers and exportcheck, so a model pays for its own work only, not for
+the ~8 s of imports. A crash, a hang or an out-of-memory error in one child never
+loses another's row:
+
+* each child has a time limit and an address-space cap;
+* a row is appended and flushed as soon as a model finishes, so an interrupted sweep
+  keeps what it finished and a rerun skips it;
+* Ctrl-C stops the children and leaves a valid file.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
+
+__all__ = ["done_keys", "read_results", "sweep"]
+
+_PRELOAD = ["torch", "transformers", "onnx", "onnxscript", "onnxruntime", "exportcheck.validate"]
+
+
+def read_results(path: str) -> list[dict[str, Any]]:
+    """The rows of a results file; a truncated last line (a killed writer) is skipped."""
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def done_keys(path: str) -> set[tuple[str, str]]:
+    """(source, exporter) pairs already in a results file."""
+    return {(r["source"], r["exporter"]) for r in read_results(path)}
+
+
+def _child(source: str, exporter: str, memory_gib: float, log_path: str, conn: Any) -> None:
+    import resource
+
+    # What the model and the exporters print goes to the log, not over the progress line.
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    print(f"===== {source} ({exporter})", flush=True)
+
+    if memory_gib > 0:
+        limit = int(memory_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from .validate import validate
+
+    try:
+        report = validate(source, exporter=exporter)
+        conn.send(report.to_dict())
+    except MemoryError:
+        conn.send({"crash": "MemoryError", "detail": f"over the {memory_gib} GiB cap"})
+    except BaseException as e:  # report any escape from validate itself
+        conn.send(
+            {"crash": type(e).__name__, "detail": str(e).splitlines()[0][:300] if str(e) else ""}
+        )
+    finally:
+        conn.close()
+
+
+def _crash_row(
+    source: str, exporter: str, kind: str, detail: str, seconds: float
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "exporter": exporter,
+        "ok": False,
+        "failed_stage": "process",
+        "stages": [
+            {
+                "stage": "process",
+                "ok": False,
+                "seconds": round(seconds, 3),
+                "error_type": kind,
+                "error": detail,
+            }
+        ],
+        "runs": [],
+    }
+
+
+class _Progress:
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.stream = total, stream
+        self.ok = self.failed = 0
+        self.begin = time.perf_counter()
+        self.tty = stream.isatty()
+
+    def show(self, running: Iterable[str], last: str = "") -> None:
+        done = self.ok + self.failed
+        elapsed = time.perf_counter() - self.begin
+        eta = elapsed / done * (self.total - done) if done else 0.0
+        names = ",".join(running)
+        line = (
+            f"[{done:>{len(str(self.total))}}/{self.total}] ok {self.ok} failed {self.failed} "
+            f"running {names or '-'} | elapsed {_hms(elapsed)} eta {_hms(eta)}"
+        )
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+        elif last:
+            self.stream.write(f"{line} | {last}\n")
+        self.stream.flush()
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else (f"{seconds // 60}m{seconds % 60:02d}s")
+    )
+
+
+def sweep(
+    sources: Iterable[str],
+    out: str,
+    *,
+    exporter: str = "onnx",
+    workers: int = 1,
+    timeout: float = 600.0,
+    memory_gib: float = 8.0,
+    stream: TextIO | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Validate every source in its own process and append one JSON row per source to ``out``.
+
+    :param sources: hub ids or model types
+    :param out: the JSONL file; rows already there for the same exporter are skipped
+    :param exporter: ``export`` or ``onnx`` (see :func:`exportcheck.validate`)
+    :param workers: processes running at once
+    :param timeout: seconds a model may take before its process is killed
+    :param memory_gib: address-space cap of each process (0: none)
+    :param stream: where the progress line goes (stderr by default)
+    :param on_row: called with each new row
+    :return: the rows written by this call
+
+    What the models and exporters print goes to ``out`` with the suffix ``.log``.
+    """
+    from .validate import EXPORTERS
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"sweep: exporter must be one of {EXPORTERS}, got {exporter!r}.")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"sweep: workers must be a positive int, got {workers!r}.")
+    if not timeout > 0:
+        raise ValueError(f"sweep: timeout must be positive, got {timeout!r}.")
+    stream = stream or sys.stderr
+    sources = list(dict.fromkeys(sources))
+    done = done_keys(out)
+    todo = [s for s in sources if (s, exporter) not in done]
+    if len(todo) < len(sources):
+        stream.write(f"{len(sources) - len(todo)} already in {out}, skipped\n")
+    folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    log_path = os.path.splitext(out)[0] + ".log"
+    progress = _Progress(len(todo), stream)
+    written: list[dict[str, Any]] = []
+    running: dict[str, tuple[Any, Any, float]] = {}
+    queue = list(todo)
+
+    def finish(source: str, row: dict[str, Any]) -> None:
+        row.setdefault("source", source)
+        row.setdefault("exporter", exporter)
+        row["wall_seconds"] = round(time.perf_counter() - running[source][2], 3)
+        row["finished_at"] = round(time.time(), 3)
+        row["started_at"] = round(row["finished_at"] - row["wall_seconds"], 3)
+        row["workers"] = workers
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        written.append(row)
+        if row.get("ok"):
+            progress.ok += 1
+        else:
+            progress.failed += 1
+        if on_row is not None:
+            on_row(row)
+        del running[source]
+        verdict = "ok" if row.get("ok") else f"failed at {row.get('failed_stage')}"
+        progress.show(running, f"{source}: {verdict}")
+
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                source = queue.pop(0)
+                parent, child = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=_child, args=(source, exporter, memory_gib, log_path, child)
+                )
+                proc.start()
+                child.close()
+                running[source] = (proc, parent, time.perf_counter())
+                progress.show(running)
+            for source, (proc, conn, begin) in list(running.items()):
+                elapsed = time.perf_counter() - begin
+                if conn.poll():
+                    try:
+                        row = conn.recv()
+                    except EOFError:
+                        row = None
+                    proc.join(5)
+                    if row is None or "crash" in row:
+                        kind = "Crash" if row is None else row["crash"]
+                        detail = "" if row is None else row.get("detail", "")
+                        row = _crash_row(source, exporter, kind, detail, elapsed)
+                    finish(source, row)
+                elif not proc.is_alive():
+                    proc.join()
+                    code = proc.exitcode
+                    kind = "Killed" if code is not None and code < 0 else "Crash"
+                    detail = f"process ended with exit code {code} without a report"
+                    finish(source, _crash_row(source, exporter, kind, detail, elapsed))
+                elif elapsed > timeout:
+                    proc.kill()
+                    proc.join()
+                    finish(
+                        source,
+                        _crash_row(source, exporter, "Timeout", f"over {timeout:.0f} s", elapsed),
+                    )
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        for proc, _, _ in running.values():
+            proc.kill()
+        stream.write(f"\ninterrupted: {len(written)} rows written to {out}; rerun to continue\n")
+        raise
+    finally:
+        if progress.tty:
+            stream.write("\n")
+    return written

@@ -1,0 +1,127 @@
+"""untrained_model: every causal-LM type builds and runs eager on every input set."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from exportcheck import untrained_model
+from exportcheck.tiny import KNOWN_FAILURES, MODEL_FIXES, causal_lm_types
+
+TYPES = causal_lm_types()
+
+
+def _run_all(m):
+    with torch.no_grad():
+        for feeds in [m.inputs, *m.other_inputs]:
+            out = m.model(**copy.deepcopy(feeds))
+            batch, seq = feeds["input_ids"].shape
+            assert out.logits.shape[:2] == (batch, seq)
+            assert torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_every_causal_lm_type(model_type):
+    if model_type in KNOWN_FAILURES:
+        # Listed as failing: it must still fail with the listed error, or the table is stale.
+        expected_error, _ = KNOWN_FAILURES[model_type]
+        with pytest.raises(Exception, match=expected_error):
+            _run_all(untrained_model(model_type))
+        return
+    _run_all(untrained_model(model_type))
+
+
+def test_known_failures_are_few_and_explained():
+    assert len(KNOWN_FAILURES) <= 0.05 * len(TYPES), sorted(KNOWN_FAILURES)
+    for model_type, (expected_error, reason) in KNOWN_FAILURES.items():
+        assert model_type in TYPES, f"{model_type} is not in the causal-LM mapping"
+        assert expected_error and len(reason) > 20, f"{model_type}: say how and why it fails"
+    for model_type, (overrides, reason) in MODEL_FIXES.items():
+        assert model_type in TYPES and overrides and len(reason) > 20, model_type
+
+
+def test_inputs_follow_the_seed_shapes():
+    m = untrained_model("arnir0/Tiny-LLM")
+    assert m.cache_argument == "cache"
+    assert m.shapes == [(2, 3, 30), (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17)]
+    for feeds, (batch, seq, cache) in zip([m.inputs, *m.other_inputs], m.shapes, strict=True):
+        assert tuple(feeds["input_ids"].shape) == (batch, seq)
+        assert tuple(feeds["attention_mask"].shape) == (batch, seq + cache)
+        assert feeds["cache"].get_seq_length() == cache
+    names = {d.__name__ for spec in m.dynamic_shapes["input_ids"].values() for d in [spec]}
+    assert names == {"batch", "seq_length"}
+    assert m.dynamic_shapes["cache"][0][0][2].__name__ == "cache_length"
+    assert not m.model.training
+
+
+def test_same_seed_same_model_and_inputs():
+    a, b = untrained_model("llama"), untrained_model("llama")
+    torch.testing.assert_close(a.inputs["input_ids"], b.inputs["input_ids"])
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_sliding_and_linear_layers_are_real():
+    gemma = untrained_model("gemma3_text")
+    kinds = {type(layer).__name__ for layer in gemma.inputs["cache"].layers}
+    assert kinds == {"DynamicLayer", "DynamicSlidingWindowLayer"}
+    qwen = untrained_model("qwen3_next")
+    kinds = {type(layer).__name__ for layer in qwen.inputs["cache"].layers}
+    assert "LinearAttentionLayer" in kinds
+
+
+def test_config_overrides_and_config_objects():
+    from transformers import LlamaConfig
+
+    assert untrained_model("llama", num_hidden_layers=1).config.num_hidden_layers == 1
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=100,
+    )
+    assert untrained_model(config).config.hidden_size == 32
+    assert untrained_model(config.to_dict()).config.vocab_size == 100
+
+
+@pytest.mark.parametrize(
+    ("source", "kwargs", "error", "message"),
+    [
+        ("lama", {}, ValueError, "Did you mean llama"),
+        (3, {}, TypeError, "source must be a hub id, a model_type"),
+        ({"hidden_size": 3}, {}, ValueError, "needs a 'model_type' key"),
+        ("llama", {"task": "fill-mask"}, ValueError, "task 'fill-mask' is not supported"),
+    ],
+)
+def test_bad_sources(source, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        untrained_model(source, **kwargs)
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "exportcheck", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_config_and_inputs():
+    out = _cli("config", "arnir0/Tiny-LLM", "--layers", "2")
+    assert out.returncode == 0, out.stderr
+    assert '"num_hidden_layers": 2' in out.stdout and '"hidden_size": 192' in out.stdout
+    out = _cli("inputs", "llama")
+    assert out.returncode == 0, out.stderr
+    assert "inputs: dict(input_ids:T7s2x3,attention_mask:T7s2x33,cache:DynamicCache(" in out.stdout
+    assert "cache_length" in out.stdout
+
+
+def test_cli_bad_input_is_one_line():
+    out = _cli("inputs", "lama")
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("exportcheck inputs: untrained_model: 'lama'")
+    assert "Traceback" not in out.stderr
+    out = _cli("config", "llama", "--set", "novalue")
+    assert out.returncode == 2 and "--set expects key=value" in out.stderr
