@@ -6,12 +6,13 @@ from .models import UntrainedModel, available_configs, get_config, untrained_mod
 from .patches import export_patches
 from .pytrees import cache_dynamic_shapes, cache_pytrees, registered_cache_classes
 from .tiny import tiny_config
-from .validate import max_diff
+from .validate import ValidationReport, max_diff, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "UntrainedModel",
+    "ValidationReport",
     "available_configs",
     "cache_dynamic_shapes",
     "cache_pytrees",
@@ -27,4 +28,5 @@ __all__ = [
     "string_type",
     "tiny_config",
     "untrained_model",
+    "validate",
 ]

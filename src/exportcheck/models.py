@@ -74,6 +74,13 @@ def get_config(model_id: str, **overrides: Any) -> Any:
 
 _TASKS = ("text-generation",)
 
+#: Model types checked without a cache, and why: their forward takes a cache, but a
+#: decode step with one cannot be expressed as inputs of the usual shape.
+CACHELESS_INPUTS: dict[str, str] = {
+    "cpmant": "with a cache, forward expects every token seen so far, not only the new ones",
+    "prophetnet": "with a cache, the decoder accepts exactly one new token",
+}
+
 
 @dataclasses.dataclass
 class UntrainedModel:
@@ -88,8 +95,11 @@ class UntrainedModel:
       token, a longer cache, another batch and length
     * ``dynamic_shapes``: for every input, its dynamic dimensions, named ``batch``,
       ``seq_length`` and ``cache_length``
-    * ``cache_argument``: the forward argument that takes the cache (``cache`` or
-      ``past_key_values``), None when the model takes none
+    * ``cache_argument``: the forward argument that takes the cache (``cache``,
+      ``past_key_values``, or ``state`` for recurrent models), None when the inputs
+      have none
+    * ``shapes``: (batch, new tokens, cached tokens) of each input set
+    * ``notes``: why the inputs differ from the usual decode step, if they do
     """
 
     model: Any
@@ -99,6 +109,7 @@ class UntrainedModel:
     dynamic_shapes: dict[str, Any]
     cache_argument: str | None
     shapes: list[tuple[int, int, int]]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def describe(self) -> str:
         """One line per input set: its shapes."""
@@ -108,6 +119,7 @@ class UntrainedModel:
         for i, feeds in enumerate(self.other_inputs):
             lines.append(f"other_inputs[{i}]: {string_type(feeds, with_shape=True)}")
         lines.append(f"dynamic_shapes: {string_type(self.dynamic_shapes)}")
+        lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
 
@@ -143,9 +155,29 @@ def _resolve_config(source: Any, overrides: dict[str, Any]) -> Any:
     )
 
 
+def _build_causal_lm(config: Any) -> Any:
+    """``AutoModelForCausalLM.from_config``, or the class built from the sub-config it takes.
+
+    transformers hands a sub-config to the model class only when it is called
+    ``text_config``; a causal LM whose config class is another sub-config (musicgen's
+    ``decoder``) is built from that sub-config here.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    wanted = getattr(model_class, "config_class", None)
+    if wanted is not None and not isinstance(config, wanted):
+        for name in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, name, None)
+            if isinstance(sub, wanted):
+                return model_class._from_config(sub)
+    return AutoModelForCausalLM.from_config(config)
+
+
 def _cache_argument(model: Any) -> str | None:
     params = inspect.signature(model.forward).parameters
-    for name in ("cache", "past_key_values"):
+    for name in ("cache", "past_key_values", "state"):
         if name in params:
             return name
     return None
@@ -191,6 +223,8 @@ def _length_bounds(config: Any) -> tuple[int, int]:
 def _has_attention(cache: Any) -> bool:
     import torch
 
+    if isinstance(cache, list | tuple):
+        return False  # recurrent states as a list of tensors (rwkv)
     layers = getattr(cache, "layers", None)
     if layers is None:
         inner = getattr(cache, "self_attention_cache", None)
@@ -212,9 +246,9 @@ def _decode_inputs(model, config, cache_argument, batch, seq_length, cache_lengt
                 attention_mask=torch.ones((batch, cache_length), dtype=torch.int64),
                 use_cache=True,
             )
-        cache = getattr(out, "cache", None)
+        cache = getattr(out, cache_argument, None)
         if cache is None:
-            cache = getattr(out, "past_key_values", None)
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     if cache_argument is not None and cache is not None:
         feeds["input_ids"] = torch.randint(0, vocab, (batch, seq_length), generator=generator)
         # Attention masks cover cached and new tokens; a model without attention
@@ -255,7 +289,6 @@ def untrained_model(
     inputs: dict(input_ids:T7s2x3,attention_mask:T7s2x33,cache:DynamicCache(key_cache=#1[T1s2x1x30x96], value_cache=#1[T1s2x1x30x96]))
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     from .pytrees import cache_dynamic_shapes
 
@@ -263,32 +296,47 @@ def untrained_model(
         raise ValueError(f"untrained_model: task {task!r} is not supported; use one of {_TASKS}.")
     config = _resolve_config(source, config_overrides)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    # float32 whatever dtype the config declares: exports are checked on CPU.
+    model = _build_causal_lm(config).to(torch.float32).eval()
+    notes: list[str] = []
     cache_argument = _cache_argument(model)
+    model_type = getattr(config, "model_type", None)
+    if cache_argument is not None and model_type in CACHELESS_INPUTS:
+        notes.append(f"no cache: {CACHELESS_INPUTS[model_type]}")
+        cache_argument = None
     generator = torch.Generator().manual_seed(seed)
     shapes = [(2, 3, 30), (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17)]
     sets = [_decode_inputs(model, config, cache_argument, b, s, c, generator) for b, s, c in shapes]
-    if cache_argument not in sets[0]:
-        # The forward has a cache argument but the model returned no cache (an
-        # encoder used as a decoder, a model whose cache is not a transformers Cache).
+    if cache_argument is not None and cache_argument not in sets[0]:
+        notes.append(f"no cache: {type(model).__name__} returned none after a prefill")
         cache_argument = None
     seq_max, cache_max = _length_bounds(config)
     batch = torch.export.Dim("batch", min=1, max=1024)
     seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
     cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
     dynamic_shapes: dict[str, Any] = {"input_ids": {0: batch, 1: seq_length}}
+    cache_shapes = None
+    if cache_argument is not None:
+        try:
+            cache = sets[0][cache_argument]
+            if isinstance(cache, list | tuple) and all(isinstance(t, torch.Tensor) for t in cache):
+                cache_shapes = type(cache)({0: batch} for _ in cache)  # states: only batch varies
+            else:
+                cache_shapes = cache_dynamic_shapes(cache, batch, cache_length)
+        except (TypeError, ValueError) as e:
+            # A cache class exportcheck cannot flatten: check the model without one.
+            notes.append(f"no cache: {e}")
+            cache_argument = None
+            generator = torch.Generator().manual_seed(seed)
+            sets = [_decode_inputs(model, config, None, b, s, c, generator) for b, s, c in shapes]
     if cache_argument is not None and _has_attention(sets[0][cache_argument]):
         # The mask covers cache and new tokens: its length is their sum, which a Dim
         # cannot express, so it gets a dimension of its own.
         dynamic_shapes["attention_mask"] = {0: batch, 1: torch.export.Dim.DYNAMIC}
-        dynamic_shapes[cache_argument] = cache_dynamic_shapes(
-            sets[0][cache_argument], batch, cache_length
-        )
+        dynamic_shapes[cache_argument] = cache_shapes
     elif cache_argument is not None:
         dynamic_shapes["attention_mask"] = {0: batch, 1: seq_length}
-        dynamic_shapes[cache_argument] = cache_dynamic_shapes(
-            sets[0][cache_argument], batch, cache_length
-        )
+        dynamic_shapes[cache_argument] = cache_shapes
     else:
         dynamic_shapes["attention_mask"] = {0: batch, 1: seq_length}
     return UntrainedModel(
@@ -299,4 +347,5 @@ def untrained_model(
         dynamic_shapes=dynamic_shapes,
         cache_argument=cache_argument,
         shapes=shapes,
+        notes=notes,
     )

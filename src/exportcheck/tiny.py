@@ -19,6 +19,7 @@ Generic rules:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 __all__ = ["KNOWN_FAILURES", "MODEL_FIXES", "causal_lm_types", "tiny_config"]
@@ -32,7 +33,6 @@ _SIZES: dict[str, int] = {
     "n_embed": 64,
     "embed_dim": 64,
     "emb_dim": 64,
-    "attention_hidden_size": 64,
     "dim": 64,
     "intermediate_size": 128,
     "ffn_dim": 128,
@@ -75,6 +75,20 @@ _SIZES: dict[str, int] = {
     "num_global_key_value_heads": 2,
     "hidden_size_per_layer_input": 16,
     "vocab_size_per_layer_input": 1024,
+    "linear_num_heads": 4,
+    "linear_head_dim": 16,
+    "hc_lowrank": 32,
+    "dim_ff": 128,
+    "moe_num_shared_experts": 1,
+    "zero_expert_num": 2,
+    "mamba_dt_rank": 8,
+    "d_inner": 128,
+    "feed_forward_size": 128,
+    "shared_intermediate_size": 128,
+    "expert_ffn_hidden_size": 32,
+    "adapter_in_dim": 64,
+    "adapter_out_dim": 64,
+    "adapter_input_size": 64,
     "max_position_embeddings": 4096,
     "n_positions": 4096,
 }
@@ -96,6 +110,15 @@ _HEADS = (
     "decoder_attention_heads",
     "encoder_attention_heads",
 )
+_WIDTH_RATIOS = ("attention_hidden_size", "lru_width", "embedding_dim")
+_EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+_KEEP_KEYS = {
+    "model_type",
+    "_name_or_path",
+    "output_attentions",
+    "transformers_version",
+    "per_layer_config",
+}
 _TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
 # Per-layer lists that say what kind each layer is: the layers kept cover every kind.
 _LAYER_KINDS = ("layer_types", "layers_block_type", "block_types", "layers_type")
@@ -103,62 +126,374 @@ _LAYER_KINDS = ("layer_types", "layers_block_type", "block_types", "layers_type"
 
 #: Per-model fixes applied after the generic rules: model_type -> (overrides, reason).
 #: A key ``"text_config.head_dim"`` sets an attribute of a sub-config.
-MODEL_FIXES: dict[str, tuple[dict[str, Any], str]] = {}
+MODEL_FIXES: dict[str, tuple[dict[str, Any], str]] = {
+    "bamba": (
+        {"attn_layer_indices": [1]},
+        "attn_layer_indices defaults to None: no attention layer, and get_seq_length needs one",
+    ),
+    "cohere_compass_text": (
+        {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+        "rope_parameters per layer type default to {}: no entry for full_attention (KeyError)",
+    ),
+    "blt": (
+        {
+            "num_hidden_layers": 2,
+            "encoder_hash_byte_group_vocab": 1024,
+            "decoder_config.hidden_size_global": 64,
+        },
+        "the cache is built from the top config, which has no num_hidden_layers; "
+        "hash embeddings and the decoder's global width are not shrunk",
+    ),
+    "dbrx": (
+        {"attn_config.rope_theta": 10000.0, "attn_config.clip_qkv": 8},
+        "attention reads attn_config.rope_theta, absent from its config, and clamps with "
+        "clip_qkv=None, which torch.clamp rejects",
+    ),
+    "longcat_flash": (
+        {"qk_head_dim": 16, "head_dim": 8},
+        "qk_head_dim and head_dim are fields, not recomputed: they must be nope+rope and rope",
+    ),
+    "musicgen": (
+        {"decoder.num_codebooks": 1},
+        "input_ids are (batch x codebooks, seq): one codebook keeps them (batch, seq)",
+    ),
+    "musicgen_melody": (
+        {"decoder.num_codebooks": 1},
+        "input_ids are (batch x codebooks, seq): one codebook keeps them (batch, seq)",
+    ),
+    "xmod": (
+        {"default_language": "en_XX"},
+        "forward needs a default language, what model.set_default_language sets",
+    ),
+    "dory": (
+        {
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+            "num_hidden_layers": 3,
+            "n_input_layers": 1,
+            "n_recurrent_layers": 1,
+            "n_output_layers": 1,
+        },
+        "input, recurrent and output layer counts must add up to num_hidden_layers",
+    ),
+    "gpt_neo": (
+        {"attention_types": [[["global", "local"], 1]]},
+        "attention_layers is expanded from attention_types, a pattern repeated 12 times",
+    ),
+    "granitemoehybrid": (
+        {"layer_types": ["linear_attention", "full_attention"]},
+        "default layer_types are all linear attention: no attention layer for get_seq_length",
+    ),
+    "hrm_text": (
+        {"num_layers_per_stack": 1, "num_hidden_layers": 8},
+        "cache slots = layers per stack x H cycles x (L cycles + 1); the stack was not shrunk",
+    ),
+    "lfm2_moe": (
+        {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
+        "layer_types defaults to None but is indexed per layer; keep one MoE layer",
+    ),
+    "qwen4_exp": (
+        {
+            "text_config.indexer_n_heads": 4,
+            "text_config.indexer_kv_heads": 1,
+            "text_config.indexer_head_dim": 16,
+            "text_config.indexer_budget": 16,
+            "text_config.indexer_compress_ratio": 4,
+        },
+        "indexed-attention layers build an indexer whose attributes default to None",
+    ),
+    "qwen4_exp_text": (
+        {
+            "indexer_n_heads": 4,
+            "indexer_kv_heads": 1,
+            "indexer_head_dim": 16,
+            "indexer_budget": 16,
+            "indexer_compress_ratio": 4,
+        },
+        "indexed-attention layers build an indexer whose attributes default to None",
+    ),
+    "reformer": (
+        {"axial_pos_embds_dim": [32, 32]},
+        "axial position embedding widths must add up to hidden_size",
+    ),
+    "xlstm": (
+        {"qk_dim_factor": 1.0},
+        "the cache rounds qk_dim up to a multiple of 64 while the layer uses 64 x 0.5",
+    ),
+    "zamba": (
+        {"layers_block_type": ["hybrid", "hybrid"]},
+        "the shared transformer's weight-tying pattern needs at least two hybrid layers",
+    ),
+}
 
 #: Causal-LM model types whose tiny model cannot be built or run here:
 #: model_type -> (a regular expression matching the error, why). The tests check
 #: that each still fails with that error, so a fix upstream shows up.
-KNOWN_FAILURES: dict[str, tuple[str, str]] = {}
+KNOWN_FAILURES: dict[str, tuple[str, str]] = {
+    "gemma3n": (
+        "timm",
+        "the vision tower is a timm model and timm is not a dependency of exportcheck",
+    ),
+    "gemma4_assistant": (
+        "hidden_size_per_layer_input|validate_architecture",
+        "a draft model for speculative decoding: its default config fails transformers' "
+        "validation, and it reads the main model's embeddings and key-value states",
+    ),
+    "gemma4_unified_assistant": (
+        "shared_kv_states|inputs_embeds",
+        "a draft model for speculative decoding: it ignores input_ids and needs the main "
+        "model's embeddings and key-value states as inputs",
+    ),
+}
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _layer_overrides(data: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """``per_layer_config`` of heterogeneous configs: layer index -> overridden attributes.
+
+    ``to_dict()`` stores only the layers that differ, under zero-padded string keys.
+    """
+    per_layer = data.get("per_layer_config")
+    if not isinstance(per_layer, dict):
+        return {}
+    return {int(k): v for k, v in per_layer.items() if isinstance(v, dict)}
+
+
+def _first_kv_shared(data: dict[str, Any], n_layers: int) -> int | None:
+    """Index of the first layer that reads another layer's key-value cache."""
+    shared = data.get("num_kv_shared_layers")
+    return n_layers - shared if _is_int(shared) and 0 < shared <= n_layers else None
+
+
 def _kept_layers(data: dict[str, Any], n_layers: int) -> list[int]:
-    """One layer of each kind, in model order, at least two."""
+    """One layer of each kind, in model order, at least two.
+
+    A kind combines the layer's entry in ``layer_types`` (or a similar list), the
+    attributes ``per_layer_config`` overrides for it, and whether it reuses another
+    layer's key-value cache.
+    """
+    if n_layers <= 0:
+        return []
+    kinds = next(
+        (
+            data[key]
+            for key in _LAYER_KINDS
+            if isinstance(data.get(key), list | tuple) and len(data[key]) == n_layers
+        ),
+        None,
+    )
+    overrides = _layer_overrides(data)
+    shared_from = _first_kv_shared(data, n_layers)
+    first: dict[str, int] = {}
+    for i in range(n_layers):
+        kind = (
+            None if kinds is None else repr(kinds[i]),
+            tuple(sorted(overrides.get(i, {}))),
+            shared_from is not None and i >= shared_from,
+        )
+        first.setdefault(repr(kind), i)
+    kept = sorted(first.values())
+    if len(kept) == 1 and n_layers > 1:
+        kept.append(1)
+    return sorted(kept)
+
+
+def _shrink_per_layer(
+    data: dict[str, Any], kept: list[int], n_layers: int, before: dict[str, Any]
+) -> None:
+    """Renumber ``per_layer_config`` after the layer selection and shrink each entry.
+
+    Kept layer ``kept[j]`` becomes layer ``j``; each layer's overrides go through the
+    generic rules together with the global attributes, so a layer stays as
+    consistent as the whole config (``head_dim == qk_nope + qk_rope`` per layer).
+    """
+    if not isinstance(data.get("per_layer_config"), dict):
+        return
+    overrides = _layer_overrides(data)
+    width = len(str(max(len(kept) - 1, 0)))
+    result: dict[str, dict[str, Any]] = {}
+    for new, old in enumerate(kept):
+        layer = overrides.get(old)
+        if not layer:
+            continue
+        full = {k: v for k, v in before.items() if not isinstance(v, dict | list | tuple)}
+        for count in _LAYER_COUNTS:
+            full.pop(count, None)
+        full.update(layer)
+        _shrink_dict(full)
+        result[str(new).zfill(width)] = {attr: full.get(attr, layer[attr]) for attr in layer}
+    data["per_layer_config"] = result
+
+
+def _config_class(data: dict[str, Any]) -> type | None:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        return CONFIG_MAPPING[data.get("model_type")]
+    except KeyError:
+        return None
+
+
+def _derived_keys(cls: type | None, data: dict[str, Any]) -> set[str]:
+    """Keys of ``to_dict()`` that the constructor computes from others.
+
+    ``to_dict()`` saves them and ``from_dict`` would pass them back, overwriting what
+    the constructor computes from the shrunk sizes (MLA ``head_dim``, ``qk_head_dim``,
+    Mamba head dims): they are dropped so the constructor recomputes them.
+    """
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return set()
+    fields = {f.name for f in dataclasses.fields(cls)}
+    aliases = set(getattr(cls, "attribute_map", {}) or {}) | set(
+        (getattr(cls, "attribute_map", {}) or {}).values()
+    )
+    return set(data) - fields - aliases - _KEEP_KEYS
+
+
+def _shrink_sizes(data: dict[str, Any], cls: type | None, original: dict[str, Any]) -> None:
+    aliases = getattr(cls, "attribute_map", {}) or {}
+    for attr, tiny in _SIZES.items():
+        for key in {attr, aliases.get(attr, attr)}:
+            value = data.get(key)
+            if _is_int(value) and value > tiny:
+                data[key] = tiny
+            elif isinstance(value, list) and value and all(_is_int(v) for v in value):
+                data[key] = [min(v, tiny) for v in value]  # one value per layer
+    hidden, old_hidden = data.get("hidden_size"), original.get("hidden_size")
+    if _is_int(hidden) and _is_int(old_hidden) and old_hidden:
+        for key in _WIDTH_RATIOS:  # widths that keep their ratio to the hidden size
+            if _is_int(original.get(key)):
+                data[key] = max(1, original[key] * hidden // old_hidden)
+    # MoE counts left to None by a config that still builds experts.
+    if _is_int(data.get("moe_intermediate_size")):
+        for attr in ("num_experts_per_tok", "n_routed_experts", "n_shared_experts"):
+            key = aliases.get(attr, attr)
+            if key in data and data[key] is None:
+                data[key] = _SIZES[attr]
+    # Grouped routing takes a top-2 inside each group: the groups must split the experts.
+    experts = next(
+        (data[aliases.get(a, a)] for a in _EXPERT_COUNTS if _is_int(data.get(aliases.get(a, a)))),
+        None,
+    )
+    group_key = aliases.get("n_group", "n_group")
+    if group_key not in data and "num_expert_group" in data:
+        group_key = "num_expert_group"
+    groups = data.get(group_key)
+    if _is_int(experts) and _is_int(groups) and (experts % groups or experts // groups < 2):
+        data[group_key] = 2 if experts >= 4 and experts % 2 == 0 else 1
+        if "topk_group" in data:
+            data["topk_group"] = 1
+    for key in ("first_k_dense_replace", "num_dense_layers"):
+        if _is_int(data.get(key)) and data[key] > 1:
+            data[key] = 1  # keep a mixture-of-experts layer among the two kept
+
+
+def _shrink_heads(data: dict[str, Any]) -> None:
+    heads_attr = [a for a in _HEADS if _is_int(data.get(a))]
+    if not heads_attr:
+        return
+    heads = data[heads_attr[0]]
+    kv = data.get("num_key_value_heads")
+    grouped = _is_int(kv) and kv < heads
+    for a in heads_attr:
+        data[a] = 4
+    if _is_int(kv):
+        data["num_key_value_heads"] = 2 if grouped else 4
+    elif "num_key_value_heads" in data and kv is None:
+        data["num_key_value_heads"] = 4  # None means one key-value head per head
+    for a in ("head_dim", "attention_head_dim", "kv_channels", "attention_head_size", "dim_head"):
+        if (_is_int(data.get(a)) and data[a] > 16) or (
+            a == "head_dim" and a in data and data[a] is None
+        ):
+            data[a] = 16
+    if _is_int(data.get("d_head")) and _is_int(data.get("d_model")):
+        data["d_head"] = data["d_model"] // 4
+
+
+def _shrink_state_space(data: dict[str, Any]) -> None:
+    """Mamba-2 style blocks: inner width = heads x head dim, groups divide the heads."""
+    hidden = data.get("hidden_size")
+    for heads, head_dim, groups, inner in (
+        ("mamba_n_heads", "mamba_d_head", "mamba_n_groups", "mamba_d_ssm"),
+        ("n_mamba_heads", "mamba_headdim", "mamba_ngroups", None),
+        ("num_heads", "head_dim", "n_groups", None),
+    ):
+        if not _is_int(data.get(heads)) or head_dim not in data:
+            continue
+        if heads == "num_heads" and not ("n_groups" in data and "expand" in data):
+            continue  # attention heads, not state-space heads
+        expand = data.get("mamba_expand", data.get("expand"))
+        if inner and _is_int(data.get(inner)):
+            data[inner] = data[heads] * 16
+            width = data[inner]
+        elif _is_int(expand) and _is_int(hidden):
+            width = expand * hidden
+        else:
+            continue
+        data[head_dim] = width // data[heads]
+        if _is_int(data.get(groups)) and data[heads] % data[groups]:
+            data[groups] = 1
+    if any(k in data for k in ("mamba_d_state", "ssm_state_size", "state_size")):
+        for key in ("chunk_size", "mamba_chunk_size"):
+            if _is_int(data.get(key)) and data[key] > 32:
+                data[key] = 32
+
+
+def _shrink_layers(data: dict[str, Any], original: dict[str, Any]) -> None:
+    counts = [a for a in _LAYER_COUNTS if _is_int(data.get(a))]
+    if not counts:
+        return
+    n_layers = max(data[a] for a in counts)
+    kept = _kept_layers(data, n_layers)
+    if n_layers > len(kept):
+        for name, value in list(data.items()):
+            if isinstance(value, list | tuple) and len(value) == n_layers:
+                data[name] = type(value)(value[i] for i in kept)
+        for a in counts:
+            data[a] = min(data[a], len(kept))
+        if _is_int(data.get("num_blocks")) and original.get("num_blocks") == n_layers:
+            data["num_blocks"] = len(kept)
+        shared_from = _first_kv_shared(original, n_layers)
+        if shared_from is not None:
+            data["num_kv_shared_layers"] = sum(1 for i in kept if i >= shared_from)
+    _shrink_per_layer(
+        data, kept if n_layers > len(kept) else list(range(n_layers)), n_layers, original
+    )
+    n = min(data[a] for a in counts)
+    # A kind pattern shorter than the model, cycled over the layers (recurrent_gemma):
+    # the kept layers must still see every kind.
     for key in _LAYER_KINDS:
         kinds = data.get(key)
-        if isinstance(kinds, list | tuple) and len(kinds) == n_layers and n_layers > 0:
-            first: dict[str, int] = {}
-            for i, kind in enumerate(kinds):
-                first.setdefault(repr(kind), i)
-            kept = sorted(first.values())
-            if len(kept) == 1 and n_layers > 1:
-                kept.append(1)
-            return sorted(kept)
-    return list(range(min(2, n_layers)))
+        if isinstance(kinds, list) and 0 < len(kinds) != n:
+            firsts = list(dict.fromkeys(kinds))
+            if set(firsts) - set((kinds * n)[:n]):
+                data[key] = firsts
+                for a in counts:
+                    data[a] = len(firsts)
+    # Periodic attention or expert layers (jamba): one must fall among the kept layers.
+    n = min(data[a] for a in counts)
+    for period, offset in (
+        ("attn_layer_period", "attn_layer_offset"),
+        ("expert_layer_period", "expert_layer_offset"),
+    ):
+        if _is_int(data.get(period)) and not any(
+            i % data[period] == data.get(offset) for i in range(n)
+        ):
+            data[period], data[offset] = 2, 1
 
 
 def _shrink_dict(data: dict[str, Any]) -> None:
-    for attr, tiny in _SIZES.items():
-        if _is_int(data.get(attr)) and data[attr] > tiny:
-            data[attr] = tiny
-    heads_attr = [a for a in _HEADS if _is_int(data.get(a))]
-    if heads_attr:
-        heads = data[heads_attr[0]]
-        kv = data.get("num_key_value_heads")
-        grouped = _is_int(kv) and kv < heads
-        for a in heads_attr:
-            data[a] = 4
-        if _is_int(kv):
-            data["num_key_value_heads"] = 2 if grouped else 4
-        for a in ("head_dim", "attention_head_dim", "kv_channels"):
-            if _is_int(data.get(a)) and data[a] > 16:
-                data[a] = 16
+    cls = _config_class(data)
+    original = dict(data)
+    _shrink_sizes(data, cls, original)
+    _shrink_heads(data)
+    _shrink_state_space(data)
     for a in ("rotary_dim", "rotary_emb_dim"):
         if _is_int(data.get(a)) and data[a] > 8:
             data[a] = 8
-    counts = [a for a in _LAYER_COUNTS if _is_int(data.get(a))]
-    if counts:
-        n_layers = max(data[a] for a in counts)
-        kept = _kept_layers(data, n_layers)
-        if n_layers > len(kept):
-            for name, value in list(data.items()):
-                if isinstance(value, list | tuple) and len(value) == n_layers:
-                    data[name] = type(value)(value[i] for i in kept)
-            for a in counts:
-                data[a] = min(data[a], len(kept))
+    _shrink_layers(data, original)
     vocab = data.get("vocab_size")
     if _is_int(vocab):
         for i, attr in enumerate(_TOKEN_IDS):
@@ -170,9 +505,20 @@ def _shrink_dict(data: dict[str, Any]) -> None:
     # A decoder that can take a cache: BERT-like models only build one as decoders.
     if data.get("is_decoder") is False:
         data["is_decoder"] = True
+    for key in _derived_keys(cls, data):
+        data.pop(key, None)
     for value in data.values():
         if isinstance(value, dict) and "model_type" in value:
             _shrink_dict(value)
+
+
+def _merge_dotted(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        target = data
+        *path, name = key.split(".")
+        for part in path:
+            target = target.setdefault(part, {})
+        target[name] = value
 
 
 def set_attributes(config: Any, overrides: dict[str, Any]) -> Any:
@@ -203,8 +549,11 @@ def tiny_config(config: Any) -> Any:
         )
     data = config.to_dict()
     _shrink_dict(data)
-    tiny = type(config).from_dict(data)
     overrides, _ = MODEL_FIXES.get(config.model_type, ({}, ""))
+    # Before the constructor, which validates consistency, and after it, which may
+    # recompute some of them.
+    _merge_dotted(data, overrides)
+    tiny = type(config).from_dict(data)
     return set_attributes(tiny, overrides)
 
 

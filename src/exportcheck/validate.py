@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import os
 import platform
+import re
 import tempfile
 import time
 import traceback
@@ -138,6 +139,7 @@ class ValidationReport:
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     onnx: dict[str, Any] = dataclasses.field(default_factory=dict)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -179,6 +181,8 @@ class ValidationReport:
                 f"  {run['runner']:9} {run['input_set']:34} abs {run['abs']:9.2e} "
                 f"rel {run['rel']:9.2e} {verdict}{extra}"
             )
+        for note in self.notes:
+            lines.append(f"  note: {note}")
         if self.onnx:
             top = ", ".join(f"{k}:{v}" for k, v in list(self.onnx["op_types"].items())[:6])
             lines.append(
@@ -231,6 +235,83 @@ def _onnx_summary(path: str) -> dict[str, Any]:
         "inputs": [i.name for i in proto.graph.input],
         "outputs": [o.name for o in proto.graph.output],
     }
+
+
+_REFINEMENTS = 2
+_SUGGESTION = re.compile(r"^\s*(\w+) = Dim\('(\w+)'(?:, min=(\d+))?(?:, max=(\d+))?\)\s*$")
+
+
+def _map_dims(spec: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(spec, dict) and all(isinstance(k, int) for k in spec):
+        return {k: fn(v) for k, v in spec.items()}
+    if isinstance(spec, dict):
+        return {k: _map_dims(v, fn) for k, v in spec.items()}
+    if isinstance(spec, list | tuple):
+        return type(spec)(_map_dims(v, fn) for v in spec)
+    return spec
+
+
+def _describe_shapes(spec: Any) -> str:
+    from .describe import string_type
+
+    return string_type(spec, limit=1000)
+
+
+def refine_dynamic_shapes(dynamic_shapes: Any, error: BaseException) -> tuple[Any, str] | None:
+    """Narrow the bounds of named dimensions after a constraint violation.
+
+    When ``torch.export`` reports that the model's code only supports part of a
+    declared range (a learned position table of 512, a window), it suggests new
+    bounds such as ``cache_length = Dim('cache_length', max=510)``. Those suggestions
+    are applied. When it cannot suggest bounds (a guard its solver cannot prove),
+    named dimensions become ``Dim.AUTO`` with the same bounds, so that export decides.
+    Specializations to a constant are never applied: they are failures.
+
+    :return: the new dynamic shapes and a note saying what changed, or None when the
+        error is not a constraint violation or nothing can be refined
+    """
+    from torch.export import Dim
+    from torch.export.dynamic_shapes import _DimHint
+
+    text = str(error)
+    if "Constraints violated" not in text:
+        return None
+    bounds: dict[str, tuple[int | None, int | None]] = {}
+    if "Suggested fixes:" in text:
+        for line in text.split("Suggested fixes:", 1)[1].splitlines():
+            match = _SUGGESTION.match(line)
+            if match and match.group(1) == match.group(2):
+                low, high = match.group(3), match.group(4)
+                if low and high and int(low) >= int(high):
+                    return None  # a range of one value is a specialization
+                bounds[match.group(1)] = (
+                    int(low) if low else None,
+                    int(high) if high else None,
+                )
+            elif line.strip() and "=" in line and not line.startswith("The error"):
+                return None  # a specialization or a relation between dimensions
+    if bounds:
+
+        def narrow(dim: Any) -> Any:
+            name = getattr(dim, "__name__", None)
+            if name in bounds and not isinstance(dim, _DimHint):
+                low, high = bounds[name]
+                return Dim(name, min=low if low is not None else dim.min, max=high or dim.max)
+            return dim
+
+        changes = ", ".join(f"{n} in [{lo or '.'}, {hi or '.'}]" for n, (lo, hi) in bounds.items())
+        return _map_dims(dynamic_shapes, narrow), f"export suggested narrower bounds: {changes}"
+
+    def relax(dim: Any) -> Any:
+        if isinstance(dim, Dim):
+            return Dim.AUTO(min=dim.min, max=dim.max)
+        return dim
+
+    relaxed = _map_dims(dynamic_shapes, relax)
+    if _describe_shapes(relaxed) == _describe_shapes(dynamic_shapes):
+        return None
+    first = next((line.strip() for line in text.splitlines() if "Not all values" in line), "")
+    return relaxed, f"named dimensions relaxed to Dim.AUTO after an unprovable guard: {first[:300]}"
 
 
 def validate(
@@ -326,10 +407,23 @@ def validate(
 
     def export() -> None:
         m = state["m"]
-        with export_patches(m.model), torch.no_grad():
-            state["ep"] = torch.export.export(
-                m.model, (), kwargs=copy.deepcopy(m.inputs), dynamic_shapes=m.dynamic_shapes
-            )
+        dynamic_shapes = m.dynamic_shapes
+        for attempt in range(_REFINEMENTS + 1):
+            try:
+                with export_patches(m.model), torch.no_grad():
+                    state["ep"] = torch.export.export(
+                        m.model, (), kwargs=copy.deepcopy(m.inputs), dynamic_shapes=dynamic_shapes
+                    )
+                break
+            except Exception as e:
+                refined = (
+                    None if attempt == _REFINEMENTS else refine_dynamic_shapes(dynamic_shapes, e)
+                )
+                if refined is None:
+                    raise
+                dynamic_shapes, note = refined
+                report.notes.append(note)
+        report.model["dynamic_shapes"] = _describe_shapes(dynamic_shapes)
 
     def compare(runner: str, run_one: Callable[[dict[str, Any]], Any]) -> None:
         m = state["m"]

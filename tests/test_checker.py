@@ -1,0 +1,203 @@
+"""validate, sweep and report: the checker at scale, on a few real architectures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from exportcheck import untrained_model, validate
+from exportcheck.report import categorize, summarize, write_report
+from exportcheck.sweep import read_results, sweep
+
+
+def test_validate_tiny_llm_with_torch_export():
+    report = validate("arnir0/Tiny-LLM", exporter="export")
+    assert report.ok, report.table()
+    assert [s["stage"] for s in report.stages] == ["build", "eager", "export", "exported_run"]
+    assert len(report.runs) == 5 and all(r["runner"] == "exported" for r in report.runs)
+    assert report.worst("exported") <= 1e-5
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["ok"] and data["failed_stage"] is None
+    assert data["versions"]["torch"].startswith("2.")
+
+
+class _Broken(torch.nn.Module):
+    def forward(self, input_ids, attention_mask, cache):
+        raise RuntimeError("this model cannot run")
+
+
+def test_a_failing_model_is_a_result_not_an_exception():
+    m = untrained_model("arnir0/Tiny-LLM")
+    m.model = _Broken()
+    report = validate(m, exporter="onnx")
+    assert not report.ok
+    assert report.failed_stage == "eager"
+    failed = report.stages[-1]
+    assert failed["error_type"] == "RuntimeError" and failed["error"] == "this model cannot run"
+    assert "eager" in report.table() and "FAILED" in report.table()
+
+
+def test_exported_program_differences_are_reported():
+    m = untrained_model("arnir0/Tiny-LLM")
+    report = validate(m, exporter="export", atol=1e-30)
+    # The export is exact here; a tolerance that nothing meets must fail honestly only
+    # when a difference exists, so check the comparison itself ran on all sets.
+    assert len(report.runs) == 5
+    assert report.ok == all(r["abs"] <= 1e-30 for r in report.runs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"exporter": "tflite"}, "exporter must be one of"),
+        ({"atol": -1}, "atol must be a positive number"),
+        ({"atol": True}, "atol must be a positive number"),
+    ],
+)
+def test_validate_misuse_raises(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        validate("llama", **kwargs)
+
+
+def test_sweep_writes_rows_resumes_and_times_out(tmp_path):
+    out = str(tmp_path / "results.jsonl")
+    rows = sweep(["llama"], out, exporter="export", timeout=300)
+    assert [r["source"] for r in rows] == ["llama"] and rows[0]["ok"], rows
+    assert sweep(["llama"], out, exporter="export") == []  # resumed: nothing to do
+    slow = sweep(["gpt2"], out, exporter="export", timeout=0.5)
+    assert slow[0]["failed_stage"] == "process"
+    assert slow[0]["stages"][0]["error_type"] == "Timeout"
+    assert [r["source"] for r in read_results(out)] == ["llama", "gpt2"]
+    assert os.path.exists(str(tmp_path / "results.log"))
+
+
+def test_sweep_survives_ctrl_c_and_continues(tmp_path):
+    out = tmp_path / "results.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "exportcheck",
+        "sweep",
+        "--out",
+        str(out),
+        "--exporter",
+        "export",
+        "--only",
+        "llama",
+        "gpt2",
+        "qwen2",
+        "qwen3",
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(read_results(str(out))) < 1:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "interrupted" in err and "rerun to continue" in err
+    first = read_results(str(out))
+    assert 1 <= len(first) < 4
+    with open(out, encoding="utf-8") as f:  # every line is complete JSON
+        assert all(json.loads(line) for line in f if line.strip())
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["source"] for r in read_results(str(out))) == [
+        "gpt2",
+        "llama",
+        "qwen2",
+        "qwen3",
+    ]
+
+
+def test_three_architectures_through_sweep_and_report(tmp_path):
+    out = tmp_path / "results.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "exportcheck",
+        "sweep",
+        "--out",
+        str(out),
+        "--only",
+        "llama",
+        "gemma3_text",
+        "mamba",
+        "--workers",
+        "2",
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {r["source"]: r for r in read_results(str(out))}
+    assert set(rows) == {"llama", "gemma3_text", "mamba"}
+    assert rows["llama"]["ok"], rows["llama"]["stages"]
+    assert rows["llama"]["worst_ort_abs"] <= 1e-4
+    page_dir = tmp_path / "status"
+    report = subprocess.run(
+        [sys.executable, "-m", "exportcheck", "report", str(out), "--out", str(page_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr
+    page = (page_dir / "index.rst").read_text()
+    assert "llama" in page and "gemma3_text" in page and "mamba" in page
+    green = sum(1 for r in rows.values() if r["ok"])
+    assert f"**{green} of 3**" in page
+    assert (page_dir / "stages.png").stat().st_size > 1000
+    assert (page_dir / "conversion_time.png").stat().st_size > 1000
+
+
+def _row(source, failed=None, error=""):
+    stages = [
+        {"stage": s, "ok": True, "seconds": 1.0}
+        for s in ("build", "eager", "export", "exported_run", "onnx", "ort_session", "ort_run")
+    ]
+    if failed:
+        i = [s["stage"] for s in stages].index(failed)
+        stages = stages[: i + 1]
+        stages[i].update(ok=False, error_type="UserError", error=error)
+    return {
+        "source": source,
+        "exporter": "onnx",
+        "ok": failed is None,
+        "stages": stages,
+        "runs": [],
+        "failed_stage": failed,
+        "started_at": 100.0,
+        "finished_at": 160.0,
+    }
+
+
+def test_summary_counts_and_categories(tmp_path):
+    rows = [
+        _row("a"),
+        _row("b", "export", "Constraints violated (seq_length)!"),
+        _row("c", "onnx", "DispatchError: No ONNX function found for aten.foo"),
+    ]
+    summary = summarize(rows)
+    assert summary["total"] == 3 and summary["both_green"] == 1
+    assert summary["per_stage"]["export"] == 2 and summary["per_stage"]["onnx"] == 1
+    assert categorize(rows[2]) == "no ONNX translation for an operator"
+    assert summary["elapsed"] == 60.0
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"truncated')
+    written = write_report(str(path), str(tmp_path / "page"))
+    page = (tmp_path / "page" / "index.rst").read_text()
+    assert "**1 of 3**" in page and "took 1.0 minutes" in page
+    assert len(written) == 3 and (tmp_path / "page" / "r.jsonl").exists()
+
+
+def test_report_of_nothing_says_so(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="holds no result rows"):
+        write_report(str(empty), str(tmp_path / "page"))
