@@ -79,3 +79,25 @@ def lint(session: nox.Session) -> None:
     session.install("-c", CONSTRAINTS, "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(default=False)
+def sweep(session: nox.Session) -> None:
+    """Validate every causal-LM architecture and render docs/status (about half an hour).
+
+    Extra arguments go to ``exportcheck sweep`` (``-- --only llama gemma3_text``). The
+    results file is resumable: delete it to start over.
+    """
+    _install(session, "docs")
+    results = ROOT / "docs" / "status" / "results.jsonl"
+    session.run(
+        "exportcheck",
+        "sweep",
+        "--out",
+        str(results),
+        "--workers",
+        "2",
+        *session.posargs,
+        env=ENV,
+    )
+    session.run("exportcheck", "report", str(results), "--out", str(results.parent), env=ENV)

@@ -100,6 +100,9 @@ class UntrainedModel:
       have none
     * ``shapes``: (batch, new tokens, cached tokens) of each input set
     * ``notes``: why the inputs differ from the usual decode step, if they do
+    * ``prompts``: for each input set, the token ids whose prefill filled its cache
+      (None for a set without cache): ``cat(prompt, input_ids)`` run without a cache
+      gives the same last logits as the decode step
     """
 
     model: Any
@@ -110,6 +113,7 @@ class UntrainedModel:
     cache_argument: str | None
     shapes: list[tuple[int, int, int]]
     notes: list[str] = dataclasses.field(default_factory=list)
+    prompts: list[Any] = dataclasses.field(default_factory=list)
 
     def describe(self) -> str:
         """One line per input set: its shapes."""
@@ -123,11 +127,14 @@ class UntrainedModel:
         return "\n".join(lines)
 
 
-def _resolve_config(source: Any, overrides: dict[str, Any]) -> Any:
+def _resolve_config(source: Any, overrides: dict[str, Any], shrink: bool = False) -> Any:
     from transformers import AutoConfig, PretrainedConfig
 
     from .tiny import set_attributes, tiny_config
 
+    if shrink and not (isinstance(source, str) and "/" not in source):
+        base = _resolve_config(source, {})
+        return set_attributes(tiny_config(base), overrides)
     if isinstance(source, PretrainedConfig):
         return set_attributes(copy.deepcopy(source), overrides)
     if isinstance(source, dict):
@@ -232,12 +239,21 @@ def _has_attention(cache: Any) -> bool:
     return any(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers)
 
 
-def _decode_inputs(model, config, cache_argument, batch, seq_length, cache_length, generator):
+def _decode_inputs(
+    model: Any,
+    config: Any,
+    cache_argument: str | None,
+    batch: int,
+    seq_length: int,
+    cache_length: int,
+    generator: Any,
+) -> tuple[dict[str, Any], Any]:
+    """One input set, and the prompt whose prefill filled its cache (None without cache)."""
     import torch
 
     vocab = _vocab(config)
     feeds: dict[str, Any] = {}
-    cache = None
+    cache = prefill_ids = None
     if cache_argument is not None:
         prefill_ids = torch.randint(0, vocab, (batch, cache_length), generator=generator)
         with torch.no_grad():
@@ -259,7 +275,8 @@ def _decode_inputs(model, config, cache_argument, batch, seq_length, cache_lengt
     else:
         feeds["input_ids"] = torch.randint(0, vocab, (batch, seq_length), generator=generator)
         feeds["attention_mask"] = torch.ones((batch, seq_length), dtype=torch.int64)
-    return feeds
+    feeds_prompt = prefill_ids if cache_argument is not None and cache is not None else None
+    return feeds, feeds_prompt
 
 
 def untrained_model(
@@ -267,6 +284,7 @@ def untrained_model(
     task: str = "text-generation",
     *,
     seed: int = 0,
+    shrink: bool = False,
     **config_overrides: Any,
 ) -> UntrainedModel:
     """Build a model with random weights, decode-step inputs and their dynamic shapes.
@@ -276,6 +294,9 @@ def untrained_model(
         :func:`exportcheck.tiny.tiny_config`), a config object or a config dict
     :param task: only ``text-generation`` for now
     :param seed: seeds the weights and the inputs
+    :param shrink: shrink a hub config or a config object with the rules of
+        :func:`exportcheck.tiny_config` (a model_type is always shrunk); the
+        architecture (layer kinds, attention variants, experts) stays
     :param config_overrides: config attributes to set (``num_hidden_layers=1``, ...)
     :return: an :class:`UntrainedModel`
 
@@ -294,7 +315,7 @@ def untrained_model(
 
     if task not in _TASKS:
         raise ValueError(f"untrained_model: task {task!r} is not supported; use one of {_TASKS}.")
-    config = _resolve_config(source, config_overrides)
+    config = _resolve_config(source, config_overrides, shrink=shrink)
     torch.manual_seed(seed)
     # float32 whatever dtype the config declares: exports are checked on CPU.
     model = _build_causal_lm(config).to(torch.float32).eval()
@@ -306,7 +327,10 @@ def untrained_model(
         cache_argument = None
     generator = torch.Generator().manual_seed(seed)
     shapes = [(2, 3, 30), (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17)]
-    sets = [_decode_inputs(model, config, cache_argument, b, s, c, generator) for b, s, c in shapes]
+    built = [
+        _decode_inputs(model, config, cache_argument, b, s, c, generator) for b, s, c in shapes
+    ]
+    sets, prompts = [b[0] for b in built], [b[1] for b in built]
     if cache_argument is not None and cache_argument not in sets[0]:
         notes.append(f"no cache: {type(model).__name__} returned none after a prefill")
         cache_argument = None
@@ -328,7 +352,8 @@ def untrained_model(
             notes.append(f"no cache: {e}")
             cache_argument = None
             generator = torch.Generator().manual_seed(seed)
-            sets = [_decode_inputs(model, config, None, b, s, c, generator) for b, s, c in shapes]
+            built = [_decode_inputs(model, config, None, b, s, c, generator) for b, s, c in shapes]
+            sets, prompts = [b[0] for b in built], [b[1] for b in built]
     if cache_argument is not None and _has_attention(sets[0][cache_argument]):
         # The mask covers cache and new tokens: its length is their sum, which a Dim
         # cannot express, so it gets a dimension of its own.
@@ -348,4 +373,5 @@ def untrained_model(
         cache_argument=cache_argument,
         shapes=shapes,
         notes=notes,
+        prompts=prompts,
     )
