@@ -1,5 +1,6 @@
 """export_patches: every fix applies inside the block and nothing survives it."""
 
+import copy
 import os
 
 import pytest
@@ -99,3 +100,37 @@ def test_moe_onnx_export_needs_the_patch(moe_model, tmp_path):
 def test_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message), export_patches(**kwargs):
         pass
+
+
+def test_real_rotary_matches_complex_rotary_and_restores():
+    import transformers.models.llama4.modeling_llama4 as llama4
+
+    from exportcheck import untrained_model
+    from exportcheck.patches import real_rotary
+
+    m = untrained_model("llama4_text")
+    before = (llama4.Llama4TextRotaryEmbedding.__dict__["forward"], llama4.apply_rotary_emb)
+    with torch.no_grad():
+        expected = m.model(**copy.deepcopy(m.inputs)).logits
+        with real_rotary():
+            assert llama4.apply_rotary_emb is not before[1]
+            got = m.model(**copy.deepcopy(m.inputs)).logits
+    assert (llama4.Llama4TextRotaryEmbedding.__dict__["forward"], llama4.apply_rotary_emb) == before
+    assert max_diff(expected, got)["abs"] <= 1e-5
+
+
+def test_real_rotary_lets_llama4_convert_to_onnx(tmp_path):
+    from exportcheck import validate
+
+    report = validate("llama4_text", exporter="onnx")
+    assert report.ok, report.table()
+    assert report.worst("ort") <= 1e-4
+
+
+def test_untrained_models_have_no_all_zero_linear_weights():
+    from exportcheck import untrained_model
+
+    m = untrained_model("afmoe")  # its router gate is zero-initialised by transformers
+    for name, module in m.model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.any(), name

@@ -182,6 +182,25 @@ def _build_causal_lm(config: Any) -> Any:
     return AutoModelForCausalLM.from_config(config)
 
 
+def _randomize_zero_weights(model: Any, std: float) -> list[str]:
+    """Give random values to linear weights that initialisation left at zero.
+
+    Some models zero-initialise a layer (afmoe's router gate): untrained, every
+    expert then scores the same and top-k breaks the tie one way in PyTorch and
+    another in onnxruntime, and a zero projection hides any discrepancy behind it.
+    Trained weights are not zero, so random ones stand in for them.
+    """
+    import torch
+
+    changed = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and not bool(module.weight.any()):
+                module.weight.normal_(0.0, std)
+                changed.append(f"{name}.weight")
+    return changed
+
+
 def _cache_argument(model: Any) -> str | None:
     params = inspect.signature(model.forward).parameters
     for name in ("cache", "past_key_values", "state"):
@@ -319,6 +338,7 @@ def untrained_model(
     torch.manual_seed(seed)
     # float32 whatever dtype the config declares: exports are checked on CPU.
     model = _build_causal_lm(config).to(torch.float32).eval()
+    _randomize_zero_weights(model, getattr(config, "initializer_range", None) or 0.02)
     notes: list[str] = []
     cache_argument = _cache_argument(model)
     model_type = getattr(config, "model_type", None)
