@@ -201,3 +201,49 @@ def test_report_of_nothing_says_so(tmp_path):
     empty.write_text("")
     with pytest.raises(ValueError, match="holds no result rows"):
         write_report(str(empty), str(tmp_path / "page"))
+
+
+def test_cli_validate_prints_a_table_and_progress():
+    cmd = [
+        sys.executable,
+        "-m",
+        "exportcheck",
+        "validate",
+        "arnir0/Tiny-LLM",
+        "--exporter",
+        "export",
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("arnir0/Tiny-LLM (export): OK")
+    assert "exported_run  ok" in out.stdout and "batch=3 seq=4 cache=17" in out.stdout
+    assert "export ..." in out.stderr  # the progress lines
+    as_json = subprocess.run(
+        [*cmd, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert json.loads(as_json.stdout)["ok"] is True
+
+
+def test_cli_sweep_rejects_unknown_types(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "exportcheck",
+        "sweep",
+        "--out",
+        str(tmp_path / "r.jsonl"),
+        "--only",
+        "llama",
+        "lama",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert (
+        out.returncode == 2 and "not causal-LM model types of this transformers: lama" in out.stderr
+    )
+    assert not (tmp_path / "r.jsonl").exists()
