@@ -55,7 +55,7 @@ def docs(session: nox.Session) -> None:
 def recipes(session: nox.Session) -> None:
     """Run recipes with plain python; posargs select them by a part of their name."""
     _install(session, "docs")
-    found = sorted([*ROOT.glob("recipes/*.py"), *ROOT.glob("onnx_recipes/*.py")])
+    found = sorted([*ROOT.glob("recipes/**/*.py"), *ROOT.glob("onnx_recipes/**/*.py")])
     selected = [
         p for p in found if not session.posargs or any(a in p.name for a in session.posargs)
     ]

@@ -56,6 +56,14 @@ sphinx_gallery_conf = {
     "first_notebook_cell": _INSTALL_CELL,
     "remove_config_comments": True,
     "capture_repr": (),
+    # The torch.export gallery is grouped by topic, in reading order.
+    "subsection_order": [
+        "../recipes/models",
+        "../recipes/caches",
+        "../recipes/dynamic_shapes",
+        "../recipes/graphs",
+    ],
+    "within_subsection_order": "FileNameSortKey",
     # Rerun every recipe on every build, even if its source did not change.
     "run_stale_examples": True,
 }

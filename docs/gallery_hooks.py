@@ -19,7 +19,7 @@ _ZERO_TIME = re.compile(
 def recipes_that_did_not_run(docs_dir):
     """Generated recipe pages whose reported running time is zero: they never executed."""
     bad = []
-    for page in sorted(Path(docs_dir).glob("auto_*recipes/*.rst")):
+    for page in sorted(Path(docs_dir).glob("auto_*recipes/**/*.rst")):
         text = page.read_text(encoding="utf-8")
         if "Total running time of the script" in text and _ZERO_TIME.search(text):
             bad.append(page.name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted([*ROOT.glob("recipes/*.py"), *ROOT.glob("onnx_recipes/*.py")])
+RECIPES = sorted([*ROOT.glob("recipes/**/*.py"), *ROOT.glob("onnx_recipes/**/*.py")])
 CHECK_PREFIX = "check passed:"
 
 
@@ -16,7 +16,7 @@ def test_recipes_are_found():
     assert len(RECIPES) >= 2
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_recipe_runs_and_checks(recipe, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg")
     proc = subprocess.run(

@@ -3,6 +3,7 @@
 from .caches import make_dynamic_cache, make_encoder_decoder_cache, make_static_cache
 from .describe import onnx_dtype_code, register_formatter, string_type
 from .models import UntrainedModel, available_configs, get_config, untrained_model
+from .observe import CallCheck, InferredInputs, ObservedCall, ObservedCalls, observe
 from .patches import export_patches
 from .pytrees import cache_dynamic_shapes, cache_pytrees, registered_cache_classes
 from .tiny import tiny_config
@@ -11,6 +12,10 @@ from .validate import ValidationReport, max_diff, validate
 __version__ = "0.1.0"
 
 __all__ = [
+    "CallCheck",
+    "InferredInputs",
+    "ObservedCall",
+    "ObservedCalls",
     "UntrainedModel",
     "ValidationReport",
     "available_configs",
@@ -22,6 +27,7 @@ __all__ = [
     "make_encoder_decoder_cache",
     "make_static_cache",
     "max_diff",
+    "observe",
     "onnx_dtype_code",
     "register_formatter",
     "registered_cache_classes",

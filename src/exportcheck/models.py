@@ -74,11 +74,24 @@ def get_config(model_id: str, **overrides: Any) -> Any:
 
 _TASKS = ("text-generation",)
 
+#: Model types whose decode step takes one new token at a time, and why: their input
+#: sets all have one new token, and only batch and cache length are dynamic.
+ONE_TOKEN_DECODE: dict[str, str] = {
+    "mamba": "with a cache, several new tokens start from a zero state (wrong in eager); "
+    "one token at a time is the decode step",
+    "falcon_mamba": "with a cache, several new tokens start from a zero state (wrong in "
+    "eager); one token at a time is the decode step",
+    "rwkv": "the recurrence loops over the new tokens in Python: one token at a time is "
+    "the decode step",
+    "prophetnet": "with a cache, the n-gram decoder accepts exactly one new token",
+    "jamba": "with a cache, several new tokens start its Mamba layers from a zero state "
+    "(wrong in eager); one token at a time is the decode step",
+}
+
 #: Model types checked without a cache, and why: their forward takes a cache, but a
 #: decode step with one cannot be expressed as inputs of the usual shape.
 CACHELESS_INPUTS: dict[str, str] = {
     "cpmant": "with a cache, forward expects every token seen so far, not only the new ones",
-    "prophetnet": "with a cache, the decoder accepts exactly one new token",
 }
 
 
@@ -346,7 +359,12 @@ def untrained_model(
         notes.append(f"no cache: {CACHELESS_INPUTS[model_type]}")
         cache_argument = None
     generator = torch.Generator().manual_seed(seed)
-    shapes = [(2, 3, 30), (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17)]
+    one_token = model_type in ONE_TOKEN_DECODE
+    if one_token:
+        notes.append(f"one new token: {ONE_TOKEN_DECODE[model_type]}")
+        shapes = [(2, 1, 30), (1, 1, 30), (3, 1, 30), (2, 1, 60), (3, 1, 17)]
+    else:
+        shapes = [(2, 3, 30), (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17)]
     built = [
         _decode_inputs(model, config, cache_argument, b, s, c, generator) for b, s, c in shapes
     ]
@@ -358,6 +376,8 @@ def untrained_model(
     batch = torch.export.Dim("batch", min=1, max=1024)
     seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
     cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
+    if one_token:
+        seq_length = None  # the decode step takes exactly one token: static
     dynamic_shapes: dict[str, Any] = {"input_ids": {0: batch, 1: seq_length}}
     cache_shapes = None
     if cache_argument is not None:

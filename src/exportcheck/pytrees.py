@@ -109,6 +109,15 @@ def _is_tensor_dict(value: Any) -> bool:
     )
 
 
+def _is_batch_size(layer: Any, name: str, value: Any) -> bool:
+    """Static layers remember the batch size: it is read back from the keys on unflatten."""
+    return (
+        name == "batch_size"
+        and isinstance(value, int | torch.SymInt)
+        and isinstance(getattr(layer, "keys", None), torch.Tensor)
+    )
+
+
 def _is_step_counter(layer: Any, name: str, value: Any) -> bool:
     """Python-int counters of dynamic layers, recomputed from the tensors on unflatten."""
     return (
@@ -125,7 +134,7 @@ def _split_layer(i: int, layer: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
     plain: list[tuple[str, Any]] = []
     counters: list[str] = []
     for name, value in vars(layer).items():
-        if _is_step_counter(layer, name, value):
+        if _is_step_counter(layer, name, value) or _is_batch_size(layer, name, value):
             counters.append(name)
         elif isinstance(value, torch.Tensor):
             if name.startswith("_"):
@@ -191,7 +200,8 @@ def _flatten_layered_cache(cache: Any) -> tuple[list[Any], Any]:
         keep = [
             c
             for c in desc[4]
-            if type(getattr(layer, c)) is int  # a SymInt under tracing is derived
+            if c != "batch_size"
+            and type(getattr(layer, c)) is int  # a SymInt under tracing is derived
             and type(_expected_count(layer, reference)) is int
             and getattr(layer, c) != _expected_count(layer, reference)
         ]
@@ -299,7 +309,10 @@ def _unflatten_layered_cache(children: Any, context: Any) -> Any:
     reference = _reference_length(layers)
     for layer, desc in zip(layers, layer_descs, strict=True):
         for counter in desc[4]:
-            setattr(layer, counter, _expected_count(layer, reference))
+            if counter == "batch_size":
+                layer.batch_size = layer.keys.shape[0]
+            else:
+                setattr(layer, counter, _expected_count(layer, reference))
     cls = _find_class(cls_name, cls_module)
     cache = cls.__new__(cls)
     if n_cache_slots:
@@ -530,6 +543,10 @@ def cache_dynamic_shapes(
             return [spec_of(slot, layer, v) for v in value]
         if value.dim() == 0:
             return None
+        if slot == "indexer_keys" and value.dim() == 3:  # (batch, length, dim)
+            return {0: batch, 1: length}
+        if slot == "indexer_position_ids" and value.dim() == 3:  # (dims, batch, length)
+            return {1: batch, 2: length}
         if slot in ("key_cache", "value_cache") and value.dim() >= 3:
             if hasattr(layer, "max_cache_len"):  # static layers do not grow
                 return {0: batch}
