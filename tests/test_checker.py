@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from exportcheck import untrained_model, validate
-from exportcheck.report import categorize, summarize, write_report
+from exportcheck.report import categorize, summarize_results, write_report
 from exportcheck.sweep import read_results, sweep
 
 
@@ -183,7 +183,7 @@ def test_summary_counts_and_categories(tmp_path):
         _row("b", "export", "Constraints violated (seq_length)!"),
         _row("c", "onnx", "DispatchError: No ONNX function found for aten.foo"),
     ]
-    summary = summarize(rows)
+    summary = summarize_results(rows)
     assert summary["total"] == 3 and summary["both_green"] == 1
     assert summary["per_stage"]["export"] == 2 and summary["per_stage"]["onnx"] == 1
     assert categorize(rows[2]) == "no ONNX translation for an operator"

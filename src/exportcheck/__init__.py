@@ -6,6 +6,8 @@ from .models import UntrainedModel, available_configs, get_config, untrained_mod
 from .observe import CallCheck, InferredInputs, ObservedCall, ObservedCalls, observe
 from .patches import export_patches
 from .pytrees import cache_dynamic_shapes, cache_pytrees, registered_cache_classes
+from .report import categorize, summarize_results
+from .sweep import read_results
 from .tiny import tiny_config
 from .validate import ValidationReport, max_diff, validate
 
@@ -21,6 +23,7 @@ __all__ = [
     "available_configs",
     "cache_dynamic_shapes",
     "cache_pytrees",
+    "categorize",
     "export_patches",
     "get_config",
     "make_dynamic_cache",
@@ -29,9 +32,11 @@ __all__ = [
     "max_diff",
     "observe",
     "onnx_dtype_code",
+    "read_results",
     "register_formatter",
     "registered_cache_classes",
     "string_type",
+    "summarize_results",
     "tiny_config",
     "untrained_model",
     "validate",

@@ -307,6 +307,11 @@ def _decode_inputs(
     else:
         feeds["input_ids"] = torch.randint(0, vocab, (batch, seq_length), generator=generator)
         feeds["attention_mask"] = torch.ones((batch, seq_length), dtype=torch.int64)
+        if "use_cache" in inspect.signature(model.forward).parameters:
+            # Without a cache in, no cache out: some models return one torch cannot flatten.
+            feeds["use_cache"] = False
+    if "attention_mask" not in inspect.signature(model.forward).parameters:
+        del feeds["attention_mask"]  # the model takes no mask (xLSTM)
     feeds_prompt = prefill_ids if cache_argument is not None and cache is not None else None
     return feeds, feeds_prompt
 
@@ -404,6 +409,10 @@ def untrained_model(
         dynamic_shapes[cache_argument] = cache_shapes
     else:
         dynamic_shapes["attention_mask"] = {0: batch, 1: seq_length}
+    if "attention_mask" not in sets[0]:
+        del dynamic_shapes["attention_mask"]
+    if "use_cache" in sets[0]:
+        dynamic_shapes["use_cache"] = None
     return UntrainedModel(
         model=model,
         config=config,

@@ -19,7 +19,21 @@ import torch
 
 from .pytrees import cache_pytrees
 
-__all__ = ["PATCHES", "export_patches", "moe_batched_mm", "real_rotary"]
+__all__ = [
+    "PATCHES",
+    "cpmant_mask_arange",
+    "dbrx_experts_gather",
+    "export_patches",
+    "gated_delta_ceil_chunks",
+    "gemma3n_sparsity_constant",
+    "inkling2_short_conv_windows",
+    "kda_ceil_chunks",
+    "longcat_experts_gather",
+    "minimax_lightning_decode",
+    "moe_batched_mm",
+    "opt_position_ids",
+    "real_rotary",
+]
 
 
 def _configs_of(model: Any) -> list[Any]:

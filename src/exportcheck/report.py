@@ -11,7 +11,7 @@ from typing import Any
 
 from .sweep import read_results
 
-__all__ = ["categorize", "summarize", "write_report"]
+__all__ = ["categorize", "summarize_results", "write_report"]
 
 STAGES = ("build", "eager", "export", "exported_run", "onnx", "ort_session", "ort_run")
 _STAGE_TITLES = {
@@ -98,7 +98,7 @@ def _verdicts(row: dict[str, Any]) -> tuple[bool, bool]:
     return export_ok, onnx_ok
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts per stage and per verdict, failure categories, measured sweep time."""
     latest: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -259,7 +259,7 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
     local = os.path.join(out_dir, os.path.basename(results))
     if os.path.abspath(local) != os.path.abspath(results):
         shutil.copyfile(results, local)
-    summary = summarize(rows)
+    summary = summarize_results(rows)
     written = _plots(summary, out_dir)
     total = summary["total"]
     versions = ", ".join(f"{k} {v}" for k, v in summary["versions"].items())

@@ -159,16 +159,6 @@ MODEL_FIXES: dict[str, tuple[dict[str, Any], str]] = {
         {"index_topk": 16},
         "an index top-k of 2048 keeps every token: 16 makes the sparse indexer select",
     ),
-    "mamba2": (
-        {"chunk_size": 1},
-        "the chunked scan pads by a modulo of the length that export cannot bound; chunks "
-        "of one token give the same numbers with no padding",
-    ),
-    "nemotron_h": (
-        {"chunk_size": 1},
-        "the chunked scan pads by a modulo of the length that export cannot bound; chunks "
-        "of one token give the same numbers with no padding",
-    ),
     "modernbert-decoder": (
         {"local_attention": 256, "sliding_window": 128},
         "a window of 64 is reached by the input sets (63 tokens): the sliding layers "
@@ -480,9 +470,11 @@ def _shrink_state_space(data: dict[str, Any]) -> None:
         if _is_int(data.get(groups)) and data[heads] % data[groups]:
             data[groups] = 1
     if any(k in data for k in ("mamba_d_state", "ssm_state_size", "state_size")):
+        # The chunked scan pads by a modulo of the length that export cannot bound;
+        # chunks of one token give the same numbers and never pad.
         for key in ("chunk_size", "mamba_chunk_size"):
-            if _is_int(data.get(key)) and data[key] > 32:
-                data[key] = 32
+            if _is_int(data.get(key)) and data[key] > 1:
+                data[key] = 1
 
 
 def _shrink_layers(data: dict[str, Any], original: dict[str, Any]) -> None:
