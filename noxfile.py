@@ -31,6 +31,30 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs, env=ENV)
 
 
+# The helpers (string_type, cache builders, pytrees, patches) also support the last
+# transformers 4.x. The model checker (untrained_model, validate, sweep) follows the
+# model types of the pinned transformers 5.x: its tests are marked "models".
+HELPER_TESTS = [
+    "tests/test_describe.py",
+    "tests/test_caches.py",
+    "tests/test_cache_builders.py",
+    "tests/test_pytrees.py",
+    "tests/test_patches.py",
+    "src/exportcheck/describe.py",
+    "src/exportcheck/caches.py",
+    "src/exportcheck/pytrees.py",
+    "src/exportcheck/patches.py",
+]
+
+
+@nox.session
+def compat(session: nox.Session) -> None:
+    """The helper tests on transformers 4.57 (constraints/transformers4.txt)."""
+    _install(session, "test")
+    session.install("-c", str(ROOT / "constraints" / "transformers4.txt"), "transformers")
+    session.run("pytest", "-m", "not models", *HELPER_TESTS, *session.posargs, env=ENV)
+
+
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the HTML docs, running every recipe: docs/_build/html/index.html."""

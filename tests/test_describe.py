@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from support import CACHE_FIELD, needs_cache_classes, needs_model_types
 
 from exportcheck import make_dynamic_cache, onnx_dtype_code, register_formatter, string_type
 
@@ -400,11 +401,12 @@ def test_causal_lm_output_of_a_tiny_model():
     with torch.no_grad():
         out = model(input_ids=torch.zeros((2, 3), dtype=torch.int64), use_cache=True)
     assert string_type(out, with_shape=True) == (
-        "CausalLMOutputWithPast(logits:T1s2x3x32,cache:DynamicCache("
+        f"CausalLMOutputWithPast(logits:T1s2x3x32,{CACHE_FIELD}:DynamicCache("
         "key_cache=#2[T1s2x1x3x8,T1s2x1x3x8], value_cache=#2[T1s2x1x3x8,T1s2x1x3x8]))"
     )
 
 
+@needs_cache_classes("LinearAttentionLayer")
 def test_linear_attention_cache_of_a_tiny_model():
     from transformers import AutoModelForCausalLM
 
@@ -452,6 +454,7 @@ def test_sliding_window_cache():
     )
 
 
+@needs_cache_classes("LinearAttentionLayer", "DynamicIndexedLayer", "DummyLayer")
 def test_every_kind_of_layer():
     from transformers import cache_utils as cu
 
@@ -514,6 +517,23 @@ def test_encoder_decoder_cache():
     )
 
 
+def test_cache_class_of_a_modeling_file_without_the_cache_base_class():
+    # transformers 4.x hybrid models (qwen3_next, mamba, ...) keep their states in a
+    # class of their modeling file that does not derive from Cache.
+    cls = type("ToyHybridCache", (), {"__module__": "transformers.models.toy.modeling_toy"})
+    cache = cls()
+    cache.layer_types = ["linear_attention", "full_attention"]
+    cache.conv_states = [torch.zeros((2, 16, 2)), None]
+    cache.key_cache = [None, _kv()]
+    cache._private = [_kv()]
+    assert string_type(cache, with_shape=True) == (
+        "ToyHybridCache(conv_states=#2[T1s2x16x2,None], key_cache=#2[None,T1s2x1x3x8])"
+    )
+    assert string_type(cls()) == "ToyHybridCache"
+
+
+@needs_cache_classes("MtpCache")
+@needs_model_types("minimax")
 def test_other_cache_classes():
     from transformers.cache_utils import MtpCache, QuantizedCache
     from transformers.models.minimax.modeling_minimax import MiniMaxCache

@@ -1,6 +1,11 @@
 """exportcheck: export transformers and PyTorch models with torch.export and ONNX, checked."""
 
-from .caches import make_dynamic_cache, make_encoder_decoder_cache, make_static_cache
+from .caches import (
+    make_dynamic_cache,
+    make_encoder_decoder_cache,
+    make_minimax_cache,
+    make_static_cache,
+)
 from .describe import onnx_dtype_code, register_formatter, string_type
 from .models import UntrainedModel, available_configs, get_config, untrained_model
 from .observe import CallCheck, InferredInputs, ObservedCall, ObservedCalls, observe
@@ -28,6 +33,7 @@ __all__ = [
     "get_config",
     "make_dynamic_cache",
     "make_encoder_decoder_cache",
+    "make_minimax_cache",
     "make_static_cache",
     "max_diff",
     "observe",

@@ -13,7 +13,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["make_dynamic_cache", "make_encoder_decoder_cache", "make_static_cache"]
+__all__ = [
+    "make_dynamic_cache",
+    "make_encoder_decoder_cache",
+    "make_minimax_cache",
+    "make_static_cache",
+]
 
 
 def _check_pairs(fname: str, pairs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -117,9 +122,20 @@ def _check_layer_types(fname: str, layer_types: Any, n: int, sliding_window: Any
     return list(layer_types)
 
 
-def _linear_layer(i: int, conv: Any, recurrent: Any) -> Any:
-    from transformers.cache_utils import LinearAttentionLayer
+def _layer_class(what: str, name: str, advice: str) -> type:
+    """A class of transformers.cache_utils, or a NotImplementedError saying it is missing."""
+    import transformers.cache_utils
 
+    cls = getattr(transformers.cache_utils, name, None)
+    if cls is None:
+        raise NotImplementedError(
+            f"{what} need transformers.cache_utils.{name}, which transformers "
+            f"{transformers.__version__} does not have{advice}."
+        )
+    return cls
+
+
+def _linear_layer(i: int, conv: Any, recurrent: Any) -> Any:
     states = [t for t in (conv, recurrent) if t is not None]
     if not states:
         raise ValueError(
@@ -132,7 +148,13 @@ def _linear_layer(i: int, conv: Any, recurrent: Any) -> Any:
                 f"make_dynamic_cache: the {what} of layer {i} must be a tensor or None, "
                 f"got {type(t).__name__}."
             )
-    layer = LinearAttentionLayer()
+    layer_class = _layer_class(
+        "make_dynamic_cache: linear_attention layers",
+        "LinearAttentionLayer",
+        " (its models keep these states in a cache class of their own); use full_attention "
+        "or sliding_attention layers",
+    )
+    layer = layer_class()
     layer.device, layer.dtype = states[0].device, states[0].dtype
     if conv is not None:
         layer.conv_states[0] = conv
@@ -149,6 +171,9 @@ def make_dynamic_cache(
     pairs: Sequence[tuple[Any, Any]],
     layer_types: Sequence[str] | None = None,
     sliding_window: int | None = None,
+    *,
+    indexer_keys: Sequence[torch.Tensor] | None = None,
+    cache_class: type | None = None,
 ) -> Any:
     """Build a ``transformers.DynamicCache`` holding one pair of tensors per layer.
 
@@ -158,6 +183,11 @@ def make_dynamic_cache(
     :param layer_types: one of ``full_attention`` (default), ``sliding_attention``,
         ``linear_attention`` per layer, as in a config's ``layer_types``
     :param sliding_window: the window of ``sliding_attention`` layers
+    :param indexer_keys: for sparse-attention models with an indexer (deepseek_v32,
+        glm_moe_dsa, ...), one tensor ``(batch, cache_length, index_head_dim)`` per
+        layer: the layers become ``DynamicIndexedLayer``
+    :param cache_class: a subclass of ``DynamicCache`` to build instead
+        (``MtpCache``, ``DFlashCache``, or one of your own), created without arguments
 
     >>> import torch
     >>> from exportcheck import make_dynamic_cache, string_type
@@ -173,13 +203,20 @@ def make_dynamic_cache(
             f"{fname}: expected a list of (key, value) pairs of tensors, got {type(pairs).__name__}."
         )
     kinds = _check_layer_types(fname, layer_types, len(pairs), sliding_window)
+    if cache_class is None:
+        cache_class = DynamicCache
+    elif not (isinstance(cache_class, type) and issubclass(cache_class, DynamicCache)):
+        raise TypeError(
+            f"{fname}: cache_class must be DynamicCache or a subclass of it, got {cache_class!r}."
+        )
+    indexed = _check_indexer_keys(fname, indexer_keys, pairs, kinds)
     attention = [
         (i, p) for i, (p, k) in enumerate(zip(pairs, kinds, strict=True)) if k != "linear_attention"
     ]
     checked = dict(
         zip([i for i, _ in attention], _check_pairs(fname, [p for _, p in attention]), strict=True)
     )
-    cache = DynamicCache()
+    cache = cache_class()
     if not hasattr(cache, "layers"):
         raise RuntimeError(
             f"{fname}: this transformers stores caches without layer objects; "
@@ -204,12 +241,123 @@ def make_dynamic_cache(
                     f"{fname}: sliding layer {i} holds {key.shape[-2]} tokens but a window of "
                     f"{sliding_window} keeps at most {sliding_window - 1}."
                 )
+        elif indexed is not None:
+            layer = indexed[0]()
+            layer.indexer_keys = indexed[1][i]
+            layer.is_indexer_initialized = True
+            layer.indexer_dtype, layer.indexer_device = key.dtype, key.device
         else:
             layer = DynamicLayer()
         layers.append(fill_layer(layer, key, value))
     cache.layers = layers
     # A cache built from data does not grow new layers by itself.
     cache.layer_class_to_replicate = None
+    return cache
+
+
+def _check_indexer_keys(fname: str, indexer_keys: Any, pairs: Any, kinds: list[str]) -> Any:
+    """(DynamicIndexedLayer, the checked keys) or None when there are no indexer keys."""
+    if indexer_keys is None:
+        return None
+    if isinstance(indexer_keys, torch.Tensor) or not isinstance(indexer_keys, Sequence):
+        raise TypeError(
+            f"{fname}: indexer_keys must be a list with one tensor per layer, "
+            f"got {type(indexer_keys).__name__}."
+        )
+    if len(indexer_keys) != len(pairs):
+        raise ValueError(
+            f"{fname}: indexer_keys has {len(indexer_keys)} entries but there are "
+            f"{len(pairs)} layers."
+        )
+    for i, (t, kind) in enumerate(zip(indexer_keys, kinds, strict=True)):
+        if kind != "full_attention":
+            raise ValueError(
+                f"{fname}: indexer keys need full_attention layers, layer {i} is {kind}."
+            )
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(
+                f"{fname}: the indexer keys of layer {i} must be a tensor "
+                "(batch, cache_length, index_head_dim), got "
+                + (f"shape {_shape(t)}." if isinstance(t, torch.Tensor) else f"{type(t).__name__}.")
+            )
+        key = pairs[i][0] if isinstance(pairs[i], Sequence) and len(pairs[i]) == 2 else None
+        if (
+            isinstance(key, torch.Tensor)
+            and key.dim() == 4
+            and (t.shape[0] != key.shape[0] or t.shape[1] != key.shape[2])
+        ):
+            raise ValueError(
+                f"{fname}: the indexer keys of layer {i} ({_shape(t)}) must have the batch and "
+                f"cache length of its keys ({_shape(key)})."
+            )
+    layer_class = _layer_class(f"{fname}: indexer_keys", "DynamicIndexedLayer", "")
+    return layer_class, list(indexer_keys)
+
+
+def make_minimax_cache(states: Sequence[Any], layer_types: Sequence[str]) -> Any:
+    """Build the ``MiniMaxCache`` of a MiniMax model (attention and lightning-attention layers).
+
+    :param states: one entry per layer: ``(key, value)`` for a ``full_attention``
+        layer, the lightning-attention state ``(batch, heads, head_dim, head_dim)``
+        for a ``linear_attention`` layer
+    :param layer_types: the config's ``layer_types``
+
+    The cache is laid out as the model lays it out after a forward pass: one
+    ``DynamicLayer`` per layer up to the last attention layer (left empty at
+    linear-attention layers) and one ``linear_cache`` entry per layer up to the last
+    linear-attention layer (an empty list at attention layers).
+
+    >>> import torch
+    >>> from exportcheck import make_minimax_cache, string_type
+    >>> kv = (torch.rand(2, 1, 3, 16), torch.rand(2, 1, 3, 16))
+    >>> cache = make_minimax_cache([kv, torch.rand(2, 2, 16, 16)], ["full_attention", "linear_attention"])
+    >>> string_type(cache, with_shape=True)
+    'MiniMaxCache(key_cache=#1[T1s2x1x3x16], value_cache=#1[T1s2x1x3x16], linear_cache=#2[#0[],T1s2x2x16x16])'
+    """
+    fname = "make_minimax_cache"
+    if isinstance(states, torch.Tensor) or not isinstance(states, Sequence):
+        raise TypeError(
+            f"{fname}: expected a list with one entry per layer, got {type(states).__name__}."
+        )
+    # sliding_window=1 lets sliding layers through the generic check: refused just below.
+    layer_types = _check_layer_types(fname, layer_types, len(states), 1)
+    for i, kind in enumerate(layer_types):
+        if kind == "sliding_attention":
+            raise ValueError(
+                f"{fname}: layer {i} has type {kind!r}; expected full_attention or "
+                "linear_attention."
+            )
+        if kind == "linear_attention" and not (
+            isinstance(states[i], torch.Tensor) and states[i].dim() == 4
+        ):
+            got = states[i]
+            raise ValueError(
+                f"{fname}: linear_attention layer {i} needs its state, a tensor "
+                "(batch, heads, head_dim, head_dim), got "
+                + (
+                    f"shape {_shape(got)}."
+                    if isinstance(got, torch.Tensor)
+                    else f"{type(got).__name__}."
+                )
+            )
+    attention = [i for i, k in enumerate(layer_types) if k == "full_attention"]
+    checked = dict(zip(attention, _check_pairs(fname, [states[i] for i in attention]), strict=True))
+    try:
+        from transformers.models.minimax.modeling_minimax import MiniMaxCache
+    except ImportError as e:
+        raise NotImplementedError(f"{fname}: this transformers has no MiniMax model ({e}).") from e
+    from transformers.cache_utils import DynamicLayer
+
+    cache = MiniMaxCache()
+    layers = []
+    for i in range(attention[-1] + 1 if attention else 0):
+        layers.append(fill_layer(DynamicLayer(), *checked[i]) if i in checked else DynamicLayer())
+    cache.layers = layers
+    cache.layer_class_to_replicate = None
+    linear = [i for i, k in enumerate(layer_types) if k == "linear_attention"]
+    cache.linear_cache = [
+        states[i] if i in linear else [] for i in range(linear[-1] + 1 if linear else 0)
+    ]
     return cache
 
 

@@ -80,6 +80,10 @@ not filled yet) is shown by its class name alone::
 ``transformers.cache_utils`` (in a modeling file, or a subclass of your own) also
 show their other public attributes holding tensors, in the order they were set:
 ``MiniMaxCache(key_cache=#1[...], value_cache=#1[...], linear_cache=#1[T1s1x2])``.
+Caches of transformers 4.x that modeling files define without subclassing
+``Cache`` (``Qwen3NextDynamicCache``, ``MambaCache``, ...) show their public
+attributes holding tensors the same way:
+``Qwen3NextDynamicCache(conv_states=#2[T1s2x16x2,None], ...)``.
 A cache that cannot be read this way is shown by its class name.
 
 ``register_formatter`` adds a rendering for your own classes; it takes precedence
@@ -515,6 +519,16 @@ def _class_in(obj: Any, names: tuple[str, ...], module: str) -> bool:
     return False
 
 
+def _is_model_cache(obj: Any) -> bool:
+    """A cache class of a modeling file that does not subclass ``Cache`` (transformers 4.x)."""
+    cls = type(obj)
+    return cls.__module__.startswith("transformers.models.") and cls.__name__.endswith("Cache")
+
+
+def _is_cache(obj: Any) -> bool:
+    return _class_in(obj, ("Cache",), "transformers") or _is_model_cache(obj)
+
+
 def _holds_nothing(value: Any) -> bool:
     if value is None:
         return True
@@ -600,6 +614,9 @@ def _render_cache(obj: Any, ctx: _Context) -> str | None:
         known = {"layers", "layer_class_to_replicate"}
         fields.extend(f"{n}={_render(v, ctx)}" for n, v in _extra_attributes(obj, known))
         return f"{name}({', '.join(fields)})"
+    if _is_model_cache(obj):
+        fields = [f"{n}={_render(v, ctx)}" for n, v in _extra_attributes(obj, set())]
+        return f"{name}({', '.join(fields)})" if fields else None
     if hasattr(obj, "key_cache") and hasattr(obj, "value_cache"):  # transformers < 4.56
         k = _render_list(list(obj.key_cache), ctx)
         v = _render_list(list(obj.value_cache), ctx)
@@ -656,7 +673,7 @@ def _render(obj: Any, ctx: _Context) -> str:
     dim = _render_dim(obj)
     if dim is not None:
         return dim
-    if not isinstance(obj, list | tuple | dict) and not _class_in(obj, ("Cache",), "transformers"):
+    if not isinstance(obj, list | tuple | dict) and not _is_cache(obj):
         return type(obj).__name__
     if id(obj) in ctx.active:
         return "<cycle>"
@@ -674,7 +691,7 @@ def _render_container(obj: Any, ctx: _Context) -> str:
             return f"{type(obj).__name__}({_join_items(items, ctx)})"
         except Exception:
             return type(obj).__name__
-    if _class_in(obj, ("Cache",), "transformers"):
+    if _is_cache(obj):
         try:
             s = _render_cache(obj, ctx)
         except Exception:
