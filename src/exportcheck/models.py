@@ -86,6 +86,8 @@ ONE_TOKEN_DECODE: dict[str, str] = {
     "prophetnet": "with a cache, the n-gram decoder accepts exactly one new token",
     "jamba": "with a cache, several new tokens start its Mamba layers from a zero state "
     "(wrong in eager); one token at a time is the decode step",
+    "zamba": "with a cache, several new tokens start its Mamba layers from a zero state "
+    "(wrong in eager); one token at a time is the decode step",
 }
 
 #: Model types checked without a cache, and why: their forward takes a cache, but a

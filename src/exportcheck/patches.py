@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from . import _rewrites as _rw
 from .pytrees import cache_pytrees
 
 __all__ = [
@@ -32,7 +33,14 @@ __all__ = [
     "minimax_lightning_decode",
     "moe_batched_mm",
     "opt_position_ids",
+    "prophetnet_decode_step",
+    "qwen4_exp_indexer",
     "real_rotary",
+    "recurrent_gemma_scan",
+    "reformer_axial_gather",
+    "xlnet_float_mask",
+    "xlnet_rel_shift_gather",
+    "xlstm_closed_form",
 ]
 
 
@@ -520,19 +528,36 @@ def _longcat_experts_forward(self, hidden_states, top_k_index, top_k_weights):
 
 
 @contextlib.contextmanager
-def _replace_forward(module_name, class_name, forward):
+def _replace(module_name: str, owner: str | None, attribute: str, value: Any) -> Iterator[None]:
+    """Set ``attribute`` of a class (or of the module when ``owner`` is None) inside the block.
+
+    Nothing happens when the module is not imported (the model is not in use) or the
+    attribute is absent. A function replacement finds the replaced one in its ``original``
+    attribute. Nested use leaves the outer replacement in place.
+    """
     module = sys.modules.get(module_name)
-    cls = getattr(module, class_name, None) if module is not None else None
-    if cls is None:
+    target = module if owner is None or module is None else getattr(module, owner, None)
+    function = value.__func__ if isinstance(value, staticmethod) else value
+    if target is None or not hasattr(target, attribute) or getattr(target, attribute) is function:
         yield
         return
-    original = cls.forward
-    forward.original = original
-    cls.forward = forward
+    saved = vars(target).get(attribute, _MISSING)
+    function.original = getattr(target, attribute)
+    setattr(target, attribute, value)
     try:
         yield
     finally:
-        cls.forward = original
+        if saved is _MISSING:
+            delattr(target, attribute)
+        else:
+            setattr(target, attribute, saved)
+
+
+_MISSING = object()
+
+
+def _replace_forward(module_name: str, class_name: str, forward: Any) -> Any:
+    return _replace(module_name, class_name, "forward", forward)
 
 
 @contextlib.contextmanager
@@ -676,6 +701,168 @@ def cpmant_mask_arange(model=None):
         cls._prepare_attention_mask = original
 
 
+@contextlib.contextmanager
+def recurrent_gemma_scan(model=None):
+    """Run RecurrentGemma's RG-LRU recurrence in closed form instead of a loop over tokens.
+
+    Fixes: torch.export of recurrent_gemma with a dynamic number of tokens: ``Constraints
+    violated (seq_length)! ... specialized it to be a constant (3)``:
+    RecurrentGemmaRglru._rnn_scan
+    (transformers/models/recurrent_gemma/modeling_recurrent_gemma.py:384) runs
+    ``for t in range(hidden_states.shape[1])``, unrolling h_t = a_t h_{t-1} + x_t over the
+    traced length. The replacement computes h_t = sum_{i<=t} exp(S_t - S_i) x_i
+    (+ exp(S_t) h_{-1}), S = cumsum(log a), without the terms that span a factor a_j == 0
+    (a reset): the same numbers within float rounding (3.8e-7 on the logits), for one token
+    as for several. Memory grows as batch x seq^2 x width: fine for decode steps and short
+    prompts, not for long prefills.
+
+    Remove when: transformers computes the RG-LRU scan without a Python loop over tokens.
+    """
+    with _replace(_rw.RECURRENT_GEMMA, "RecurrentGemmaRglru", "_rnn_scan", _rw.rglru_scan):
+        yield
+
+
+@contextlib.contextmanager
+def xlstm_closed_form(model=None):
+    """Compute xLSTM's inference-mode mLSTM in closed form instead of per-token and chunk loops.
+
+    Fixes: torch.export of xlstm with a dynamic number of tokens: ``Constraints violated
+    (seq_length)! ... specialized it to be a constant (3)``:
+    ``wrap_chunkwise_arbitrary_sequence_length`` (transformers/models/xlstm/modeling_xlstm.py:586)
+    picks a kernel with Python comparisons of the length (``> 1``, ``// chunk_size``) and
+    ``mlstm_recurrent_sequence_native`` (:494) loops over the tokens. The replacement
+    computes, for every length at once, the stabilized recurrence all three kernels compute
+    (max state m_t = max(b_t + m_0, max_s b_t - b_s + i_s), b = cumsum(logsigmoid(f))) and
+    the same last states: equal in float64 to 1.5e-13, 2.6e-6 on float32 logits. Training mode
+    runs the original. Memory grows as seq^2, as in ``recurrent_gemma_scan``. Not applied when
+    the ``xlstm`` package provides the kernels.
+
+    Remove when: transformers' native mLSTM has no Python control flow on the length.
+    """
+    module = sys.modules.get(_rw.XLSTM)
+    if module is None or not hasattr(module, "wrap_chunkwise_arbitrary_sequence_length"):
+        yield
+        return
+    with _replace(_rw.XLSTM, "xLSTMBackend", "forward", _rw.xlstm_backend_forward):
+        yield
+
+
+@contextlib.contextmanager
+def qwen4_exp_indexer(model=None):
+    """Compute Qwen4Exp's QSA indexer selection for all queries at once, without nonzero().
+
+    Fixes: torch.export of qwen4_exp and qwen4_exp_text: ``GuardOnDataDependentSymNode: Could
+    not guard on data-dependent expression ((u0//4)) > 0``: Qwen4ExpTextQSAIndexer.forward
+    (transformers/models/qwen4_exp/modeling_qwen4_exp.py:746-768) loops in Python over batch and
+    queries, takes ``nonzero()`` of each mask row (u0 keys visible), branches on
+    ``u0 // compress_ratio > 0`` and calls ``topk(min(block_topk, u0 // r))``; the loops would
+    also fix batch and seq_length.
+
+    The replacement gives the same selection mask with fixed shapes: a visible key's rank
+    (cumsum of the row) gives its block, keys past the last full block are selected as the
+    original's tail; blocks are averaged with a scatter_add, normed, rotated at their first
+    key and scored as in the original, and one ``topk`` of constant k over scores padded with
+    -inf picks the blocks. Only ties of block scores at the top-k boundary may select other
+    blocks (topk's order among equal values is not defined; none in the checked inputs).
+
+    Remove when: transformers computes the indexer without per-query nonzero() and loops.
+    """
+    with _replace(_rw.QWEN4_EXP, "Qwen4ExpTextQSAIndexer", "forward", _rw.qwen4_indexer_forward):
+        yield
+
+
+@contextlib.contextmanager
+def xlnet_rel_shift_gather(model=None):
+    """Compute XLNet's relative shift with a gather instead of reshaping a sliced view.
+
+    Fixes: torch.export of xlnet guards ``(2 * seq_length - 1) % seq_length != 0``, so the
+    ExportedProgram rejects one new token (``Guard failed: (-1 + 2 *
+    attention_mask.size()[1]) % attention_mask.size()[1] != 0``):
+    XLNetRelativeAttention.rel_shift_bnij (transformers/models/xlnet/modeling_xlnet.py:82-94)
+    reshapes the (qlen, rlen) scores to (rlen, qlen), slices off a row and reshapes the slice to
+    (qlen, rlen - 1). The replacement reads the same elements with one ``gather``: identical
+    values (a copy, no arithmetic).
+
+    Remove when: transformers computes the relative shift without reshaping a sliced view.
+    """
+    with _replace(_rw.XLNET, "XLNetRelativeAttention", "rel_shift_bnij",
+                  staticmethod(_rw.xlnet_rel_shift_bnij)):  # fmt: skip
+        yield
+
+
+@contextlib.contextmanager
+def xlnet_float_mask(model=None):
+    """Give XLNetModel a floating-point attention mask, so that ``1.0 - mask`` subtracts floats.
+
+    Fixes: ``torch.onnx.export`` of xlnet: ``ConversionError: Failed to decompose the FX graph
+    for ONNX compatibility`` (``Cannot find a compatible OpOverload for aten.sub ...
+    sub.Tensor(1.0, convert_element_type_default)``): XLNetModel.forward
+    (transformers/models/xlnet/modeling_xlnet.py:1078) computes ``1.0 - attention_mask`` on
+    the int64 mask and the exporter's type promotion fails on a Python float minus an integer
+    tensor (torch 2.13.0; the float mask exports). ``1.0 - int_tensor`` computes in the default
+    float dtype, so converting the mask first gives identical numbers.
+
+    Remove when: torch.onnx.export converts ``1.0 - int_tensor``.
+    """
+    with _replace(_rw.XLNET, "XLNetModel", "forward", _rw.xlnet_model_forward):
+        yield
+
+
+@contextlib.contextmanager
+def prophetnet_decode_step(model=None):
+    """Keep ProphetNet's decode step symbolic in the cache length, and convertible to ONNX.
+
+    Fixes, for prophetnet with a cache:
+
+    * torch.export: ``Constraints violated (cache_length)! ... specialized it to be a
+      constant (30)``: ProphetNetPositionalEmbeddings.forward
+      (transformers/models/prophetnet/modeling_prophetnet.py:364-367) builds the new token's
+      position with ``int(padding_idx + new_tokens + cache_length)``. The same product
+      without ``int()`` gives the same id.
+    * then ``Not all values of cache_length ... satisfy the generated guard min(1 +
+      cache_length, 16 + 16*cache_length) == 1 + cache_length``: a ``.view`` of the repeated
+      relative-position buckets (get_main_relative_pos_embeddings, :760, and the predict
+      stream's). In the decode step the replacements gather the bucket embeddings with
+      buckets broadcast by ``expand``: the same entries of the same projection. Without a
+      cache (precomputed buckets) the originals run.
+    * torch.onnx.export: ``No ONNX function found for aten._is_all_true``: the module's
+      ``torch_compilable_check`` on a tensor becomes ``torch._check_tensor_all``; while
+      exporting, the same assertion is recorded with ``cond.all().item()``.
+
+    Remove when: transformers drops the ``int()``, builds the decode buckets without viewing
+    a repeated tensor, and the ONNX exporter translates ``_is_all_true``.
+    """
+    embeddings, attention = "ProphetNetPositionalEmbeddings", "ProphetNetNgramSelfAttention"
+    with contextlib.ExitStack() as stack:
+        for owner, attribute, value in (
+            (embeddings, "forward", _rw.prophetnet_positions_forward),
+            (attention, "get_main_relative_pos_embeddings", _rw.prophetnet_main_relative),
+            (attention, "get_predict_relative_pos_embeddings", _rw.prophetnet_predict_relative),
+            (None, "torch_compilable_check", _rw.prophetnet_compilable_check),
+        ):
+            stack.enter_context(_replace(_rw.PROPHETNET, owner, attribute, value))
+        yield
+
+
+@contextlib.contextmanager
+def reformer_axial_gather(model=None):
+    """Look Reformer's axial position encodings up in one table instead of a loop over the batch.
+
+    Fixes: torch.export of reformer: ``Constraints violated (batch, seq_length)! ... specialized
+    it to be a constant (2)``: AxialPositionEmbeddings.forward
+    (transformers/models/reformer/modeling_reformer.py:285-291), in eval mode, builds the
+    encodings with ``for i in range(batch_size)`` of ``index_select``. The replacement
+    concatenates the expanded axial weights into the (axial_h * axial_w, hidden) table and
+    takes the rows at ``position_ids`` with ``F.embedding``: row p is what the original selects
+    for position p, so the values are identical. The same range checks are kept; training mode
+    runs the original.
+
+    Remove when: transformers gathers the axial encodings without a loop over the batch.
+    """
+    with _replace(_rw.REFORMER, "AxialPositionEmbeddings", "forward", _rw.reformer_axial_forward):
+        yield
+
+
 #: The patches :func:`export_patches` applies, in order. Each takes the model (or None).
 PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "cache_pytrees": lambda model: cache_pytrees(),
@@ -690,6 +877,13 @@ PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "longcat_experts_gather": longcat_experts_gather,
     "gemma3n_sparsity_constant": gemma3n_sparsity_constant,
     "cpmant_mask_arange": cpmant_mask_arange,
+    "recurrent_gemma_scan": recurrent_gemma_scan,
+    "xlstm_closed_form": xlstm_closed_form,
+    "qwen4_exp_indexer": qwen4_exp_indexer,
+    "xlnet_rel_shift_gather": xlnet_rel_shift_gather,
+    "xlnet_float_mask": xlnet_float_mask,
+    "prophetnet_decode_step": prophetnet_decode_step,
+    "reformer_axial_gather": reformer_axial_gather,
 }
 
 

@@ -131,6 +131,12 @@ MODEL_FIXES: dict[str, tuple[dict[str, Any], str]] = {
         {"attn_layer_indices": [1]},
         "attn_layer_indices defaults to None: no attention layer, and get_seq_length needs one",
     ),
+    "cpmant": (
+        {"init_std": 0.125},
+        "init_std 1.0 is meant for CPM-Live's linear layers, which divide by sqrt(dim_in); "
+        "transformers' plain nn.Linear does not, so 1/sqrt(hidden_size=64) restores the "
+        "scale (otherwise logits ~30, and float32 eager itself is 1.35e-4 off float64)",
+    ),
     "cohere_compass_text": (
         {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
         "rope_parameters per layer type default to {}: no entry for full_attention (KeyError)",
@@ -241,8 +247,14 @@ MODEL_FIXES: dict[str, tuple[dict[str, Any], str]] = {
         "indexed-attention layers build an indexer whose attributes default to None",
     ),
     "reformer": (
-        {"axial_pos_embds_dim": [32, 32]},
-        "axial position embedding widths must add up to hidden_size",
+        {
+            "axial_pos_embds_dim": [32, 32],
+            "lsh_attn_chunk_length": 128,
+            "local_attn_chunk_length": 128,
+        },
+        "axial position embedding widths must add up to hidden_size; attention chunks of 128, "
+        "longer than any checked length (<= 64), run the same unchunked attention as chunks "
+        "of 64 without the guard 'length % 64 != 0' that is false at 64",
     ),
     "xlstm": (
         {"qk_dim_factor": 1.0},
