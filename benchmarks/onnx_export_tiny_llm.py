@@ -28,7 +28,7 @@ import time
 def _run_one(way: str, folder: str) -> dict:
     import torch
 
-    from exportcheck import cache_pytrees, export_patches, max_diff, untrained_model
+    from exportcheck import export_patches, max_diff, ort_feeds, untrained_model
 
     m = untrained_model("arnir0/Tiny-LLM")
     path = os.path.join(folder, f"{way}.onnx")
@@ -49,14 +49,11 @@ def _run_one(way: str, folder: str) -> dict:
     seconds = time.perf_counter() - begin
 
     import onnxruntime
-    import torch.utils._pytree as pytree
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     feeds = m.other_inputs[-1]  # batch 3, 4 new tokens, 17 cached: not the export shapes
-    with cache_pytrees():
-        flat = [t for t in pytree.tree_leaves(feeds) if isinstance(t, torch.Tensor)]
-    names = [i.name for i in session.get_inputs()]
-    got = session.run(None, dict(zip(names, (t.numpy() for t in flat), strict=True)))
+    # both graphs take the cache tensors in pytree order
+    got = session.run(None, ort_feeds(session, feeds))
     with torch.no_grad():
         expected = m.model(**copy.deepcopy(feeds))
     diff = max_diff(expected, got)

@@ -112,12 +112,13 @@ assert [v.name for v in proto.graph.output] == output_names
 # Run and compare
 # ---------------
 #
-# onnxruntime takes a dictionary keyed by these names: the same flattening, zipped
-# with the names, feeds it. Four input sets have shapes the export did not see.
+# onnxruntime takes a dictionary keyed by these names: :func:`exportcheck.ort_feeds`
+# does the same flattening and zips it with the names. Four input sets have shapes
+# the export did not see.
 
 import onnxruntime
 
-from exportcheck import max_diff
+from exportcheck import max_diff, ort_feeds
 
 session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
 input_sets = {
@@ -125,13 +126,10 @@ input_sets = {
     for (b, s, c), feeds in zip(m.shapes, [m.inputs, *m.other_inputs], strict=True)
 }
 results = {}
-with cache_pytrees():
-    for label, feeds in input_sets.items():
-        expected = m.model(**copy.deepcopy(feeds))
-        flat = pytree.tree_leaves(feeds)
-        ort_feeds = {n: t.numpy() for n, t in zip(input_names, flat, strict=True)}
-        got = session.run(output_names, ort_feeds)
-        results[label] = max_diff(expected, got)
+for label, feeds in input_sets.items():
+    expected = m.model(**copy.deepcopy(feeds))
+    got = session.run(output_names, ort_feeds(input_names, feeds))
+    results[label] = max_diff(expected, got)
 
 print(f"{'input set (the first is the export inputs)':44} {'outputs':>7} {'max abs diff':>12}")
 for label, diff in results.items():

@@ -95,9 +95,7 @@ print("torch threads:", torch.get_num_threads(), "| onnxruntime intra-op threads
 import statistics
 import time
 
-import torch.utils._pytree as pytree
-
-from exportcheck import max_diff
+from exportcheck import max_diff, ort_feeds
 
 base = dict(batch=2, seq_length=1, cache_length=128)
 sweeps = {
@@ -110,8 +108,7 @@ repeat = 7
 
 def measure(feeds):
     """Median latencies (s) of eager and onnxruntime, and their max abs diff."""
-    with export_patches(model):
-        flat = {n: t.numpy() for n, t in zip(input_names, pytree.tree_leaves(feeds), strict=True)}
+    flat = ort_feeds(input_names, feeds)
     times = {"eager": [], "onnxruntime": []}
     with torch.no_grad():
         expected = model(**copy.deepcopy(feeds))

@@ -115,19 +115,15 @@ print("MatMul nodes:", sum(node.op_type == "MatMul" for node in proto.graph.node
 # outside the patch, so the comparison also covers the change of implementation.
 
 import onnxruntime
-import torch.utils._pytree as pytree
 
-from exportcheck import max_diff
+from exportcheck import max_diff, ort_feeds
 
 session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-names = [i.name for i in session.get_inputs()]
 results = {}
 for (b, s, c), inputs in zip(m.shapes, [m.inputs, *m.other_inputs], strict=True):
     expected = m.model(**copy.deepcopy(inputs))
-    with cache_pytrees():
-        flat = pytree.tree_leaves(inputs)
-        got = session.run(None, {n: t.numpy() for n, t in zip(names, flat, strict=True)})
-        results[f"batch {b}, {s} new tokens, cache {c}"] = max_diff(expected, got)
+    got = session.run(None, ort_feeds(session, inputs))
+    results[f"batch {b}, {s} new tokens, cache {c}"] = max_diff(expected, got)
 print(f"{'input set (the first is the export inputs)':44} {'outputs':>7} {'max abs diff':>12}")
 for label, diff in results.items():
     print(f"{label:44} {diff['leaves']:7} {diff['abs']:12.3g}")

@@ -23,7 +23,7 @@ import tempfile
 
 import torch
 
-from exportcheck import cache_pytrees, string_type, untrained_model
+from exportcheck import cache_pytrees, ort_feeds, string_type, untrained_model
 
 torch.manual_seed(0)
 m = untrained_model("arnir0/Tiny-LLM")
@@ -111,7 +111,6 @@ import time
 
 import numpy as np
 import onnxruntime
-import torch.utils._pytree as pytree
 
 
 def make_session(path):
@@ -124,20 +123,13 @@ def make_session(path):
 sessions = {name: make_session(path) for name, path in paths.items()}
 
 
-def feeds_of(session, inputs):
-    with cache_pytrees():
-        flat = pytree.tree_leaves(inputs)
-    names = [i.name for i in session.get_inputs()]
-    return {n: t.numpy() for n, t in zip(names, flat, strict=True)}
-
-
 timings = {name: [] for name in sessions}
 for _ in range(3):  # warm-up
     for session in sessions.values():
-        session.run(None, feeds_of(session, m.inputs))
+        session.run(None, ort_feeds(session, m.inputs))
 for _ in range(30):
     for name, session in sessions.items():
-        feeds = feeds_of(session, m.inputs)
+        feeds = ort_feeds(session, m.inputs)
         begin = time.perf_counter()
         session.run(None, feeds)
         timings[name].append(time.perf_counter() - begin)
@@ -176,7 +168,7 @@ with cache_pytrees():
     for (b, s, c), inputs in zip(m.shapes, [m.inputs, *m.other_inputs], strict=True):
         expected = m.model(**copy.deepcopy(inputs))
         for name, session in sessions.items():
-            got = session.run(None, feeds_of(session, inputs))
+            got = session.run(None, ort_feeds(session, inputs))
             results[(f"batch {b}, {s} new tokens, cache {c}", name)] = max_diff(expected, got)
 print(f"{'input set':32} {'model':14} {'max abs diff':>12}")
 for (label, name), diff in results.items():

@@ -117,18 +117,15 @@ for kind, values in (("input ", session.get_inputs()), ("output", session.get_ou
 #
 # The other input sets change batch, number of new tokens and full-attention cache
 # length (17 to 60 tokens, always beyond the window of 16). onnxruntime takes the
-# flattened inputs in the pytree order.
+# flattened inputs in the pytree order, named by :func:`exportcheck.ort_feeds`.
 
-import torch.utils._pytree as pytree
-
-from exportcheck import max_diff
+from exportcheck import max_diff, ort_feeds
 
 results = {}
 for feeds in [gemma.inputs, *gemma.other_inputs]:
     with torch.no_grad(), export_patches(model):
         expected = model(**copy.deepcopy(feeds))
-        flat = [t.numpy() for t in pytree.tree_leaves(feeds)]
-    got = session.run(None, dict(zip(input_names, flat, strict=True)))
+    got = session.run(None, ort_feeds(input_names, feeds))
     b, s = feeds["input_ids"].shape
     c = feeds["cache"].layers[1].keys.shape[2]
     assert got[1].shape[2] == window - 1, got[1].shape  # present.0.key: still 15 tokens

@@ -115,12 +115,11 @@ for kind, values in (("input ", session.get_inputs()), ("output", session.get_ou
 # Run and compare
 # ---------------
 #
-# onnxruntime takes the flattened inputs, in the order the pytree gives them. The
+# onnxruntime takes the flattened inputs, in the order the pytree gives them:
+# :func:`exportcheck.ort_feeds` flattens an input set and names its tensors. The
 # eager model receives a deep copy of each input set, since it appends to the cache.
 
-import torch.utils._pytree as pytree
-
-from exportcheck import max_diff
+from exportcheck import max_diff, ort_feeds
 
 input_sets = {
     "export inputs": inputs,
@@ -129,12 +128,10 @@ input_sets = {
     "batch 3, 4 tokens, cache 47": decode_inputs(3, 4, 47),
 }
 results = {}
-with cache_pytrees():
-    for name, feeds in input_sets.items():
-        expected = model(**copy.deepcopy(feeds))
-        flat = pytree.tree_leaves(feeds)
-        got = session.run(None, {n: t.numpy() for n, t in zip(input_names, flat, strict=True)})
-        results[name] = max_diff(expected, got)
+for name, feeds in input_sets.items():
+    expected = model(**copy.deepcopy(feeds))
+    got = session.run(None, ort_feeds(session, feeds))
+    results[name] = max_diff(expected, got)
 
 print(f"{'input set':30} {'outputs compared':>16} {'max abs diff':>12}")
 for name, diff in results.items():

@@ -100,21 +100,12 @@ for way, path in paths.items():
 # Feeding each graph
 # ------------------
 #
-# exportcheck's graph takes the flattened inputs in pytree order. ``OnnxExporter``
-# names its inputs after their path, ``input.cache.layers.<i>.keys``, so each name
-# is mapped to the tensor it designates in the cache.
+# exportcheck's graph takes the flattened inputs in pytree order, which
+# :func:`exportcheck.ort_feeds` reproduces. ``OnnxExporter`` names its inputs after
+# their path, ``input.cache.layers.<i>.keys``, so each name is mapped to the tensor it
+# designates in the cache.
 
-import torch.utils._pytree as pytree
-
-from exportcheck import cache_pytrees
-
-
-def exportcheck_feeds(session, inputs):
-    """Flattened inputs zipped with the graph's input names, in pytree order."""
-    with cache_pytrees():
-        flat = pytree.tree_leaves(inputs)
-    names = [i.name for i in session.get_inputs()]
-    return {n: t.numpy() for n, t in zip(names, flat, strict=True)}
+from exportcheck import ort_feeds
 
 
 def onnx_exporter_feeds(session, inputs):
@@ -129,7 +120,7 @@ def onnx_exporter_feeds(session, inputs):
     return feeds
 
 
-feeders = {"exportcheck": exportcheck_feeds, "OnnxExporter": onnx_exporter_feeds}
+feeders = {"exportcheck": ort_feeds, "OnnxExporter": onnx_exporter_feeds}
 for way, feeder in feeders.items():
     print(way, "feeds:", list(feeder(sessions[way], m.inputs)))
 

@@ -9,6 +9,7 @@ from .caches import (
 from .describe import onnx_dtype_code, register_formatter, string_type
 from .models import UntrainedModel, available_configs, get_config, untrained_model
 from .observe import CallCheck, InferredInputs, ObservedCall, ObservedCalls, observe
+from .ort import ort_feeds
 from .patches import export_patches
 from .pytrees import cache_dynamic_shapes, cache_pytrees, registered_cache_classes
 from .report import categorize, summarize_results
@@ -38,6 +39,7 @@ __all__ = [
     "max_diff",
     "observe",
     "onnx_dtype_code",
+    "ort_feeds",
     "read_results",
     "register_formatter",
     "registered_cache_classes",

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from .ort import ort_feeds
 from .pytrees import cache_pytrees
 
 __all__ = ["ValidationReport", "max_diff", "validate"]
@@ -469,19 +470,7 @@ def validate(
 
     def ort_run() -> None:
         session = state["session"]
-        names = [i.name for i in session.get_inputs()]
-
-        def run_one(feeds: dict[str, Any]) -> Any:
-            with cache_pytrees():
-                flat = [t for t in pytree.tree_leaves(feeds) if isinstance(t, torch.Tensor)]
-            if len(flat) != len(names):
-                raise ValueError(
-                    f"the ONNX model has {len(names)} inputs but the input set flattens "
-                    f"into {len(flat)} tensors"
-                )
-            return session.run(None, {n: t.numpy() for n, t in zip(names, flat, strict=True)})
-
-        compare("ort", run_one)
+        compare("ort", lambda feeds: session.run(None, ort_feeds(session, feeds)))
 
     steps: list[tuple[str, Callable[[], None]]] = [
         ("build", build),
