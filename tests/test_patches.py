@@ -289,3 +289,32 @@ def test_a_nested_replacement_still_reaches_the_original(monkeypatch):
     assert "f" not in vars(Child)  # an inherited attribute is removed again, not copied
     with _replace("exportcheck_not_imported", "Base", "f", f):  # model not in use: no-op
         assert Base().f() == "original"
+
+
+class _WindowsOfFour(torch.nn.Module):
+    """Guards (2 + s) % 4 == 1 and 2 <= s <= 5: torch's suggestion is a derived
+    dimension s = 4 * _s - 1 whose root _s has one value."""
+
+    def forward(self, x):
+        n = x.shape[0] + 2
+        if n % 4 == 1:
+            x = x * 2
+        if 4 <= n < 8:
+            x = x + 1
+        return x
+
+
+def test_a_one_value_root_reports_the_constraint_violation():
+    from torch._dynamo.exc import UserError
+
+    from exportcheck.validate import refine_dynamic_shapes
+
+    ds = ({0: torch.export.Dim("s", min=1, max=64)},)
+    args = (torch.randn(3, 2),)
+    with pytest.raises(AssertionError, match="Cannot create Dim with inconsistent min=1, max=1"):
+        torch.export.export(_WindowsOfFour(), args, dynamic_shapes=ds)
+    with pytest.raises(UserError, match="Constraints violated") as failure, export_patches():
+        torch.export.export(_WindowsOfFour(), args, dynamic_shapes=ds)
+    assert "% 4) == 1" in str(failure.value)
+    # One value left is a specialization: no narrower bounds to retry with.
+    assert refine_dynamic_shapes(ds, failure.value) is None

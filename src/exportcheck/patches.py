@@ -38,6 +38,7 @@ __all__ = [
     "real_rotary",
     "recurrent_gemma_scan",
     "reformer_axial_gather",
+    "torch_single_value_root",
     "xlnet_float_mask",
     "xlnet_rel_shift_gather",
     "xlstm_closed_form",
@@ -863,6 +864,33 @@ def reformer_axial_gather(model=None):
         yield
 
 
+@contextlib.contextmanager
+def torch_single_value_root(model=None):
+    """Let torch.export report its constraint violation when a suggested root has one value.
+
+    Fixes: ``AssertionError: Cannot create Dim with inconsistent min=1, max=1``
+    (torch/export/dynamic_shapes.py:183), raised by
+    ``DimConstraints._process_derived_dim_roots``
+    (torch/fx/experimental/symbolic_shapes.py:3523) while torch writes the suggested fixes
+    of a ``Constraints violated`` error whose solution is a derived dimension such as
+    ``seq_length = 4*_seq_length - 1`` with ``_seq_length`` in [1, 1] (deepseek_v4). The
+    assertion replaces the real error, the list of violated guards. With the patch the
+    suggestion stays ``Dim('_seq_length', min=1, max=1)`` and torch raises its
+    ``UserError``; nothing is traced or computed differently.
+
+    Remove when: torch writes suggestions for a one-value root without asserting.
+    """
+    import torch.fx.experimental.symbolic_shapes  # noqa: F401  (imported by torch.export)
+
+    with _replace(
+        "torch.fx.experimental.symbolic_shapes",
+        "DimConstraints",
+        "_process_derived_dim_roots",
+        _rw.process_derived_dim_roots,
+    ):
+        yield
+
+
 #: The patches :func:`export_patches` applies, in order. Each takes the model (or None).
 PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "cache_pytrees": lambda model: cache_pytrees(),
@@ -884,6 +912,7 @@ PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "xlnet_float_mask": xlnet_float_mask,
     "prophetnet_decode_step": prophetnet_decode_step,
     "reformer_axial_gather": reformer_axial_gather,
+    "torch_single_value_root": torch_single_value_root,
 }
 
 

@@ -292,12 +292,23 @@ def refine_dynamic_shapes(dynamic_shapes: Any, error: BaseException) -> tuple[An
             elif line.strip() and "=" in line and not line.startswith("The error"):
                 return None  # a specialization or a relation between dimensions
     if bounds:
+        declared: dict[str, Any] = {}
+        _map_dims(
+            dynamic_shapes,
+            lambda d: declared.setdefault(d.__name__, d) if isinstance(d, Dim) else d,
+        )
+        for name, (low, high) in list(bounds.items()):
+            if name in declared:
+                low = declared[name].min if low is None else low
+                high = declared[name].max if high is None else high
+                if low >= high:
+                    return None  # max=1 on a Dim of min=1: one value, a specialization
+                bounds[name] = (low, high)
 
         def narrow(dim: Any) -> Any:
             name = getattr(dim, "__name__", None)
             if name in bounds and not isinstance(dim, _DimHint):
-                low, high = bounds[name]
-                return Dim(name, min=low if low is not None else dim.min, max=high or dim.max)
+                return Dim(name, min=bounds[name][0], max=bounds[name][1])
             return dim
 
         changes = ", ".join(f"{n} in [{lo or '.'}, {hi or '.'}]" for n, (lo, hi) in bounds.items())
