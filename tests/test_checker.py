@@ -80,6 +80,9 @@ def test_sweep_writes_rows_resumes_and_times_out(tmp_path):
     assert os.path.exists(str(tmp_path / "results.log"))
 
 
+_SIX = ["llama", "gpt2", "qwen2", "qwen3", "mistral", "phi3"]
+
+
 def test_sweep_survives_ctrl_c_and_continues(tmp_path):
     out = tmp_path / "results.jsonl"
     cmd = [
@@ -91,11 +94,11 @@ def test_sweep_survives_ctrl_c_and_continues(tmp_path):
         str(out),
         "--exporter",
         "export",
+        # one worker and six models: work remains when the first row lands
+        "--workers",
+        "1",
         "--only",
-        "llama",
-        "gpt2",
-        "qwen2",
-        "qwen3",
+        *_SIX,
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -107,17 +110,12 @@ def test_sweep_survives_ctrl_c_and_continues(tmp_path):
     assert proc.returncode != 0
     assert "interrupted" in err and "rerun to continue" in err
     first = read_results(str(out))
-    assert 1 <= len(first) < 4
+    assert 1 <= len(first) < len(_SIX)
     with open(out, encoding="utf-8") as f:  # every line is complete JSON
         assert all(json.loads(line) for line in f if line.strip())
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert sorted(r["source"] for r in read_results(str(out))) == [
-        "gpt2",
-        "llama",
-        "qwen2",
-        "qwen3",
-    ]
+    assert sorted(r["source"] for r in read_results(str(out))) == sorted(_SIX)
 
 
 def test_three_architectures_through_sweep_and_report(tmp_path):

@@ -1,5 +1,6 @@
 """export_patches: every fix applies inside the block and nothing survives it."""
 
+import contextlib
 import copy
 import os
 import sys
@@ -162,6 +163,7 @@ _PATCHED_MODULES = [
     "transformers.models.xlnet.modeling_xlnet",
     "transformers.models.prophetnet.modeling_prophetnet",
     "transformers.models.reformer.modeling_reformer",
+    "transformers.models.rwkv.modeling_rwkv",
 ]
 
 
@@ -318,3 +320,51 @@ def test_a_one_value_root_reports_the_constraint_violation():
     assert "% 4) == 1" in str(failure.value)
     # One value left is a specialization: no narrower bounds to retry with.
     assert refine_dynamic_shapes(ds, failure.value) is None
+
+
+def test_every_patch_is_in_the_api_reference():
+    from exportcheck.patches import PATCHES
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "api.rst")) as f:
+        api = f.read()
+    missing = [n for n in PATCHES if n != "cache_pytrees" and f"patches.{n}\n" not in api]
+    assert not missing, missing
+
+
+@pytest.mark.models
+def test_rwkv_fix_matches_batch_one_runs_and_the_full_forward():
+    from exportcheck import untrained_model
+    from exportcheck.patches import eager_fixes, rwkv_one_token_shift
+
+    m = untrained_model("rwkv")
+    g = torch.Generator().manual_seed(1)
+    vocab = m.config.vocab_size
+
+    def run(ids, state=None, patched=True, use_cache=True):
+        ctx = rwkv_one_token_shift() if patched else contextlib.nullcontext()
+        with ctx, torch.no_grad():
+            out = m.model(input_ids=ids, state=copy.deepcopy(state), use_cache=use_cache)
+        return out.logits, out.state
+
+    # one new token, batch 3: each row equals the unpatched transformers on that row
+    # alone (batch 1, where the original is right), state included
+    _, state = run(torch.randint(0, vocab, (3, 7), generator=g), patched=False)
+    token = torch.randint(0, vocab, (3, 1), generator=g)
+    logits, new_state = run(token, state)
+    assert run(token, state, patched=False)[0].shape == (3, 3, vocab)  # the bug
+    for i in range(3):
+        one, one_state = run(token[i : i + 1], [s[i : i + 1] for s in state], patched=False)
+        assert max_diff(one, logits[i : i + 1])["abs"] <= 1e-5
+        assert max_diff(one_state, [s[i : i + 1] for s in new_state])["abs"] <= 1e-5
+    # a prefill then six one-token steps give the logits of one forward over all tokens
+    ids = torch.randint(0, vocab, (3, 10), generator=g)
+    full, _ = run(ids, use_cache=False, patched=False)
+    steps, state = [], None
+    logits, state = run(ids[:, :4], patched=False)
+    steps.append(logits)
+    for k in range(4, 10):
+        logits, state = run(ids[:, k : k + 1], state)
+        steps.append(logits)
+    assert max_diff(torch.cat(steps, dim=1), full)["abs"] <= 1e-5
+    with eager_fixes(m.model) as names:
+        assert names == ["rwkv_one_token_shift"]

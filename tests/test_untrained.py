@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from exportcheck import untrained_model
+from exportcheck.patches import eager_fixes
 from exportcheck.tiny import KNOWN_FAILURES, MODEL_FIXES, causal_lm_types
 
 TYPES = causal_lm_types()
 
 
 def _run_all(m):
-    with torch.no_grad():
+    # eager_fixes: the patches that correct eager transformers itself (rwkv)
+    with torch.no_grad(), eager_fixes(m.model):
         for feeds in [m.inputs, *m.other_inputs]:
             out = m.model(**copy.deepcopy(feeds))
             batch, seq = feeds["input_ids"].shape

@@ -20,6 +20,7 @@ PROPHETNET = "transformers.models.prophetnet.modeling_prophetnet"
 REFORMER = "transformers.models.reformer.modeling_reformer"
 RECURRENT_GEMMA = "transformers.models.recurrent_gemma.modeling_recurrent_gemma"
 XLSTM = "transformers.models.xlstm.modeling_xlstm"
+RWKV = "transformers.models.rwkv.modeling_rwkv"
 
 
 # --- recurrent_gemma: the RG-LRU scan -------------------------------------------------
@@ -331,3 +332,47 @@ def process_derived_dim_roots(self, results, name_to_dim):
         if "Cannot create Dim with inconsistent" not in str(e):
             raise
         return None
+
+
+# --- rwkv: the previous token of the one-token step -----------------------------------
+
+
+def _rwkv_previous_token(self, hidden, saved):
+    """The hidden state before each position, (batch, seq, hidden); ``saved`` is the
+    layer's state slot (batch, hidden), the last token seen before ``hidden``."""
+    if hidden.size(1) == 1:
+        return saved.unsqueeze(1)  # the original omits this unsqueeze
+    shifted = self.time_shift(hidden)
+    shifted[:, 0] = saved
+    return shifted
+
+
+def _rwkv_shift(self, hidden, state, slot):
+    if state is None:
+        return self.time_shift(hidden)
+    return _rwkv_previous_token(self, hidden, state[slot][:, :, self.layer_id])
+
+
+def rwkv_attention_extract_key_value(self, hidden, state=None):
+    """RwkvSelfAttention.extract_key_value with the previous token taken per batch row."""
+    shifted = _rwkv_shift(self, hidden, state, 1)
+    key = hidden * self.time_mix_key + shifted * (1 - self.time_mix_key)
+    value = hidden * self.time_mix_value + shifted * (1 - self.time_mix_value)
+    receptance = hidden * self.time_mix_receptance + shifted * (1 - self.time_mix_receptance)
+    key, value = self.key(key), self.value(value)
+    receptance = torch.sigmoid(self.receptance(receptance))
+    if state is not None:
+        state[1][:, :, self.layer_id] = hidden[:, -1]
+    return receptance, key, value, state
+
+
+def rwkv_feed_forward(self, hidden, state=None):
+    """RwkvFeedForward.forward with the previous token taken per batch row."""
+    shifted = _rwkv_shift(self, hidden, state, 0)
+    key = hidden * self.time_mix_key + shifted * (1 - self.time_mix_key)
+    receptance = hidden * self.time_mix_receptance + shifted * (1 - self.time_mix_receptance)
+    value = self.value(torch.square(torch.relu(self.key(key))))
+    receptance = torch.sigmoid(self.receptance(receptance))
+    if state is not None:
+        state[0][:, :, self.layer_id] = hidden[:, -1]
+    return receptance * value, state

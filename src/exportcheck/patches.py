@@ -21,9 +21,11 @@ from . import _rewrites as _rw
 from .pytrees import cache_pytrees
 
 __all__ = [
+    "EAGER_FIXES",
     "PATCHES",
     "cpmant_mask_arange",
     "dbrx_experts_gather",
+    "eager_fixes",
     "export_patches",
     "gated_delta_ceil_chunks",
     "gemma3n_sparsity_constant",
@@ -38,6 +40,7 @@ __all__ = [
     "real_rotary",
     "recurrent_gemma_scan",
     "reformer_axial_gather",
+    "rwkv_one_token_shift",
     "torch_single_value_root",
     "xlnet_float_mask",
     "xlnet_rel_shift_gather",
@@ -891,6 +894,35 @@ def torch_single_value_root(model=None):
         yield
 
 
+@contextlib.contextmanager
+def rwkv_one_token_shift(model=None):
+    """Give each batch row its own previous token in RWKV's one-token decode step.
+
+    Fixes a wrong result of eager transformers: rwkv with a state and one new token
+    returns logits of shape (batch, batch, vocab) for batch > 1, and torch.export fails
+    with ``Constraints violated (batch)``: RwkvSelfAttention.extract_key_value
+    (transformers/models/rwkv/modeling_rwkv.py:250-251) and RwkvFeedForward.forward
+    (:306-307) take the previous token as ``state[i][:, :, layer_id]``, of shape
+    (batch, hidden), and mix it with ``hidden`` of shape (batch, 1, hidden): every row
+    of the new token meets every row of the state. The replacements add the missing
+    ``unsqueeze(1)``, which is what the several-token branch computes for its first
+    token; everything else is the original code, so batch 1, several tokens and no
+    state give the same numbers as before.
+
+    Since it corrects eager itself, :func:`exportcheck.validate` also computes its
+    eager reference with it (see :data:`EAGER_FIXES`).
+
+    Remove when: transformers unsqueezes the saved token in both one-token branches.
+    """
+    with contextlib.ExitStack() as stack:
+        for owner, attribute, value in (
+            ("RwkvSelfAttention", "extract_key_value", _rw.rwkv_attention_extract_key_value),
+            ("RwkvFeedForward", "forward", _rw.rwkv_feed_forward),
+        ):
+            stack.enter_context(_replace(_rw.RWKV, owner, attribute, value))
+        yield
+
+
 #: The patches :func:`export_patches` applies, in order. Each takes the model (or None).
 PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "cache_pytrees": lambda model: cache_pytrees(),
@@ -913,7 +945,32 @@ PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "prophetnet_decode_step": prophetnet_decode_step,
     "reformer_axial_gather": reformer_axial_gather,
     "torch_single_value_root": torch_single_value_root,
+    "rwkv_one_token_shift": rwkv_one_token_shift,
 }
+
+#: Patches that correct a wrong result of eager transformers, not only its export:
+#: name -> the modeling module they fix. The eager reference of a model from one of
+#: these modules is computed with the patch (:func:`eager_fixes`).
+EAGER_FIXES: dict[str, str] = {
+    "rwkv_one_token_shift": _rw.RWKV,
+}
+
+
+@contextlib.contextmanager
+def eager_fixes(model: Any) -> Iterator[list[str]]:
+    """Apply the :data:`EAGER_FIXES` that concern ``model``; yields their names.
+
+    >>> import torch
+    >>> with eager_fixes(torch.nn.Linear(2, 2)) as names:
+    ...     names
+    []
+    """
+    modules = {type(m).__module__ for m in model.modules()}
+    names = [name for name, module in EAGER_FIXES.items() if module in modules]
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(PATCHES[name](model))
+        yield names
 
 
 @contextlib.contextmanager

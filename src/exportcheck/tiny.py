@@ -279,11 +279,6 @@ KNOWN_FAILURES: dict[str, tuple[str, str]] = {
         "a draft model for speculative decoding: its default config fails transformers' "
         "validation, and it reads the main model's embeddings and key-value states",
     ),
-    "rwkv": (
-        r"torch\.Size\(\[2, 2\]\) == \(2, 1\)",
-        "a transformers bug: with a state, one new token broadcasts the state over the batch "
-        "(state[1][:, :, layer] lacks unsqueeze(1)), so eager returns batch x batch logits",
-    ),
     "gemma4_unified_assistant": (
         "shared_kv_states|inputs_embeds",
         "a draft model for speculative decoding: it ignores input_ids and needs the main "

@@ -352,7 +352,7 @@ def validate(
     (True, ['build', 'eager', 'export', 'exported_run'])
     """
     from .models import UntrainedModel, untrained_model
-    from .patches import export_patches
+    from .patches import eager_fixes, export_patches
 
     if exporter not in EXPORTERS:
         raise ValueError(f"validate: exporter must be one of {EXPORTERS}, got {exporter!r}.")
@@ -414,8 +414,12 @@ def validate(
 
     def eager() -> None:
         m = state["m"]
-        with torch.no_grad():
+        with eager_fixes(m.model) as fixes, torch.no_grad():
             state["expected"] = [m.model(**copy.deepcopy(f)) for f in [m.inputs, *m.other_inputs]]
+        report.notes.extend(
+            f"eager reference computed with {name}: it corrects eager transformers"
+            for name in fixes
+        )
 
     def export() -> None:
         m = state["m"]
