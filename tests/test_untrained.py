@@ -19,7 +19,8 @@ def _run_all(m):
     with torch.no_grad(), eager_fixes(m.model):
         for feeds in [m.inputs, *m.other_inputs]:
             out = m.model(**copy.deepcopy(feeds))
-            batch, seq = feeds["input_ids"].shape
+            # a drafter takes the main model's embeddings instead of token ids
+            batch, seq = feeds.get("input_ids", feeds.get("inputs_embeds")).shape[:2]
             assert out.logits.shape[:2] == (batch, seq)
             assert torch.isfinite(out.logits).all()
 
@@ -127,3 +128,23 @@ def test_cli_bad_input_is_one_line():
     assert "Traceback" not in out.stderr
     out = _cli("config", "llama", "--set", "novalue")
     assert out.returncode == 2 and "--set expects key=value" in out.stderr
+
+
+@pytest.mark.parametrize("model_type", ["gemma4_assistant", "gemma4_unified_assistant"])
+def test_drafters_take_the_main_model_states_and_export(model_type):
+    from exportcheck import validate
+
+    m = untrained_model(model_type)
+    assert m.cache_argument == "shared_kv_states"
+    assert any(note.startswith("draft step: a drafter") for note in m.notes)
+    text = m.config.get_text_config()
+    for (batch, new, cached), feeds in zip(m.shapes, [m.inputs, *m.other_inputs], strict=True):
+        assert feeds["inputs_embeds"].shape == (batch, new, 2 * m.config.backbone_hidden_size)
+        assert feeds["attention_mask"].shape == (batch, cached)
+        assert set(feeds["shared_kv_states"]) == set(text.layer_types)
+        for keys, values in feeds["shared_kv_states"].values():
+            assert keys.shape[0] == values.shape[0] == batch
+            assert keys.shape[2] == values.shape[2] == cached
+    report = validate(m, exporter="onnx")
+    assert report.ok, report.table()
+    assert report.worst("exported") <= 1e-4 and report.worst("ort") <= 1e-4

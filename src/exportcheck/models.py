@@ -96,6 +96,20 @@ CACHELESS_INPUTS: dict[str, str] = {
     "cpmant": "with a cache, forward expects every token seen so far, not only the new ones",
 }
 
+#: Drafters for speculative decoding, and why: they take neither token ids nor a cache of
+#: their own but, at each draft step, what the main model hands them. Their input sets
+#: are that step: one new token, the main model's key-value states as the cache.
+_GEMMA4_DRAFT_STEP = (
+    "a drafter: one step of SinglePositionMultiTokenCandidateGenerator "
+    "(transformers.generation.candidate_generator), fed the main model's embedding of the "
+    "last token and last hidden state (inputs_embeds) and the key-value states of its last "
+    "layer of each type (shared_kv_states), here random tensors of their shapes"
+)
+DRAFT_INPUTS: dict[str, str] = {
+    "gemma4_assistant": _GEMMA4_DRAFT_STEP,
+    "gemma4_unified_assistant": _GEMMA4_DRAFT_STEP,
+}
+
 
 @dataclasses.dataclass
 class UntrainedModel:
@@ -111,8 +125,8 @@ class UntrainedModel:
     * ``dynamic_shapes``: for every input, its dynamic dimensions, named ``batch``,
       ``seq_length`` and ``cache_length``
     * ``cache_argument``: the forward argument that takes the cache (``cache``,
-      ``past_key_values``, or ``state`` for recurrent models), None when the inputs
-      have none
+      ``past_key_values``, ``state`` for recurrent models, ``shared_kv_states`` for
+      drafters, see :data:`DRAFT_INPUTS`), None when the inputs have none
     * ``shapes``: (batch, new tokens, cached tokens) of each input set
     * ``notes``: why the inputs differ from the usual decode step, if they do
     * ``prompts``: for each input set, the token ids whose prefill filled its cache
@@ -145,7 +159,7 @@ class UntrainedModel:
 def _resolve_config(source: Any, overrides: dict[str, Any], shrink: bool = False) -> Any:
     from transformers import AutoConfig, PretrainedConfig
 
-    from .tiny import set_attributes, tiny_config
+    from .tiny import CONFIG_ARGUMENTS, set_attributes, tiny_config
 
     if shrink and not (isinstance(source, str) and "/" not in source):
         base = _resolve_config(source, {})
@@ -170,7 +184,8 @@ def _resolve_config(source: Any, overrides: dict[str, Any], shrink: bool = False
                 f"untrained_model: {source!r} is neither a hub id with a shipped config "
                 f"(exportcheck.available_configs()) nor a transformers model_type.{hint}"
             )
-        return set_attributes(tiny_config(AutoConfig.for_model(source)), overrides)
+        arguments = copy.deepcopy(CONFIG_ARGUMENTS.get(source, ({}, ""))[0])
+        return set_attributes(tiny_config(AutoConfig.for_model(source, **arguments)), overrides)
     raise TypeError(
         "untrained_model: source must be a hub id, a model_type, a config or a dict, "
         f"got {type(source).__name__}."
@@ -318,6 +333,73 @@ def _decode_inputs(
     return feeds, feeds_prompt
 
 
+def _draft_inputs(config: Any, batch: int, cache_length: int, generator: Any) -> dict[str, Any]:
+    """One draft step of a Gemma 4 drafter, as ``SinglePositionMultiTokenCandidateGenerator``
+    calls it after the main model has seen ``cache_length`` tokens.
+
+    * ``inputs_embeds`` (batch, 1, 2 x backbone_hidden_size): the main model's scaled
+      embedding of the last token next to its final-norm hidden state of that token
+    * ``attention_mask`` (batch, cache_length): the main model's mask
+    * ``position_ids`` (batch, 1): the last token's position, ``cache_length - 1``
+      (generate passes shape (1, 1) with batch 1; one row per sequence is the same)
+    * ``shared_kv_states``: layer type -> (keys, values) of the main model's last layer
+      of that type, (batch, key-value heads, cache_length, head_dim) with the heads and
+      head_dim of the drafter's layers of that type; below the sliding window, the
+      sliding layer's states cover every token too
+
+    The states are standard normal: RMS-normed keys and values, a scaled embedding
+    and a final-norm hidden state all have entries of about unit size.
+    """
+    import torch
+
+    text = config.get_text_config()
+    feeds: dict[str, Any] = {
+        "inputs_embeds": torch.randn(
+            (batch, 1, 2 * config.backbone_hidden_size), generator=generator
+        ),
+        "attention_mask": torch.ones((batch, cache_length), dtype=torch.int64),
+        "position_ids": torch.full((batch, 1), cache_length - 1, dtype=torch.int64),
+    }
+    states = {}
+    for layer_type in dict.fromkeys(text.layer_types):
+        layer = text.per_layer_config[text.layer_types.index(layer_type)]
+        shape = (batch, layer.num_key_value_heads, cache_length, layer.head_dim)
+        keys = torch.randn(shape, generator=generator)
+        states[layer_type] = (keys, torch.randn(shape, generator=generator))
+    feeds["shared_kv_states"] = states
+    return feeds
+
+
+def _untrained_draft(model: Any, config: Any, seed: int, notes: list[str]) -> UntrainedModel:
+    import torch
+
+    notes.append(f"draft step: {DRAFT_INPUTS[config.model_type]}")
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(2, 1, 30), (1, 1, 30), (3, 1, 30), (2, 1, 60), (3, 1, 17)]
+    sets = [_draft_inputs(config, b, c, generator) for b, _, c in shapes]
+    _, cache_max = _length_bounds(config)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
+    state = {0: batch, 2: cache_length}
+    dynamic_shapes = {
+        "inputs_embeds": {0: batch},
+        "attention_mask": {0: batch, 1: cache_length},
+        "position_ids": {0: batch},
+        "shared_kv_states": {k: (state, state) for k in sets[0]["shared_kv_states"]},
+    }
+    return UntrainedModel(
+        model=model,
+        config=config,
+        inputs=sets[0],
+        other_inputs=sets[1:],
+        dynamic_shapes=dynamic_shapes,
+        cache_argument="shared_kv_states",
+        shapes=shapes,
+        notes=notes,
+        prompts=[None] * len(shapes),
+    )
+
+
 def untrained_model(
     source: Any,
     task: str = "text-generation",
@@ -362,6 +444,8 @@ def untrained_model(
     notes: list[str] = []
     cache_argument = _cache_argument(model)
     model_type = getattr(config, "model_type", None)
+    if model_type in DRAFT_INPUTS:
+        return _untrained_draft(model, config, seed, notes)
     if cache_argument is not None and model_type in CACHELESS_INPUTS:
         notes.append(f"no cache: {CACHELESS_INPUTS[model_type]}")
         cache_argument = None

@@ -8,7 +8,7 @@ Generic rules:
 * **Layers.** Keep one layer of each kind listed in ``layer_types`` (at least two
   layers); every attribute holding one value per layer (a list as long as the
   original number of layers) keeps the values of the kept layers.
-* **Widths.** Hidden size 64, 4 attention heads of 16, 2 key-value heads (or 4 when
+* **Widths.** Hidden size 64 (a drafter's ``backbone_hidden_size`` too), 4 attention heads of 16, 2 key-value heads (or 4 when
   the model has no grouped-query attention), intermediate size 128, vocabulary 1024.
   Special token ids beyond the vocabulary are moved inside it.
 * **Experts.** 4 experts, 2 per token, expert width 32, one shared expert.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["KNOWN_FAILURES", "MODEL_FIXES", "causal_lm_types", "tiny_config"]
+__all__ = ["CONFIG_ARGUMENTS", "KNOWN_FAILURES", "MODEL_FIXES", "causal_lm_types", "tiny_config"]
 
 # Attribute -> tiny value, applied when the config has the attribute and its value is
 # an int larger than the tiny one.
@@ -89,6 +89,7 @@ _SIZES: dict[str, int] = {
     "adapter_in_dim": 64,
     "adapter_out_dim": 64,
     "adapter_input_size": 64,
+    "backbone_hidden_size": 64,  # a drafter's main model, shrunk to hidden size 64 too
     "max_position_embeddings": 4096,
     "n_positions": 4096,
 }
@@ -123,6 +124,18 @@ _TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "c
 # Per-layer lists that say what kind each layer is: the layers kept cover every kind.
 _LAYER_KINDS = ("layer_types", "layers_block_type", "block_types", "layers_type")
 
+
+#: Constructor arguments without which the default config of a model type is invalid:
+#: model_type -> (arguments, reason). ``untrained_model(model_type)`` builds the default
+#: config with them, then shrinks it.
+CONFIG_ARGUMENTS: dict[str, tuple[dict[str, Any], str]] = {
+    "gemma4_assistant": (
+        {"text_config": {"hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0}},
+        "the default text config has per-layer input embeddings (256 wide, 262144 ids), "
+        "which validate_architecture rejects for a drafter; the published drafters "
+        "(google/gemma-4-*-it-assistant) set both to 0",
+    ),
+}
 
 #: Per-model fixes applied after the generic rules: model_type -> (overrides, reason).
 #: A key ``"text_config.head_dim"`` sets an attribute of a sub-config.
@@ -273,16 +286,6 @@ KNOWN_FAILURES: dict[str, tuple[str, str]] = {
     "gemma3n": (
         "timm",
         "the vision tower is a timm model and timm is not a dependency of exportcheck",
-    ),
-    "gemma4_assistant": (
-        "hidden_size_per_layer_input|validate_architecture",
-        "a draft model for speculative decoding: its default config fails transformers' "
-        "validation, and it reads the main model's embeddings and key-value states",
-    ),
-    "gemma4_unified_assistant": (
-        "shared_kv_states|inputs_embeds",
-        "a draft model for speculative decoding: it ignores input_ids and needs the main "
-        "model's embeddings and key-value states as inputs",
     ),
 }
 

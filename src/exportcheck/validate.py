@@ -210,11 +210,13 @@ def _first_line(error: BaseException) -> str:
 
 
 def _label(feeds: dict[str, Any]) -> str:
-    ids = feeds.get("input_ids")
-    batch, seq = tuple(ids.shape) if ids is not None else ("?", "?")
+    ids = feeds.get("input_ids", feeds.get("inputs_embeds"))  # a drafter takes embeddings
+    batch, seq = tuple(ids.shape[:2]) if ids is not None else ("?", "?")
     cache = next((v for k, v in feeds.items() if k in ("cache", "past_key_values")), None)
     length = None
-    if cache is not None:
+    if isinstance(feeds.get("shared_kv_states"), dict) and feeds["shared_kv_states"]:
+        length = int(next(iter(feeds["shared_kv_states"].values()))[0].shape[2])
+    elif cache is not None:
         try:
             length = int(cache.get_seq_length())
         except Exception:  # some caches hold only linear-attention layers
