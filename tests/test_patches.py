@@ -164,6 +164,7 @@ _PATCHED_MODULES = [
     "transformers.models.prophetnet.modeling_prophetnet",
     "transformers.models.reformer.modeling_reformer",
     "transformers.models.rwkv.modeling_rwkv",
+    "transformers.models.deepseek_v4.modeling_deepseek_v4",
 ]
 
 
@@ -216,6 +217,7 @@ def test_every_patch_restores_transformers_after_an_exception():
         ("xlstm", "export"),
         ("qwen4_exp_text", "export"),
         ("reformer", "export"),
+        ("deepseek_v4", "export"),
         # these two patches also fix the ONNX conversion
         ("xlnet", "onnx"),
         ("prophetnet", "onnx"),
@@ -240,6 +242,7 @@ _REWRITES = {
     "xlnet_float_mask": ("xlnet", 0.0),
     "prophetnet_decode_step": ("prophetnet", 0.0),
     "reformer_axial_gather": ("reformer", 0.0),
+    "deepseek_v4_compressor_windows": ("deepseek_v4", 0.0),
 }
 
 
@@ -368,3 +371,29 @@ def test_rwkv_fix_matches_batch_one_runs_and_the_full_forward():
     assert max_diff(torch.cat(steps, dim=1), full)["abs"] <= 1e-5
     with eager_fixes(m.model) as names:
         assert names == ["rwkv_one_token_shift"]
+
+
+@pytest.mark.models
+def test_deepseek_v4_windows_match_the_original_over_many_decode_steps():
+    from exportcheck import untrained_model
+    from exportcheck.patches import deepseek_v4_compressor_windows
+
+    m = untrained_model("deepseek_v4")
+    ids = torch.randint(0, 1000, (2, 150), generator=torch.Generator().manual_seed(1))
+    steps = [1, 1, 2, 3, 1, 4, 5, 7, 1, 2, 9, 15, 1, 1, 3, 30, 40, 1, 2, 6, 5]
+
+    def decode(patched):
+        ctx = deepseek_v4_compressor_windows() if patched else contextlib.nullcontext()
+        with ctx, torch.no_grad():
+            out = m.model(input_ids=ids[:, :5], use_cache=True)
+            logits, position = [out.logits], 5
+            for step in steps:  # closes 4-token windows and the 128-token one
+                out = m.model(input_ids=ids[:, position : position + step], cache=out.cache)
+                logits.append(out.logits)
+                position += step
+        return logits, out.cache
+
+    expected, expected_cache = decode(patched=False)
+    got, got_cache = decode(patched=True)
+    assert max_diff(expected, got)["abs"] == 0.0
+    assert max_diff(expected_cache, got_cache)["abs"] == 0.0

@@ -15,6 +15,7 @@ from exportcheck import (
     make_encoder_decoder_cache,
     make_static_cache,
     max_diff,
+    string_type,
 )
 
 SMALL = dict(
@@ -262,3 +263,25 @@ def test_device_mismatch_is_reported():
     key, value = _kv(1, 2)
     with pytest.raises(ValueError, match="move every tensor to one device"):
         make_dynamic_cache([(key, value), (key.to("meta"), value.to("meta"))])
+
+
+@pytest.mark.models
+def test_compressed_cache_counters_follow_the_tensors():
+    from exportcheck import untrained_model
+
+    cache = untrained_model("deepseek_v4").inputs["cache"]
+    _, rebuilt = _round_trip(cache)
+    for layer, original in zip(rebuilt.layers, cache.layers, strict=True):
+        assert type(layer) is type(original)
+        assert layer.entry_count == original.entry_count
+        assert layer.entry_count == {k: v.shape[1] for k, v in layer.compressed_kv.items()}
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    spec = cache_dynamic_shapes(cache, batch, length)
+    # slots: key_cache, value_cache (sliding layers: AUTO), buffer_gate, buffer_kv and
+    # compressed_kv (cache_length % rate buffered tokens and cache_length // rate
+    # windows: dimensions of their own, left to export), overlap_gate and overlap_kv
+    # (one window: only the batch varies)
+    tokens = "#2[#1[{0:Dim(batch),1:AUTO}],#2[{0:Dim(batch),1:AUTO},{0:Dim(batch),1:AUTO}]]"
+    overlap = "#2[(),#2[{0:Dim(batch)},{0:Dim(batch)}]]"
+    keys = "#2[{0:Dim(batch),2:AUTO},{0:Dim(batch),2:AUTO}]"
+    assert string_type(spec) == f"#7[{keys},{keys},{tokens},{tokens},{tokens},{overlap},{overlap}]"

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from . import _deepseek_v4 as _dsv4
 from . import _rewrites as _rw
 from .pytrees import cache_pytrees
 
@@ -25,6 +26,7 @@ __all__ = [
     "PATCHES",
     "cpmant_mask_arange",
     "dbrx_experts_gather",
+    "deepseek_v4_compressor_windows",
     "eager_fixes",
     "export_patches",
     "gated_delta_ceil_chunks",
@@ -923,6 +925,55 @@ def rwkv_one_token_shift(model=None):
         yield
 
 
+@contextlib.contextmanager
+def deepseek_v4_compressor_windows(model=None):
+    """Compute DeepSeek-V4's compressed attention (CSA / HCA) without Python tests on how
+    many windows close in the step.
+
+    Fixes: torch.export of deepseek_v4 with a cache fails with ``Constraints violated
+    (seq_length)! ... guard (2 + L['input_ids'].size()[1] + (-4)*((2 + ...) // 4)) == 1``
+    and ``2 <= L['input_ids'].size()[1] <= 5`` (which torch then hides behind
+    ``AssertionError: Cannot create Dim with inconsistent min=1, max=1`` raised while it
+    formats its suggested fix ``seq_length = 4*_seq_length - 1``). The code branches on
+    shapes: ``if buffered_kv.shape[1]`` in DeepseekV4HCACache.store_compression_weights
+    (transformers/models/deepseek_v4/modeling_deepseek_v4.py:218), ``if chunk_kv.shape[1] > 0``
+    and ``if n_windows > 1`` in the HCA / CSA compressors and the indexer (:424, :539, :550,
+    :654, :670), ``if seq_len == 1 or compressed_len == 0`` (:444), ``if compressed_len > 0``
+    (:588), ``elif compressed.shape[1] > 0`` (:234) and ``kv.shape[2] > attention_mask.shape[-1]``
+    (:849): whether a window of ``compress_rate`` tokens closes depends on
+    ``(buffer + seq_length) // rate``, so export specializes the new tokens' count.
+
+    Even branch-free, the window count ``(buffer + seq_length) // rate`` and the leftover
+    are backed by the example's values (1 and 1): torch guards on them in every
+    contiguity check (torch/fx/passes/shape_prop.py:57 _extract_tensor_metadata ->
+    torch/_prims_common/__init__.py:285 ``guard_or_false(x == 1)``, which guards on backed
+    symbols), pinning seq_length (``Constraints violated (seq_length) ... 2 <= s <= 5``).
+    So the count is read back with ``torch.tensor(total // rate).item()`` (an unbacked
+    size: export keeps it symbolic, no guard), bounded with ``torch._check``, and the split
+    uses ``narrow``; the windows are made contiguous before the ``view`` so the
+    position-bias add does not compare the total length with the window size.
+
+    Same numbers: ``.item()`` of ``total // rate`` is that integer; ``narrow`` / contiguous
+    copies are the same slices; concatenating zero-length tensors is a no-op, so the buffer and the
+    compressed entries are always concatenated; the windows are pooled with views of
+    explicit size (0 windows give 0 entries, as the original's ``new_zeros``); the
+    Ca/Cb overlap layout is built as ``cat(prior, Ca)[:, :n]`` next to Cb instead of
+    by slice assignment (same entries: window 0 gets the saved Ca, window w the Ca of
+    w - 1, zero kv / -inf gate without a saved one), and the saved Ca is
+    ``cat(prior, Ca)[:, -1]`` (the prior when no window closed, as the original keeps
+    it); the indexer always masks future entries (top-k of zero entries is empty on both
+    paths); HCA always returns its block bias, which is all zeros exactly where the
+    original returns None (one new token, or no entry) and the attention pads with zeros.
+
+    Remove when: transformers' DeepSeek-V4 compressors handle any window count without
+    branching on shapes.
+    """
+    with contextlib.ExitStack() as stack:
+        for owner, attribute, function in _dsv4.REPLACEMENTS:
+            stack.enter_context(_replace(_dsv4.MODULE, owner, attribute, function))
+        yield
+
+
 #: The patches :func:`export_patches` applies, in order. Each takes the model (or None).
 PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "cache_pytrees": lambda model: cache_pytrees(),
@@ -946,6 +997,7 @@ PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "reformer_axial_gather": reformer_axial_gather,
     "torch_single_value_root": torch_single_value_root,
     "rwkv_one_token_shift": rwkv_one_token_shift,
+    "deepseek_v4_compressor_windows": deepseek_v4_compressor_windows,
 }
 
 #: Patches that correct a wrong result of eager transformers, not only its export:

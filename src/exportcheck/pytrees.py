@@ -64,6 +64,13 @@ _SLOT_NAMES = {"keys": "key_cache", "values": "value_cache"}
 _ATTRIBUTE_OF_SLOT = {v: k for k, v in _SLOT_NAMES.items()}
 # Counters recomputed on unflatten instead of being frozen into the context.
 _COUNTERS = ("cumulative_length", "cumulative_length_int")
+# Per-name counters derived from a dict of tensors (DeepSeek-V4 compressed caches keep
+# ``entry_count[name] == compressed_kv[name].shape[1]``): recomputed on unflatten.
+_DICT_COUNTERS = {"entry_count": "compressed_kv"}
+# Dict slots whose dimension 1 grows with the tokens seen (DeepSeek-V4: the tokens
+# waiting for a full window, ``cache_length % rate``, and the windows compressed so
+# far, ``cache_length // rate``). Neither is a linear function of cache_length.
+_TOKEN_AXIS_SLOTS = ("buffer_kv", "buffer_gate", "compressed_kv")
 _PLAIN = (bool, int, float, str, type(None))
 _ABSENT = ()  # the entry of a layer that has no tensor in a slot
 
@@ -128,13 +135,40 @@ def _is_step_counter(layer: Any, name: str, value: Any) -> bool:
     )
 
 
+def _is_dict_counter(layer: Any, name: str, value: Any) -> bool:
+    """``entry_count``: one count per name, equal to the length of a dict of tensors."""
+    source = getattr(layer, _DICT_COUNTERS.get(name, ""), None)
+    if not (isinstance(value, dict) and isinstance(source, dict) and set(value) == set(source)):
+        return False
+    for key, count in value.items():
+        tensor = source[key]
+        length = tensor.shape[1] if isinstance(tensor, torch.Tensor) and tensor.dim() > 1 else 0
+        if type(count) is int and type(length) is int and count != length:
+            return False  # not derivable: kept in the context (a SymInt under tracing is)
+        if not isinstance(count, int | torch.SymInt) or isinstance(count, bool):
+            return False
+    return True
+
+
+def _dict_counter(layer: Any, name: str) -> dict[Any, Any]:
+    source = getattr(layer, _DICT_COUNTERS[name])
+    return {
+        k: v.shape[1] if isinstance(v, torch.Tensor) and v.dim() > 1 else 0
+        for k, v in source.items()
+    }
+
+
 def _split_layer(i: int, layer: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
     """Returns the data slots of a layer and the description kept in the context."""
     slots: dict[str, Any] = {}
     plain: list[tuple[str, Any]] = []
     counters: list[str] = []
     for name, value in vars(layer).items():
-        if _is_step_counter(layer, name, value) or _is_batch_size(layer, name, value):
+        if (
+            _is_step_counter(layer, name, value)
+            or _is_batch_size(layer, name, value)
+            or _is_dict_counter(layer, name, value)
+        ):
             counters.append(name)
         elif isinstance(value, torch.Tensor):
             if name.startswith("_"):
@@ -201,6 +235,7 @@ def _flatten_layered_cache(cache: Any) -> tuple[list[Any], Any]:
             c
             for c in desc[4]
             if c != "batch_size"
+            and c not in _DICT_COUNTERS
             and type(getattr(layer, c)) is int  # a SymInt under tracing is derived
             and type(_expected_count(layer, reference)) is int
             and getattr(layer, c) != _expected_count(layer, reference)
@@ -311,6 +346,8 @@ def _unflatten_layered_cache(children: Any, context: Any) -> Any:
         for counter in desc[4]:
             if counter == "batch_size":
                 layer.batch_size = layer.keys.shape[0]
+            elif counter in _DICT_COUNTERS:
+                setattr(layer, counter, _dict_counter(layer, counter))
             else:
                 setattr(layer, counter, _expected_count(layer, reference))
     cls = _find_class(cls_name, cls_module)
@@ -547,6 +584,10 @@ def cache_dynamic_shapes(
             return {0: batch, 1: length}
         if slot == "indexer_position_ids" and value.dim() == 3:  # (dims, batch, length)
             return {1: batch, 2: length}
+        if slot in _TOKEN_AXIS_SLOTS and value.dim() == 3:  # (batch, tokens or windows, dim)
+            # cache_length % rate and cache_length // rate: a dimension of their own,
+            # AUTO since export restricts them to what the window allows.
+            return {0: batch, 1: torch.export.Dim.AUTO}
         if slot in ("key_cache", "value_cache") and value.dim() >= 3:
             if hasattr(layer, "max_cache_len"):  # static layers do not grow
                 return {0: batch}
