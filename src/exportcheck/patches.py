@@ -24,6 +24,7 @@ from .pytrees import cache_pytrees
 __all__ = [
     "EAGER_FIXES",
     "PATCHES",
+    "blt_padded_patches",
     "cpmant_mask_arange",
     "dbrx_experts_gather",
     "deepseek_v4_compressor_windows",
@@ -974,6 +975,65 @@ def deepseek_v4_compressor_windows(model=None):
         yield
 
 
+@contextlib.contextmanager
+def blt_padded_patches(model=None):
+    """Run BLT's entropy patcher with a fixed number of patches: sequence_length + 1.
+
+    Fixes: torch.export of blt fails with ``Could not guard on data-dependent expression
+    Eq(u0, 1)``: BltPatcher.forward (transformers/models/blt/modeling_blt.py:915) builds
+    ``torch.distributions.Categorical(logits=logits)``, whose argument validation does
+    ``if not valid.all()``. Past it, BltPatcher.patch_lengths_from_entropies (:968-973)
+    selects patch starts with a boolean index and slices the patch dimension to
+    ``patch_mask.sum(dim=1).max()``: the number of patches depends on the entropies.
+
+    The replacements build the Categorical with ``validate_args=False`` (same entropy)
+    and return patch lengths for all sequence_length + 1 possible patches (2 forced
+    starts + one per entropy boundary among the sequence_length - 1 candidates), the
+    original ones first, then padding patches starting at sequence_length + 1, past
+    every byte: exactly what the original gives a row with fewer boundaries than the
+    longest row of its batch. BltModel.forward only uses the lengths through their
+    cumulative sums (_patch_ids_from_lengths, also of lengths[:, 1:]) and the patch
+    count, so every byte keeps its patch id, and padding patches hold no byte:
+    - local encoder: patch_reduce leaves them 0 and the patch-as-query cross-attention
+      rows are separate rows; real rows see the same keys and mask;
+    - global transformer: causal, and padding patches come after every real one, so
+      real patches never attend to them;
+    - local decoder: its cross-attention mask gives them finfo.min for every byte, a
+      softmax weight of exactly 0 (every byte has its own patch, so no row is fully
+      masked).
+    The logits (per byte) are the same; only extra rows are computed. The patcher's own
+    ``patch_lengths`` output gains the padding patches. With ``max_patch_length`` set
+    the original patch lengths and process_patch_lengths (``.item()``) are kept: eager
+    is unchanged but that configuration still does not export.
+
+    Also fixes, once past the above, ``Constraints violated (seq_length)`` (specialized
+    to 3): byte_group_hash_function (:1027-1028) multiplies an ``unfold`` view of the
+    bytes, and the strides of that overlapping view make the meta function guard
+    ``seq_length >= 3`` and ``< 4``. The replacement takes each window column as a shifted
+    slice. The original ``torch.sum`` over the window would become an int64 ReduceSum in ONNX, which
+    onnxruntime does not compute exactly once the products wrap (observed:
+    sum([0, 0, -8680463014257304698]) = -8680463014257304576), so every hash id and then
+    every logit differed; the replacement adds the window terms one by one (elementwise
+    int64 Add, exact; wrapping addition is associative, so the same hash).
+
+    Likewise BltModel._patch_ids_from_lengths (:1316-1322) builds ``cumsum[:, :-1]``, of
+    sequence_length - 1 patches for the decoder: replaced by ``cumsum - lengths``, the
+    same integers.
+
+    Remove when: transformers computes BLT patches with a static patch dimension (or
+    torch.export handles the data-dependent count).
+    """
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_replace(_rw.BLT, "BltPatcher", "forward", _rw.blt_patcher_forward))
+        stack.enter_context(
+            _replace(_rw.BLT, "BltModel", "_patch_ids_from_lengths", _rw.blt_patch_ids_from_lengths)
+        )
+        stack.enter_context(
+            _replace(_rw.BLT, None, "byte_group_hash_function", _rw.blt_byte_group_hash)
+        )
+        yield
+
+
 #: The patches :func:`export_patches` applies, in order. Each takes the model (or None).
 PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "cache_pytrees": lambda model: cache_pytrees(),
@@ -998,6 +1058,7 @@ PATCHES: dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]] = {
     "torch_single_value_root": torch_single_value_root,
     "rwkv_one_token_shift": rwkv_one_token_shift,
     "deepseek_v4_compressor_windows": deepseek_v4_compressor_windows,
+    "blt_padded_patches": blt_padded_patches,
 }
 
 #: Patches that correct a wrong result of eager transformers, not only its export:
