@@ -154,6 +154,10 @@ def test_three_architectures_through_sweep_and_report(tmp_path):
     assert "llama" in page and "gemma3_text" in page and "mamba" in page
     green = sum(1 for r in rows.values() if r["ok"])
     assert f"**{green} of 3**" in page
+    # mamba is checked one token at a time: the page says so
+    notes = page.split("\nNotes\n-----\n", 1)[1]
+    assert "mamba" in notes and "one new token: with a cache" in notes
+    assert "llama" not in notes
     assert (page_dir / "stages.png").stat().st_size > 1000
     assert (page_dir / "conversion_time.png").stat().st_size > 1000
 
@@ -195,6 +199,7 @@ def test_summary_counts_and_categories(tmp_path):
     written = write_report(str(path), str(tmp_path / "page"))
     page = (tmp_path / "page" / "index.rst").read_text()
     assert "**1 of 3**" in page and "took 1.0 minutes" in page
+    assert "\nNotes\n" not in page  # no row has notes
     assert len(written) == 3 and (tmp_path / "page" / "r.jsonl").exists()
 
 

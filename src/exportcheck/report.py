@@ -176,6 +176,17 @@ _HEADER = [
 ]
 
 
+def _note_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Model types whose check differs from the usual one: their inputs (one new
+    token, no cache, a drafter's step), narrowed or relaxed bounds, eager fixes."""
+    out = []
+    for row in summary["rows"]:
+        notes = [*(row.get("model") or {}).get("notes", []), *row.get("notes", [])]
+        if notes:
+            out.append([row["source"], "; ".join(n[:300] for n in notes)])
+    return out
+
+
 def _rst_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("`", "'").replace("*", "\\*").replace("|", "/")
 
@@ -318,6 +329,19 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
         ".. image:: conversion_time.png",
         "",
     ]
+    notes = _note_rows(summary)
+    if notes:
+        lines += [
+            "Notes",
+            "-----",
+            "",
+            "How the check of these model types differs from the usual decode step "
+            "(inputs), and what export or validate changed on the way (bounds, eager "
+            "reference).",
+            "",
+            _rst_table(["model type", "notes"], notes),
+            "",
+        ]
     page = os.path.join(out_dir, "index.rst")
     with open(page, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))

@@ -412,6 +412,8 @@ def validate(
             "parameters": sum(p.numel() for p in m.model.parameters()),
             "cache_argument": m.cache_argument,
             "input_sets": [_label(f) for f in [m.inputs, *m.other_inputs]],
+            # how these inputs differ from the usual decode step (untrained_model's notes)
+            "notes": list(m.notes),
         }
 
     def eager() -> None:
