@@ -183,7 +183,7 @@ def _note_rows(summary: dict[str, Any]) -> list[list[str]]:
     for row in summary["rows"]:
         notes = [*(row.get("model") or {}).get("notes", []), *row.get("notes", [])]
         if notes:
-            out.append([row["source"], "; ".join(n[:300] for n in notes)])
+            out.append([row["source"], "; ".join(n[:500] for n in notes)])
     return out
 
 
