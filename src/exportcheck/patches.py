@@ -994,6 +994,7 @@ def blt_padded_patches(model=None):
     longest row of its batch. BltModel.forward only uses the lengths through their
     cumulative sums (_patch_ids_from_lengths, also of lengths[:, 1:]) and the patch
     count, so every byte keeps its patch id, and padding patches hold no byte:
+
     - local encoder: patch_reduce leaves them 0 and the patch-as-query cross-attention
       rows are separate rows; real rows see the same keys and mask;
     - global transformer: causal, and padding patches come after every real one, so
@@ -1001,6 +1002,7 @@ def blt_padded_patches(model=None):
     - local decoder: its cross-attention mask gives them finfo.min for every byte, a
       softmax weight of exactly 0 (every byte has its own patch, so no row is fully
       masked).
+
     The logits (per byte) are the same; only extra rows are computed. The patcher's own
     ``patch_lengths`` output gains the padding patches. With ``max_patch_length`` set
     the original patch lengths and process_patch_lengths (``.item()``) are kept: eager
