@@ -101,13 +101,24 @@ def test_sweep_survives_ctrl_c_and_continues(tmp_path):
         *_SIX,
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell without job control starts background commands with SIGINT ignored,
+        # and Python then installs no KeyboardInterrupt handler: the sweep must see
+        # Ctrl-C as a terminal delivers it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(read_results(str(out))) < 1:
         time.sleep(0.2)
+    rows_at_signal = len(read_results(str(out)))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode != 0, (rows_at_signal, err[-3000:])
     assert "interrupted" in err and "rerun to continue" in err
     first = read_results(str(out))
     assert 1 <= len(first) < len(_SIX)
