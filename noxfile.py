@@ -28,7 +28,8 @@ def _install(session: nox.Session, extras: str) -> None:
 def tests(session: nox.Session) -> None:
     """Unit tests, doctests and one smoke test per recipe."""
     _install(session, "test")
-    session.run("pytest", *session.posargs, env=ENV)
+    # -n auto: one worker per core (pytest-xdist); worksteal balances the slow tests.
+    session.run("pytest", "-n", "auto", "--dist", "worksteal", *session.posargs, env=ENV)
 
 
 # The helpers (string_type, cache builders, pytrees, patches) also support the last
@@ -41,9 +42,8 @@ HELPER_TESTS = [
     "tests/test_pytrees.py",
     "tests/test_patches.py",
     "src/exportcheck/describe.py",
-    "src/exportcheck/caches.py",
-    "src/exportcheck/pytrees.py",
-    "src/exportcheck/patches.py",
+    "src/exportcheck/caches",
+    "src/exportcheck/patches",
 ]
 
 
@@ -52,7 +52,9 @@ def compat(session: nox.Session) -> None:
     """The helper tests on transformers 4.57 (constraints/transformers4.txt)."""
     _install(session, "test")
     session.install("-c", str(ROOT / "constraints" / "transformers4.txt"), "transformers")
-    session.run("pytest", "-m", "not models", *HELPER_TESTS, *session.posargs, env=ENV)
+    session.run(
+        "pytest", "-n", "auto", "-m", "not models", *HELPER_TESTS, *session.posargs, env=ENV
+    )
 
 
 @nox.session

@@ -41,9 +41,9 @@ def main() -> None:
     import torch  # noqa: F401  imported before forking
     import transformers  # noqa: F401
 
-    from exportcheck.tiny import causal_lm_types
+    from exportcheck.tasks import get_task
 
-    types = sys.argv[1:] or causal_lm_types()
+    types = sys.argv[1:] or get_task("text-generation").model_types()
     ctx = multiprocessing.get_context("fork")
     rows = []
     for model_type in types:

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from gallery_hooks import recipes_that_did_not_run
+from gallery_hooks import recipes_that_did_not_run, write_patch_page
 
 project = "exportcheck"
 author = "the exportcheck developers"
@@ -80,5 +80,10 @@ def _check_every_recipe_ran(app, exception):
         )
 
 
+def _write_generated_pages(app):
+    write_patch_page(app.srcdir)
+
+
 def setup(app):
+    app.connect("builder-inited", _write_generated_pages)
     app.connect("build-finished", _check_every_recipe_ran)

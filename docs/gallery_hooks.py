@@ -1,5 +1,6 @@
 """Functions that sphinx-gallery calls by name (see ``sphinx_gallery_conf`` in conf.py)."""
 
+import inspect
 import re
 from pathlib import Path
 
@@ -24,3 +25,35 @@ def recipes_that_did_not_run(docs_dir):
         if "Total running time of the script" in text and _ZERO_TIME.search(text):
             bad.append(page.name)
     return bad
+
+
+def write_patch_page(docs_dir):
+    """docs/patches.rst: every registered patch, from the registry itself (git-ignored)."""
+    from exportcheck.patches import PATCH_FAMILY, PATCHES
+
+    lines = [
+        "Patches",
+        "=======",
+        "",
+        "Every fix :func:`exportcheck.export_patches` applies, generated from the registry",
+        "(:data:`exportcheck.patches.PATCHES`) when the documentation is built. A patch",
+        "names the exact error it fixes and the condition under which it can be deleted;",
+        "its runtimes say which exporters need it.",
+        "",
+    ]
+    for name, patch in PATCHES.items():
+        title = f"``{name}``"
+        lines += [title, "-" * len(title), ""]
+        lines.append(f"* family: {PATCH_FAMILY[name]}")
+        if patch.model_types:
+            lines.append(f"* model types: {', '.join(patch.model_types)}")
+        lines.append(f"* runtimes: {', '.join(patch.runtimes)}")
+        if patch.corrects_eager:
+            lines.append("* corrects eager transformers: the eager reference is computed with it")
+        lines.append(f"* fixes: {patch.fixes}")
+        lines.append(f"* remove when: {patch.remove_when}")
+        lines.append("")
+        doc = inspect.cleandoc(patch.doc or getattr(patch.install, "__doc__", "") or "")
+        if doc:
+            lines += [doc, ""]
+    (Path(docs_dir) / "patches.rst").write_text("\n".join(lines), encoding="utf-8")

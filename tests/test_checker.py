@@ -19,6 +19,7 @@ def test_validate_tiny_llm_with_torch_export():
     report = validate("arnir0/Tiny-LLM", exporter="export")
     assert report.ok, report.table()
     assert [s["stage"] for s in report.stages] == ["build", "eager", "export", "exported_run"]
+    assert report.verdicts == {"exported_program": True}
     assert len(report.runs) == 5 and all(r["runner"] == "exported" for r in report.runs)
     assert report.worst("exported") <= 1e-5
     data = json.loads(json.dumps(report.to_dict()))
@@ -201,7 +202,8 @@ def test_summary_counts_and_categories(tmp_path):
         _row("c", "onnx", "DispatchError: No ONNX function found for aten.foo"),
     ]
     summary = summarize_results(rows)
-    assert summary["total"] == 3 and summary["both_green"] == 1
+    assert summary["total"] == 3 and summary["all_green"] == 1
+    assert summary["green"] == {"exported_program": 2, "onnx": 1}
     assert summary["per_stage"]["export"] == 2 and summary["per_stage"]["onnx"] == 1
     assert categorize(rows[2]) == "no ONNX translation for an operator"
     assert summary["elapsed"] == 60.0
@@ -235,7 +237,7 @@ def test_cli_validate_prints_a_table_and_progress():
         cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1")
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("arnir0/Tiny-LLM (export): OK")
+    assert out.stdout.startswith("arnir0/Tiny-LLM (text-generation; exported_program ok): OK")
     assert "exported_run  ok" in out.stdout and "batch=3 seq=4 cache=17" in out.stdout
     assert "export ..." in out.stderr  # the progress lines
     as_json = subprocess.run(
@@ -261,7 +263,6 @@ def test_cli_sweep_rejects_unknown_types(tmp_path):
         "lama",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert (
-        out.returncode == 2 and "not causal-LM model types of this transformers: lama" in out.stderr
-    )
+    assert out.returncode == 2, out.stderr
+    assert "not model types of the text-generation mapping" in out.stderr and "lama" in out.stderr
     assert not (tmp_path / "r.jsonl").exists()

@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from exportcheck import export_patches, untrained_model
-from exportcheck.observe import CallCheck, InferredInputs, ObservedCalls, observe
+from exportcheck import (
+    CallCheck,
+    InferredInputs,
+    ObservedCalls,
+    export_patches,
+    observe,
+    untrained_model,
+)
 
 ATOL = 1e-5
 

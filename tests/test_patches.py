@@ -113,13 +113,13 @@ def test_real_rotary_matches_complex_rotary_and_restores():
     import transformers.models.llama4.modeling_llama4 as llama4
 
     from exportcheck import untrained_model
-    from exportcheck.patches import real_rotary
+    from exportcheck.patches import PATCHES
 
     m = untrained_model("llama4_text")
     before = (llama4.Llama4TextRotaryEmbedding.__dict__["forward"], llama4.apply_rotary_emb)
     with torch.no_grad():
         expected = m.model(**copy.deepcopy(m.inputs)).logits
-        with real_rotary():
+        with PATCHES["real_rotary"].apply():
             assert llama4.apply_rotary_emb is not before[1]
             got = m.model(**copy.deepcopy(m.inputs)).logits
     assert (llama4.Llama4TextRotaryEmbedding.__dict__["forward"], llama4.apply_rotary_emb) == before
@@ -264,7 +264,7 @@ def test_rewrites_compute_what_the_original_computes(name):
     for inputs in [m.inputs, *m.other_inputs]:
         with torch.no_grad():
             expected = m.model(**copy.deepcopy(inputs)).logits
-            with PATCHES[name](m.model):
+            with PATCHES[name].apply(m.model):
                 assert _module_state(module) != before, f"{name} changed nothing"
                 got = m.model(**copy.deepcopy(inputs)).logits
         assert max_diff(expected, got)["abs"] <= tolerance, name
@@ -274,7 +274,7 @@ def test_rewrites_compute_what_the_original_computes(name):
 def test_a_nested_replacement_still_reaches_the_original(monkeypatch):
     import types
 
-    from exportcheck.patches import _replace
+    from exportcheck.patches import Patch
 
     class Base:
         def f(self):
@@ -291,14 +291,43 @@ def test_a_nested_replacement_still_reaches_the_original(monkeypatch):
         return "patched+" + f.original(self)
 
     for owner in ("Base", "Child"):
-        with _replace(module.__name__, owner, "f", f):
-            with _replace(module.__name__, owner, "f", f):
+        patch = Patch(
+            name=f"toy_{owner}",
+            fixes="a toy error",
+            remove_when="never",
+            install=lambda patcher, model, owner=owner: patcher.replace_in(
+                module.__name__, owner, "f", f
+            ),
+        )
+        with patch.apply() as outer:
+            with patch.apply() as inner:
                 assert Child().f() == "patched+original"
+            assert inner.replaced == [] and not inner.changed  # nested: nothing replaced
             assert Child().f() == "patched+original"
+        assert outer.calls == 2 and outer.changed
         assert Child().f() == Base().f() == "original"
     assert "f" not in vars(Child)  # an inherited attribute is removed again, not copied
-    with _replace("exportcheck_not_imported", "Base", "f", f):  # model not in use: no-op
-        assert Base().f() == "original"
+    missing = Patch(
+        name="toy_missing",
+        fixes="a toy error",
+        remove_when="never",
+        install=lambda patcher, model: patcher.replace_in(
+            "exportcheck_not_imported", "Base", "f", f
+        ),
+    )
+    with missing.apply() as record:  # model not in use: no-op
+        assert Base().f() == "original" and not record.changed
+
+
+def test_a_patch_says_what_it_fixes_and_for_which_runtime():
+    from exportcheck.patches import Patch
+
+    with pytest.raises(ValueError, match="say what it fixes and when to remove it"):
+        Patch(name="x", fixes="", remove_when="", install=lambda p, m: None)
+    with pytest.raises(ValueError, match="runtimes must be a non-empty subset"):
+        Patch(name="x", fixes="e", remove_when="r", install=lambda p, m: None, runtimes=("tvm",))
+    with pytest.raises(ValueError, match="runtime must be one of"), export_patches(runtime="tvm"):
+        pass
 
 
 class _WindowsOfFour(torch.nn.Module):
@@ -317,7 +346,7 @@ class _WindowsOfFour(torch.nn.Module):
 def test_a_one_value_root_reports_the_constraint_violation():
     from torch._dynamo.exc import UserError
 
-    from exportcheck.validate import refine_dynamic_shapes
+    from exportcheck.dims import refine_dynamic_shapes
 
     ds = ({0: torch.export.Dim("s", min=1, max=64)},)
     args = (torch.randn(3, 2),)
@@ -330,26 +359,34 @@ def test_a_one_value_root_reports_the_constraint_violation():
     assert refine_dynamic_shapes(ds, failure.value) is None
 
 
-def test_every_patch_is_in_the_api_reference():
+def test_every_patch_is_on_the_generated_patch_page(tmp_path):
+    import importlib.util
+
     from exportcheck.patches import PATCHES
 
-    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "api.rst")) as f:
-        api = f.read()
-    missing = [n for n in PATCHES if n != "cache_pytrees" and f"patches.{n}\n" not in api]
-    assert not missing, missing
+    spec = importlib.util.spec_from_file_location(
+        "gallery_hooks", os.path.join(os.path.dirname(__file__), "..", "docs", "gallery_hooks.py")
+    )
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    hooks.write_patch_page(tmp_path)
+    page = (tmp_path / "patches.rst").read_text()
+    for name, patch in PATCHES.items():
+        assert f"``{name}``" in page and patch.remove_when in page, name
+    assert len(PATCHES) >= 23
 
 
 @pytest.mark.models
 def test_rwkv_fix_matches_batch_one_runs_and_the_full_forward():
     from exportcheck import untrained_model
-    from exportcheck.patches import eager_fixes, rwkv_one_token_shift
+    from exportcheck.patches import PATCHES, eager_fixes
 
     m = untrained_model("rwkv")
     g = torch.Generator().manual_seed(1)
     vocab = m.config.vocab_size
 
     def run(ids, state=None, patched=True, use_cache=True):
-        ctx = rwkv_one_token_shift() if patched else contextlib.nullcontext()
+        ctx = PATCHES["rwkv_one_token_shift"].apply() if patched else contextlib.nullcontext()
         with ctx, torch.no_grad():
             out = m.model(input_ids=ids, state=copy.deepcopy(state), use_cache=use_cache)
         return out.logits, out.state
@@ -381,14 +418,18 @@ def test_rwkv_fix_matches_batch_one_runs_and_the_full_forward():
 @pytest.mark.models
 def test_deepseek_v4_windows_match_the_original_over_many_decode_steps():
     from exportcheck import untrained_model
-    from exportcheck.patches import deepseek_v4_compressor_windows
+    from exportcheck.patches import PATCHES
 
     m = untrained_model("deepseek_v4")
     ids = torch.randint(0, 1000, (2, 150), generator=torch.Generator().manual_seed(1))
     steps = [1, 1, 2, 3, 1, 4, 5, 7, 1, 2, 9, 15, 1, 1, 3, 30, 40, 1, 2, 6, 5]
 
     def decode(patched):
-        ctx = deepseek_v4_compressor_windows() if patched else contextlib.nullcontext()
+        ctx = (
+            PATCHES["deepseek_v4_compressor_windows"].apply()
+            if patched
+            else contextlib.nullcontext()
+        )
         with ctx, torch.no_grad():
             out = m.model(input_ids=ids[:, :5], use_cache=True)
             logits, position = [out.logits], 5
@@ -426,3 +467,183 @@ def test_blt_exports_when_entropy_makes_fewer_patches_than_bytes():
     assert any(patches < possible for patches, possible in counts), counts
     report = validate(m, exporter="onnx")  # eager without the patch, export with it
     assert report.ok, report.table()
+
+
+# --- nesting: every patch, on a tiny model that runs through it ----------------------
+#
+# The models are built here from the families' tables and the generic shrinking rules,
+# without untrained_model: a prefill, then a decode step with the cache it returned.
+
+#: patches that no eager forward runs through, and why they are not in the nesting test
+_NOT_RUN_IN_EAGER = {
+    "torch_single_value_root": "replaces a method torch.export calls only while it writes the "
+    "suggested fixes of a constraint violation; test_a_one_value_root_reports_the_"
+    "constraint_violation runs it",
+    "cache_pytrees": "a registration, not a function: nothing counts calls; "
+    "test_patches_apply_inside_and_restore_after nests it",
+}
+#: generic patches (no model types of their own) -> a model type that runs through them
+_GENERIC_MODEL_TYPES = {
+    "gated_delta_ceil_chunks": "qwen3_next",
+    "kda_ceil_chunks": "kimi_linear",
+    "moe_batched_mm": "mixtral",
+}
+#: model types preferred for a patch over its first one (a text-only model builds faster)
+_PREFERRED = {"real_rotary": "llama4_text", "qwen4_exp_indexer": "qwen4_exp_text"}
+
+
+def _tiny_config_function():
+    try:
+        from exportcheck.models.tiny import tiny_config
+    except ImportError:  # the layout before models/ became a package
+        from exportcheck.tiny import tiny_config
+    return tiny_config
+
+
+def _tiny_model(model_type):
+    from exportcheck.families import CONFIG_ARGUMENTS
+
+    tiny_config = _tiny_config_function()
+    arguments = copy.deepcopy(CONFIG_ARGUMENTS.get(model_type, ({}, ""))[0])
+    config = tiny_config(AutoConfig.for_model(model_type, **arguments))
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
+
+
+def _has_attention(cache):
+    if isinstance(cache, list | tuple):
+        return False  # recurrent states (rwkv)
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return True
+    return any(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers)
+
+
+def _forward(model, use_cache=True):
+    """The logits of a prefill of 5 tokens then of a decode step (3 new tokens, 1 where
+    the family says so); of one forward of 8 tokens without a cache (also when the
+    family or the model takes none)."""
+    import inspect
+
+    from exportcheck.families import NO_CACHE, ONE_TOKEN_DECODE
+
+    model_type = model.config.model_type
+    params = inspect.signature(model.forward).parameters
+    vocab = model.config.get_text_config().vocab_size
+    g = torch.Generator().manual_seed(0)
+    batch, prompt, new = 2, 5, 1 if model_type in ONE_TOKEN_DECODE else 3
+    cache_name = next((n for n in ("cache", "past_key_values", "state") if n in params), None)
+    with torch.no_grad():
+        if not use_cache or cache_name is None or model_type in NO_CACHE:
+            feeds = {"input_ids": torch.randint(0, vocab, (batch, prompt + 3), generator=g)}
+            if "use_cache" in params:
+                feeds["use_cache"] = False
+            return [model(**feeds).logits]
+        ids = torch.randint(0, vocab, (batch, prompt), generator=g)
+        feeds = {"input_ids": ids}
+        if "use_cache" in params:
+            feeds["use_cache"] = True
+        if "attention_mask" in params:
+            feeds["attention_mask"] = torch.ones((batch, prompt), dtype=torch.int64)
+        out = model(**feeds)
+        names = (cache_name, "cache", "past_key_values")
+        cache = next((c for c in (getattr(out, n, None) for n in names) if c is not None), None)
+        if cache is None:  # the state stays inside the model (recurrent_gemma)
+            return _forward(model, use_cache=False)
+        feeds = {"input_ids": torch.randint(0, vocab, (batch, new), generator=g), cache_name: cache}
+        if "attention_mask" in params:
+            width = prompt + new if _has_attention(cache) else new
+            feeds["attention_mask"] = torch.ones((batch, width), dtype=torch.int64)
+        return [out.logits, model(**feeds).logits]
+
+
+def _nesting_cases():
+    from exportcheck.families import KNOWN_FAILURES
+    from exportcheck.patches import PATCHES
+
+    cases = []
+    for name, patch in PATCHES.items():
+        if name in _NOT_RUN_IN_EAGER:
+            continue
+        buildable = [t for t in patch.model_types if t not in KNOWN_FAILURES]
+        model_type = _PREFERRED.get(name) or _GENERIC_MODEL_TYPES.get(name) or buildable[0]
+        cases.append(pytest.param(name, model_type, True, id=f"{name}-{model_type}"))
+    cases.append(pytest.param("minimax_lightning_decode", "minimax", False, id="minimax-no-cache"))
+    return cases
+
+
+def test_every_patch_is_nested_or_exempted():
+    from exportcheck.patches import PATCHES
+
+    for name, patch in PATCHES.items():
+        assert patch.model_types or name in _GENERIC_MODEL_TYPES or name in _NOT_RUN_IN_EAGER, (
+            f"{name}: give it model types, a model type in _GENERIC_MODEL_TYPES or a reason"
+        )
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(("name", "model_type", "use_cache"), _nesting_cases())
+def test_nested_export_patches_run_each_patch_once(name, model_type, use_cache):
+    # MiniMax without a cache is the old bug: nesting saved the patched method as the
+    # "original", and the branch without a cache called itself until RecursionError.
+    model = _tiny_model(model_type)
+    with export_patches(model) as single:
+        expected = _forward(model, use_cache)
+    with export_patches(model) as outer, export_patches(model) as inner:
+        got = _forward(model, use_cache)
+    assert max_diff(expected, got)["abs"] <= 1e-5
+    record = next(r for r in outer if r.name == name)
+    if name == "moe_batched_mm":  # a config value, not a function: nothing to call
+        assert record.values > 0, record
+    else:
+        assert record.calls > 0, f"{model_type} does not run through {name}: {record}"
+    assert record.replaced == next(r for r in single if r.name == name).replaced
+    nested = next(r for r in inner if r.name == name)
+    assert nested.replaced == [] and nested.calls == 0 and nested.values == 0, nested
+
+
+def _patched_state(model):
+    """Everything a patch can replace: the patched modules and their classes, the pytree
+    registries and the model's configs (experts implementation)."""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
+    return (
+        _snapshot_modules(),
+        _state(model)[0],
+        {k: dict(vars(c)) for k, c in configs.items()},
+    )
+
+
+@needs_experts_implementation
+def test_nested_blocks_restore_every_attribute_after_an_exception(moe_model):
+    before = _patched_state(moe_model)
+    with pytest.raises(ZeroDivisionError):  # noqa: SIM117 (the blocks are what is tested)
+        with export_patches(moe_model) as outer:
+            inside = _patched_state(moe_model)
+            with export_patches(moe_model), export_patches():
+                1 / 0  # noqa: B018
+    assert inside != before and outer.changed  # the patches did change something inside
+    after = _patched_state(moe_model)
+    changed = [k for k in before[0] if before[0][k] != after[0].get(k)]
+    assert not changed, changed
+    assert set(after[0]) == set(before[0])
+    for name, attributes in before[0].items():  # the very objects, not equal copies
+        for attribute, value in attributes.items():
+            assert after[0][name][attribute] is value, f"{name}.{attribute}"
+    assert after[1:] == before[1:]
+
+
+@pytest.mark.models
+def test_the_log_names_the_patches_that_changed_a_model():
+    from exportcheck.patches import PATCH_FAMILY
+
+    llama = _tiny_model("llama")
+    with export_patches(llama) as log:
+        _forward(llama)
+    # a plain model needs no family patch; only generic ones may change something
+    assert log.changed == ["cache_pytrees"]
+    assert all(PATCH_FAMILY[n] == "generic" for n in log.changed)
+    minimax = _tiny_model("minimax")
+    with export_patches(minimax) as log:
+        _forward(minimax)
+    assert "minimax_lightning_decode" in log.changed
+    assert not {"opt_position_ids", "rwkv_one_token_shift"} & set(log.changed)

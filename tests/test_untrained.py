@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from exportcheck import untrained_model
+from exportcheck.families import CONFIG_FIXES, KNOWN_FAILURES
 from exportcheck.patches import eager_fixes
-from exportcheck.tiny import KNOWN_FAILURES, MODEL_FIXES, causal_lm_types
+from exportcheck.tasks import get_task
 
-TYPES = causal_lm_types()
+TYPES = get_task("text-generation").model_types()
 
 
 def _run_all(m):
@@ -41,8 +42,8 @@ def test_known_failures_are_few_and_explained():
     for model_type, (expected_error, reason) in KNOWN_FAILURES.items():
         assert model_type in TYPES, f"{model_type} is not in the causal-LM mapping"
         assert expected_error and len(reason) > 20, f"{model_type}: say how and why it fails"
-    for model_type, (overrides, reason) in MODEL_FIXES.items():
-        assert model_type in TYPES and overrides and len(reason) > 20, model_type
+    for model_type, (overrides, reason) in CONFIG_FIXES.items():
+        assert overrides and len(reason) > 20, model_type
 
 
 def test_inputs_follow_the_seed_shapes():
@@ -97,7 +98,7 @@ def test_config_overrides_and_config_objects():
         ("lama", {}, ValueError, "Did you mean llama"),
         (3, {}, TypeError, "source must be a hub id, a model_type"),
         ({"hidden_size": 3}, {}, ValueError, "needs a 'model_type' key"),
-        ("llama", {"task": "fill-mask"}, ValueError, "task 'fill-mask' is not supported"),
+        ("llama", {"task": "fill-masks"}, ValueError, "task 'fill-masks' does not exist"),
     ],
 )
 def test_bad_sources(source, kwargs, error, message):

@@ -56,7 +56,7 @@ def _cache_spec():
 
 
 def test_refine_narrows_the_bounds_torch_suggests():
-    from exportcheck.validate import refine_dynamic_shapes
+    from exportcheck.dims import refine_dynamic_shapes
 
     error = _constraint_error(["cache_length = Dim('cache_length', max=510)"])
     refined, note = refine_dynamic_shapes(_cache_spec(), error)
@@ -75,13 +75,13 @@ def test_refine_narrows_the_bounds_torch_suggests():
     ],
 )
 def test_refine_never_applies_a_specialization(suggestions):
-    from exportcheck.validate import refine_dynamic_shapes
+    from exportcheck.dims import refine_dynamic_shapes
 
     assert refine_dynamic_shapes(_cache_spec(), _constraint_error(suggestions)) is None
 
 
 def test_refine_relaxes_to_auto_when_torch_suggests_nothing():
-    from exportcheck.validate import refine_dynamic_shapes
+    from exportcheck.dims import refine_dynamic_shapes
 
     refined, note = refine_dynamic_shapes(_cache_spec(), _constraint_error([]))
     assert string_type(refined) == (

@@ -13,7 +13,7 @@ ExportedProgram on every observed decode step.
 # Observe generate
 # ----------------
 #
-# :func:`exportcheck.observe.observe` replaces ``forward`` inside a ``with`` block by
+# :func:`exportcheck.observe` replaces ``forward`` inside a ``with`` block by
 # a function with the same signature that deep-copies what each call receives and
 # returns. ``generate`` runs as usual: one prefill, then one call per new token.
 

@@ -1,29 +1,38 @@
 """exportcheck: export transformers and PyTorch models with torch.export and ONNX, checked."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .caches import (
+    cache_dynamic_shapes,
+    cache_pytrees,
     make_dynamic_cache,
     make_encoder_decoder_cache,
-    make_minimax_cache,
     make_static_cache,
+    registered_cache_classes,
 )
+from .compare import green, max_diff, verdict
 from .describe import onnx_dtype_code, register_formatter, string_type
-from .models import UntrainedModel, available_configs, get_config, untrained_model
-from .observe import CallCheck, InferredInputs, ObservedCall, ObservedCalls, observe
-from .ort import ort_feeds
-from .patches import export_patches
-from .pytrees import cache_dynamic_shapes, cache_pytrees, registered_cache_classes
+from .families.minimax import make_minimax_cache
+from .models import UntrainedModel, available_configs, get_config, tiny_config
+from .observation import CallCheck, InferredInputs, ObservedCall, ObservedCalls, observe
+from .patches import Patch, export_patches
 from .report import categorize, summarize_results
+from .runtimes.onnx import ort_feeds
 from .sweep import read_results
-from .tiny import tiny_config
-from .validate import ValidationReport, max_diff, validate
+from .tasks import untrained_model
+from .validation import ValidationReport, validate
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("exportcheck")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0"
 
 __all__ = [
     "CallCheck",
     "InferredInputs",
     "ObservedCall",
     "ObservedCalls",
+    "Patch",
     "UntrainedModel",
     "ValidationReport",
     "available_configs",
@@ -32,6 +41,7 @@ __all__ = [
     "categorize",
     "export_patches",
     "get_config",
+    "green",
     "make_dynamic_cache",
     "make_encoder_decoder_cache",
     "make_minimax_cache",
@@ -48,4 +58,5 @@ __all__ = [
     "tiny_config",
     "untrained_model",
     "validate",
+    "verdict",
 ]

@@ -57,20 +57,21 @@ def _config_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser)
 
 
 def _cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .models import _resolve_config
+    from .models import resolve_config
 
-    config = _resolve_config(args.source, _config_overrides(args, parser))
+    config = resolve_config(args.source, _config_overrides(args, parser))
     print(config.to_json_string(use_diff=False))
     return 0
 
 
 def _cmd_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .models import untrained_model
+    from .tasks import untrained_model
 
-    m = untrained_model(args.source, **_config_overrides(args, parser))
+    m = untrained_model(args.source, task=args.task, **_config_overrides(args, parser))
     print(
         f"model: {type(m.model).__name__} ({sum(p.numel() for p in m.model.parameters()):,} parameters)"
     )
+    print(f"task: {m.task}")
     print(m.describe())
     return 0
 
@@ -84,14 +85,14 @@ def _cmd_configs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .models import untrained_model
-    from .validate import validate
+    from .tasks import untrained_model
+    from .validation import validate
 
     overrides = _config_overrides(args, parser)
     source: Any = args.source
     if overrides:
         print(f"building {args.source} with {overrides}", file=sys.stderr)
-        source = untrained_model(args.source, **overrides)
+        source = untrained_model(args.source, task=args.task, **overrides)
     begin = time.perf_counter()
 
     def progress(stage: str) -> None:
@@ -100,7 +101,9 @@ def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 f"[{time.perf_counter() - begin:6.1f} s] {stage} ...", file=sys.stderr, flush=True
             )
 
-    report = validate(source, exporter=args.exporter, atol=args.atol, progress=progress)
+    report = validate(
+        source, exporter=args.exporter, task=args.task, atol=args.atol, progress=progress
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
@@ -110,22 +113,26 @@ def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .sweep import sweep
-    from .tiny import causal_lm_types
+    from .tasks import get_task
 
-    if args.task != "text-generation":
-        parser.error(f"--task {args.task!r} is not supported; use text-generation")
-    known = causal_lm_types()
+    task = get_task(args.task)
+    known = task.model_types()
     sources = args.only or known
     unknown = [s for s in sources if "/" not in s and s not in known]
     if unknown:
-        parser.error(f"not causal-LM model types of this transformers: {', '.join(unknown)}")
+        parser.error(
+            f"not model types of the {task.name} mapping ({task.mapping}) of this "
+            f"transformers: {', '.join(unknown)}"
+        )
     rows = sweep(
         sources,
         args.out,
         exporter=args.exporter,
+        task=task.name,
         workers=args.workers,
         timeout=args.timeout,
         memory_gib=args.memory_gib,
+        retry_failed=args.retry_failed,
     )
     ok = sum(1 for r in rows if r.get("ok"))
     print(f"{ok} of {len(rows)} new rows ok; results in {args.out}")
@@ -143,7 +150,51 @@ def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
+def _add_task(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    from .tasks import TASKS
+
+    parser.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default=default,
+        help="the task to build the model for"
+        + (
+            " (default: the first task whose mapping has the model type)" if default is None else ""
+        ),
+    )
+
+
+def _cmd_diff(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .report import verdict_changes
+    from .sweep import read_results
+
+    for path in (args.old, args.new):
+        if not os.path.exists(path):
+            parser.error(f"no results file {path!r}")
+    old, new = read_results(args.old), read_results(args.new)
+    changes = verdict_changes(old, new)
+
+    def text(v: Any) -> str:
+        return (
+            "absent"
+            if v is None
+            else ", ".join(f"{k} {'ok' if g else 'red'}" for k, g in v.items())
+        )
+
+    for c in changes:
+        print(
+            f"{c['source']} ({c['task']}): {text(c['old'])} -> {text(c['new'])}  {c['first_error']}"
+        )
+    print(
+        f"{len(changes)} verdicts changed between {args.old} ({len(old)} rows) and "
+        f"{args.new} ({len(new)} rows)"
+    )
+    return 1 if changes else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .runtimes import EXPORTERS
+
     parser = argparse.ArgumentParser(
         prog="exportcheck",
         description="Export transformers models with torch.export and ONNX, checked.",
@@ -161,25 +212,40 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs", help="print the inputs and dynamic shapes of an untrained model"
     )
     _add_source(p)
+    _add_task(p)
     p.set_defaults(run=_cmd_inputs)
 
     p = commands.add_parser(
         "validate", help="export one model and compare with eager on unseen shapes"
     )
     _add_source(p)
-    p.add_argument("--exporter", choices=("export", "onnx"), default="onnx")
+    _add_task(p)
+    p.add_argument(
+        "--exporter",
+        choices=list(EXPORTERS),
+        default="onnx",
+        help="what to validate: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in EXPORTERS.items()),
+    )
     p.add_argument("--atol", type=float, default=1e-4, help="max abs diff counted as correct")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=_cmd_validate)
 
-    p = commands.add_parser("sweep", help="validate every causal-LM architecture, one process each")
-    p.add_argument("--task", default="text-generation")
+    p = commands.add_parser(
+        "sweep", help="validate every model type of a task's mapping, one process each"
+    )
+    _add_task(p, default="text-generation")
     p.add_argument("--out", required=True, help="JSONL results file, appended to (resumable)")
     p.add_argument("--only", nargs="+", help="model types or hub ids to run instead of all")
-    p.add_argument("--exporter", choices=("export", "onnx"), default="onnx")
+    p.add_argument("--exporter", choices=list(EXPORTERS), default="onnx")
     p.add_argument("--workers", type=int, default=1, help="models validated at once")
     p.add_argument("--timeout", type=float, default=600, help="seconds per model")
     p.add_argument("--memory-gib", type=float, default=8, help="memory cap per model process")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="rerun the model types whose row says the process crashed, was killed, "
+        "timed out or ran out of memory",
+    )
     p.set_defaults(run=_cmd_sweep)
 
     p = commands.add_parser("report", help="render sweep results as the docs status page")
@@ -187,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the page and its plots")
     p.add_argument("--title", default="Exporter status")
     p.set_defaults(run=_cmd_report)
+
+    p = commands.add_parser(
+        "diff", help="compare the verdicts of two results files (exit status 1 if any changed)"
+    )
+    p.add_argument("old", help="the earlier results file")
+    p.add_argument("new", help="the later results file")
+    p.set_defaults(run=_cmd_diff)
     return parser
 
 

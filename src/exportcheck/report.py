@@ -9,20 +9,29 @@ import shutil
 import time
 from typing import Any
 
-from .sweep import read_results
+from .compare import verdict
+from .runtimes import RUNTIMES
+from .sweep import read_results, upgrade_row
 
 __all__ = ["categorize", "summarize_results", "write_report"]
 
-STAGES = ("build", "eager", "export", "exported_run", "onnx", "ort_session", "ort_run")
-_STAGE_TITLES = {
+# Titles of the stages every validation has; each runtime titles its own stages.
+_SHARED_TITLES = {
     "build": "tiny model builds",
     "eager": "eager on every input set",
     "export": "torch.export",
-    "exported_run": "ExportedProgram correct on every input set",
-    "onnx": "ONNX conversion",
-    "ort_session": "onnxruntime session",
-    "ort_run": "onnxruntime correct on every input set",
+    "process": "the validation process ended normally",
 }
+
+
+def stage_title(stage: str) -> str:
+    """A readable title of a stage name (``ort_run`` -> ``onnxruntime correct on ...``)."""
+    component, _, name = stage.rpartition(".")
+    title = _SHARED_TITLES.get(name)
+    if title is None:
+        title = next((t for rt in RUNTIMES.values() for n, t, _ in rt.stages if n == name), name)
+    return f"{component}: {title}" if component else title
+
 
 # (category, stage or None, pattern of "ErrorType: message"), first match wins.
 _CATEGORIES: list[tuple[str, str | None, str]] = [
@@ -86,26 +95,34 @@ def _passed(row: dict[str, Any], name: str) -> bool:
     return bool(st and st["ok"])
 
 
-def _verdicts(row: dict[str, Any]) -> tuple[bool, bool]:
-    export_ok = all(_passed(row, s) for s in ("build", "eager", "export", "exported_run"))
-    onnx_ok = export_ok and all(_passed(row, s) for s in ("onnx", "ort_session", "ort_run"))
-    if row.get("exporter") == "onnx":
-        # The ONNX conversion starts from the ExportedProgram: it is checked even when
-        # the ExportedProgram failed on other shapes.
-        onnx_ok = all(
-            _passed(row, s) for s in ("build", "eager", "export", "onnx", "ort_session", "ort_run")
-        )
-    return export_ok, onnx_ok
+def _runtimes(rows: list[dict[str, Any]]) -> list[str]:
+    """Every runtime the rows were validated on, in registration order."""
+    seen = {r for row in rows for r in row.get("runtimes", [])}
+    return [r for r in RUNTIMES if r in seen] + sorted(seen - set(RUNTIMES))
+
+
+def _planned_stages(rows: list[dict[str, Any]]) -> list[str]:
+    """Stage names in the order the rows planned them (the process stage of a crash last)."""
+    names: dict[str, None] = {}
+    for row in rows:
+        for stage, _component, _runtime in row.get("plan", []):
+            if stage != "process":
+                names.setdefault(stage)
+    return list(names)
 
 
 def summarize_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts per stage and per verdict, failure categories, measured sweep time."""
+    """Counts per stage and per verdict (:func:`exportcheck.verdict`), failure categories,
+    measured sweep time."""
     latest: dict[str, dict[str, Any]] = {}
-    for row in rows:
+    for row in map(upgrade_row, rows):
         latest[row["source"]] = row  # a rerun replaces an earlier row
     rows = sorted(latest.values(), key=lambda r: r["source"])
-    per_stage = collections.OrderedDict((s, sum(_passed(r, s) for r in rows)) for s in STAGES)
-    verdicts = [_verdicts(r) for r in rows]
+    per_stage = collections.OrderedDict(
+        (s, sum(_passed(r, s) for r in rows)) for s in _planned_stages(rows)
+    )
+    runtimes = _runtimes(rows)
+    verdicts = [verdict(r) for r in rows]
     categories = collections.Counter(c for r in rows if (c := categorize(r)) is not None)
     failed_at = collections.Counter(r.get("failed_stage") or "none" for r in rows)
     begins = [r["started_at"] for r in rows if "started_at" in r]
@@ -114,9 +131,10 @@ def summarize_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "rows": rows,
         "total": len(rows),
-        "export_green": sum(e for e, _ in verdicts),
-        "onnx_green": sum(o for _, o in verdicts),
-        "both_green": sum(e and o for e, o in verdicts),
+        "runtimes": runtimes,
+        # per runtime, the rows green on it; all_green: green on every runtime
+        "green": {rt: sum(v.get(rt, False) for v in verdicts) for rt in runtimes},
+        "all_green": sum(bool(v) and all(v.values()) for v in verdicts),
         "per_stage": per_stage,
         "categories": categories,
         "failed_at": failed_at,
@@ -143,37 +161,51 @@ def _first_error(row: dict[str, Any]) -> str:
     return text[:160]
 
 
+def _convert_stage(runtime: str) -> str | None:
+    rt = RUNTIMES.get(runtime)
+    return next((n for n, _t, steps in rt.stages if "convert" in steps), None) if rt else None
+
+
+def _runner(runtime: str) -> str:
+    return RUNTIMES[runtime].runner if runtime in RUNTIMES else runtime
+
+
+def _title(runtime: str) -> str:
+    return RUNTIMES[runtime].title if runtime in RUNTIMES else runtime
+
+
+def _header(summary: dict[str, Any]) -> list[str]:
+    runtimes = summary["runtimes"]
+    converts = [c for rt in runtimes if (c := _convert_stage(rt))]
+    return [
+        "model type",
+        *(_title(rt) for rt in runtimes),
+        *(f"max abs diff ({_title(rt)})" for rt in runtimes),
+        "export s",
+        *(f"{c} s" for c in converts),
+        "failure category",
+        "first error",
+    ]
+
+
 def _table_rows(summary: dict[str, Any]) -> list[list[str]]:
+    runtimes = summary["runtimes"]
+    converts = [c for rt in runtimes if (c := _convert_stage(rt))]
     out = []
     for row in summary["rows"]:
-        export_ok, onnx_ok = _verdicts(row)
+        verdicts = verdict(row)
         out.append(
             [
                 row["source"],
-                "✅" if export_ok else "❌",
-                "✅" if onnx_ok else "❌",
-                _fmt_diff(row.get("worst_exported_abs")),
-                _fmt_diff(row.get("worst_ort_abs")),
+                *("✅" if verdicts.get(rt) else "❌" for rt in runtimes),
+                *(_fmt_diff(row.get(f"worst_{_runner(rt)}_abs")) for rt in runtimes),
                 _fmt_s(row, "export"),
-                _fmt_s(row, "onnx"),
+                *(_fmt_s(row, c) for c in converts),
                 categorize(row) or "",
                 _first_error(row),
             ]
         )
     return out
-
-
-_HEADER = [
-    "model type",
-    "torch.export",
-    "ONNX",
-    "max abs diff (exported)",
-    "max abs diff (onnxruntime)",
-    "export s",
-    "ONNX s",
-    "failure category",
-    "first error",
-]
 
 
 def _note_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -202,7 +234,8 @@ def _rst_table(header: list[str], rows: list[list[str]]) -> str:
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """The per-model table in Markdown."""
-    rows = [_HEADER, ["---"] * len(_HEADER), *_table_rows(summary)]
+    header = _header(summary)
+    rows = [header, ["---"] * len(header), *_table_rows(summary)]
     return "\n".join("| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows)
 
 
@@ -214,7 +247,7 @@ def _plots(summary: dict[str, Any], out_dir: str) -> list[str]:
 
     written = []
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    names = [_STAGE_TITLES[s] for s in STAGES]
+    names = [stage_title(s) for s in summary["per_stage"]]
     counts = list(summary["per_stage"].values())
     ax.barh(names[::-1], counts[::-1], color="#4c72b0")
     for y, c in enumerate(counts[::-1]):
@@ -288,9 +321,10 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
         f"difference is at most {rows[0].get('atol', 1e-4):g}.",
         "",
         f"* Swept on {when} with {versions}.",
-        f"* **{summary['both_green']} of {total}** model types are green in both exporters "
-        f"({100 * summary['both_green'] / total:.1f} %); torch.export alone: "
-        f"{summary['export_green']}, ONNX: {summary['onnx_green']}.",
+        f"* **{summary['all_green']} of {total}** model types are green on every runtime "
+        f"({100 * summary['all_green'] / total:.1f} %); "
+        + ", ".join(f"{_title(rt)}: {n}" for rt, n in summary["green"].items())
+        + ".",
     ]
     if elapsed is not None:
         lines.append(
@@ -305,7 +339,7 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
         "",
         _rst_table(
             ["stage", "model types that passed it"],
-            [[_STAGE_TITLES[s], str(n)] for s, n in summary["per_stage"].items()],
+            [[stage_title(s), str(n)] for s, n in summary["per_stage"].items()],
         ),
         "",
         ".. image:: stages.png",
@@ -321,7 +355,7 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
         "Per model type",
         "--------------",
         "",
-        _rst_table(_HEADER, _table_rows(summary)),
+        _rst_table(_header(summary), _table_rows(summary)),
         "",
         "Time",
         "----",
@@ -347,3 +381,41 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
         f.write("\n".join(lines))
     written.append(page)
     return written
+
+
+def verdict_changes(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Model types whose verdict differs between two sweeps, per runtime.
+
+    :return: one dict per (source, task) that changed, appeared or disappeared:
+        ``source``, ``task``, ``old`` and ``new`` (``{runtime: green}``, or None when
+        the sweep has no row for it), and ``first_error`` of the new row
+
+    >>> ok = {"source": "a", "runtimes": ["onnx"], "plan": [["build", None, None]],
+    ...       "stages": [{"stage": "build", "ok": True}]}
+    >>> bad = dict(ok, stages=[{"stage": "build", "ok": False}])
+    >>> [(c["source"], c["old"], c["new"]) for c in verdict_changes([ok], [bad])]
+    [('a', {'onnx': True}, {'onnx': False})]
+    """
+
+    def latest(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        out = {}
+        for row in rows:  # a rerun replaces an earlier row
+            out[(row["source"], row.get("task") or "text-generation")] = row
+        return out
+
+    before, after = latest(old), latest(new)
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        a = verdict(before[key]) if key in before else None
+        b = verdict(after[key]) if key in after else None
+        if a != b:
+            changes.append(
+                {
+                    "source": key[0],
+                    "task": key[1],
+                    "old": a,
+                    "new": b,
+                    "first_error": _first_error(after[key]) if key in after else "",
+                }
+            )
+    return changes

@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
-__all__ = ["done_keys", "read_results", "sweep"]
+__all__ = ["done_keys", "read_results", "sweep", "upgrade_row"]
 
-_PRELOAD = ["torch", "transformers", "onnx", "onnxscript", "onnxruntime", "exportcheck.validate"]
+_PRELOAD = ["torch", "transformers", "onnx", "onnxscript", "onnxruntime", "exportcheck.validation"]
 
 
 def read_results(path: str) -> list[dict[str, Any]]:
@@ -37,18 +37,90 @@ def read_results(path: str) -> list[dict[str, Any]]:
             if not line:
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(upgrade_row(json.loads(line)))
             except json.JSONDecodeError:
                 continue
     return rows
 
 
-def done_keys(path: str) -> set[tuple[str, str]]:
-    """(source, exporter) pairs already in a results file."""
-    return {(r["source"], r["exporter"]) for r in read_results(path)}
+def upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row written before validations had a plan (exportcheck 0.1), given one.
+
+    Those rows validated the single graph of text generation: the plan is rebuilt from
+    the stages of the runtimes of their exporter, so that :func:`exportcheck.verdict`
+    reads them as it reads new rows.
+    """
+    if "plan" in row or "exporter" not in row:
+        return row
+    from .runtimes import RUNTIMES, runtimes_of
+
+    runtimes = list(runtimes_of(row["exporter"]))
+    owner = {name: rt for rt in runtimes for name, _, _ in RUNTIMES[rt].stages}
+    if row.get("failed_stage") == "process":
+        plan = [["process", None, None]]
+    else:
+        plan = [["build", None, None], ["eager", None, None], ["export", "model", None]]
+        plan += [[name, "model", rt] for rt in runtimes for name, _, _ in RUNTIMES[rt].stages]
+    by_runner = {RUNTIMES[rt].runner: rt for rt in runtimes}
+    for run in row.get("runs", []):
+        run.setdefault("runtime", by_runner.get(run.get("runner")))
+        run.setdefault("component", "model")
+    for stage in row.get("stages", []):
+        if stage["stage"] not in ("build", "eager", "process"):
+            stage.setdefault("component", "model")
+        stage.setdefault("runtime", owner.get(stage["stage"]))
+    row.update(runtimes=runtimes, plan=plan)
+    row.setdefault("task", "text-generation")
+    return row
 
 
-def _child(source: str, exporter: str, memory_gib: float, log_path: str, conn: Any) -> None:
+def _key(row: dict[str, Any]) -> tuple[str, str, str]:
+    return (row["source"], row["exporter"], row.get("task") or "text-generation")
+
+
+def done_keys(path: str, *, retry_failed: bool = False) -> set[tuple[str, str, str]]:
+    """(source, exporter, task) already in a results file.
+
+    :param retry_failed: leave out the ones whose latest row is a process failure (a
+        crash, a kill, a timeout, the memory cap), so that a rerun retries them
+    """
+    latest = {_key(r): r for r in read_results(path)}
+    return {
+        key
+        for key, row in latest.items()
+        if not (retry_failed and row.get("failed_stage") == "process")
+    }
+
+
+def _validate_row(source: str, exporter: str, task: str) -> dict[str, Any]:
+    """What a sweep child computes by default: :func:`exportcheck.validate` as a dict."""
+    from .validation import validate
+
+    return validate(source, exporter=exporter, task=task).to_dict()
+
+
+def _resolve_target(target: Any) -> Callable[[str, str, str], dict[str, Any]]:
+    if target is None:
+        return _validate_row
+    if callable(target):
+        return target
+    if isinstance(target, str) and ":" in target:
+        import importlib
+
+        module, _, name = target.partition(":")
+        return getattr(importlib.import_module(module), name)
+    raise TypeError(f"sweep: target must be a function or 'module:function', got {target!r}.")
+
+
+def _child(
+    source: str,
+    exporter: str,
+    task: str,
+    memory_gib: float,
+    log_path: str,
+    conn: Any,
+    target: Any = None,
+) -> None:
     import resource
 
     # What the model and the exporters print goes to the log, not over the progress line.
@@ -66,11 +138,8 @@ def _child(source: str, exporter: str, memory_gib: float, log_path: str, conn: A
     import torch
 
     torch.set_num_threads(1)
-    from .validate import validate
-
     try:
-        report = validate(source, exporter=exporter)
-        conn.send(report.to_dict())
+        conn.send(_resolve_target(target)(source, exporter, task))
     except MemoryError:
         conn.send({"crash": "MemoryError", "detail": f"over the {memory_gib} GiB cap"})
     except BaseException as e:  # report any escape from validate itself
@@ -82,11 +151,17 @@ def _child(source: str, exporter: str, memory_gib: float, log_path: str, conn: A
 
 
 def _crash_row(
-    source: str, exporter: str, kind: str, detail: str, seconds: float
+    source: str, exporter: str, task: str, kind: str, detail: str, seconds: float
 ) -> dict[str, Any]:
+    from .runtimes import runtimes_of
+
     return {
         "source": source,
         "exporter": exporter,
+        "task": task,
+        "runtimes": list(runtimes_of(exporter)),
+        # the process is the one stage planned that ran: every verdict is red
+        "plan": [["process", None, None]],
         "ok": False,
         "failed_stage": "process",
         "stages": [
@@ -125,6 +200,23 @@ class _Progress:
         self.stream.flush()
 
 
+def _how_it_ended(proc: Any) -> tuple[str, str]:
+    """(kind, detail) of a child that ended without a report."""
+    code = proc.exitcode
+    if code is not None and code < 0:
+        return "Killed", f"killed by {_signal_name(-code)} before it reported"
+    return "Crash", f"process ended with exit code {code} without a report"
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return (
@@ -139,38 +231,52 @@ def sweep(
     out: str,
     *,
     exporter: str = "onnx",
+    task: str = "text-generation",
     workers: int = 1,
     timeout: float = 600.0,
     memory_gib: float = 8.0,
     stream: TextIO | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    retry_failed: bool = False,
+    target: Any = None,
 ) -> list[dict[str, Any]]:
     """Validate every source in its own process and append one JSON row per source to ``out``.
 
     :param sources: hub ids or model types
     :param out: the JSONL file; rows already there for the same exporter are skipped
     :param exporter: ``export`` or ``onnx`` (see :func:`exportcheck.validate`)
+    :param task: the task every source is validated for
     :param workers: processes running at once
     :param timeout: seconds a model may take before its process is killed
     :param memory_gib: address-space cap of each process (0: none)
     :param stream: where the progress line goes (stderr by default)
     :param on_row: called with each new row
+    :param retry_failed: also rerun the sources whose latest row is a process failure
+        (crashed, killed, timed out, over the memory cap); their new row replaces it
+    :param target: what each child runs instead of :func:`exportcheck.validate`, a
+        function ``(source, exporter, task) -> row`` importable by name (a
+        ``"module:function"`` string or a module-level function); for custom checks
     :return: the rows written by this call
 
     What the models and exporters print goes to ``out`` with the suffix ``.log``.
     """
-    from .validate import EXPORTERS
+    from .runtimes import EXPORTERS
+    from .tasks import get_task
 
     if exporter not in EXPORTERS:
-        raise ValueError(f"sweep: exporter must be one of {EXPORTERS}, got {exporter!r}.")
+        raise ValueError(f"sweep: exporter must be one of {tuple(EXPORTERS)}, got {exporter!r}.")
+    try:
+        get_task(task)
+    except ValueError as e:
+        raise ValueError(f"sweep: {e}") from None
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"sweep: workers must be a positive int, got {workers!r}.")
     if not timeout > 0:
         raise ValueError(f"sweep: timeout must be positive, got {timeout!r}.")
     stream = stream or sys.stderr
     sources = list(dict.fromkeys(sources))
-    done = done_keys(out)
-    todo = [s for s in sources if (s, exporter) not in done]
+    done = done_keys(out, retry_failed=retry_failed)
+    todo = [s for s in sources if (s, exporter, task) not in done]
     if len(todo) < len(sources):
         stream.write(f"{len(sources) - len(todo)} already in {out}, skipped\n")
     folder = os.path.dirname(os.path.abspath(out))
@@ -187,6 +293,7 @@ def sweep(
     def finish(source: str, row: dict[str, Any]) -> None:
         row.setdefault("source", source)
         row.setdefault("exporter", exporter)
+        row.setdefault("task", task)
         row["wall_seconds"] = round(time.perf_counter() - running[source][2], 3)
         row["finished_at"] = round(time.time(), 3)
         row["started_at"] = round(row["finished_at"] - row["wall_seconds"], 3)
@@ -212,7 +319,8 @@ def sweep(
                 source = queue.pop(0)
                 parent, child = ctx.Pipe(duplex=False)
                 proc = ctx.Process(
-                    target=_child, args=(source, exporter, memory_gib, log_path, child)
+                    target=_child,
+                    args=(source, exporter, task, memory_gib, log_path, child, target),
                 )
                 proc.start()
                 child.close()
@@ -226,23 +334,26 @@ def sweep(
                     except EOFError:
                         row = None
                     proc.join(5)
-                    if row is None or "crash" in row:
-                        kind = "Crash" if row is None else row["crash"]
-                        detail = "" if row is None else row.get("detail", "")
-                        row = _crash_row(source, exporter, kind, detail, elapsed)
+                    if row is None:  # the pipe closed: the process died before it reported
+                        kind, detail = _how_it_ended(proc)
+                        row = _crash_row(source, exporter, task, kind, detail, elapsed)
+                    elif "crash" in row:
+                        row = _crash_row(
+                            source, exporter, task, row["crash"], row.get("detail", ""), elapsed
+                        )
                     finish(source, row)
                 elif not proc.is_alive():
                     proc.join()
-                    code = proc.exitcode
-                    kind = "Killed" if code is not None and code < 0 else "Crash"
-                    detail = f"process ended with exit code {code} without a report"
-                    finish(source, _crash_row(source, exporter, kind, detail, elapsed))
+                    kind, detail = _how_it_ended(proc)
+                    finish(source, _crash_row(source, exporter, task, kind, detail, elapsed))
                 elif elapsed > timeout:
                     proc.kill()
                     proc.join()
                     finish(
                         source,
-                        _crash_row(source, exporter, "Timeout", f"over {timeout:.0f} s", elapsed),
+                        _crash_row(
+                            source, exporter, task, "Timeout", f"over {timeout:.0f} s", elapsed
+                        ),
                     )
             time.sleep(0.05)
     except KeyboardInterrupt:

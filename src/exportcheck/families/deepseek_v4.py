@@ -1,7 +1,9 @@
-"""DeepSeek-V4's compressed attention without Python tests on how many windows close.
+"""DeepSeek-V4: compressed attention (CSA / HCA) whose code branches on how many windows close.
 
-Installed by :func:`exportcheck.patches.deepseek_v4_compressor_windows`, whose docstring
-says what each replacement fixes and why it computes the same numbers.
+The patch ``deepseek_v4_compressor_windows`` replaces the compressors, the indexer and the
+attention with branch-free versions (its documentation says what each replacement fixes
+and why it computes the same numbers). The compressed cache keeps per-name counters and
+token buffers, declared to the cache flattener in ``setup``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from ..caches.pytrees import register_derived_counter, register_token_axis_slot
+from ..patches import Patch
+from . import Family, register
 
 MODULE = "transformers.models.deepseek_v4.modeling_deepseek_v4"
 
@@ -262,4 +268,80 @@ REPLACEMENTS = (
     ("DeepseekV4Indexer", "forward", _dsv4_indexer_forward),
     ("DeepseekV4CSACompressor", "forward", _dsv4_csa_forward),
     ("DeepseekV4Attention", "forward", _dsv4_attention_forward),
+)
+
+
+def _install(patcher: Any, model: Any) -> None:
+    """Compute DeepSeek-V4's compressed attention (CSA / HCA) without Python tests on how
+    many windows close in the step.
+
+    Fixes: torch.export of deepseek_v4 with a cache fails with ``Constraints violated
+    (seq_length)! ... guard (2 + L['input_ids'].size()[1] + (-4)*((2 + ...) // 4)) == 1``
+    and ``2 <= L['input_ids'].size()[1] <= 5`` (which torch then hides behind
+    ``AssertionError: Cannot create Dim with inconsistent min=1, max=1`` raised while it
+    formats its suggested fix ``seq_length = 4*_seq_length - 1``). The code branches on
+    shapes: ``if buffered_kv.shape[1]`` in DeepseekV4HCACache.store_compression_weights
+    (transformers/models/deepseek_v4/modeling_deepseek_v4.py:218), ``if chunk_kv.shape[1] > 0``
+    and ``if n_windows > 1`` in the HCA / CSA compressors and the indexer (:424, :539, :550,
+    :654, :670), ``if seq_len == 1 or compressed_len == 0`` (:444), ``if compressed_len > 0``
+    (:588), ``elif compressed.shape[1] > 0`` (:234) and ``kv.shape[2] > attention_mask.shape[-1]``
+    (:849): whether a window of ``compress_rate`` tokens closes depends on
+    ``(buffer + seq_length) // rate``, so export specializes the new tokens' count.
+
+    Even branch-free, the window count ``(buffer + seq_length) // rate`` and the leftover
+    are backed by the example's values (1 and 1): torch guards on them in every
+    contiguity check (torch/fx/passes/shape_prop.py:57 _extract_tensor_metadata ->
+    torch/_prims_common/__init__.py:285 ``guard_or_false(x == 1)``, which guards on backed
+    symbols), pinning seq_length (``Constraints violated (seq_length) ... 2 <= s <= 5``).
+    So the count is read back with ``torch.tensor(total // rate).item()`` (an unbacked
+    size: export keeps it symbolic, no guard), bounded with ``torch._check``, and the split
+    uses ``narrow``; the windows are made contiguous before the ``view`` so the
+    position-bias add does not compare the total length with the window size.
+
+    Same numbers: ``.item()`` of ``total // rate`` is that integer; ``narrow`` / contiguous
+    copies are the same slices; concatenating zero-length tensors is a no-op, so the buffer and the
+    compressed entries are always concatenated; the windows are pooled with views of
+    explicit size (0 windows give 0 entries, as the original's ``new_zeros``); the
+    Ca/Cb overlap layout is built as ``cat(prior, Ca)[:, :n]`` next to Cb instead of
+    by slice assignment (same entries: window 0 gets the saved Ca, window w the Ca of
+    w - 1, zero kv / -inf gate without a saved one), and the saved Ca is
+    ``cat(prior, Ca)[:, -1]`` (the prior when no window closed, as the original keeps
+    it); the indexer always masks future entries (top-k of zero entries is empty on both
+    paths); HCA always returns its block bias, which is all zeros exactly where the
+    original returns None (one new token, or no entry) and the attention pads with zeros.
+
+    Remove when: transformers' DeepSeek-V4 compressors handle any window count without
+    branching on shapes.
+    """
+    for owner, attribute, function in REPLACEMENTS:
+        patcher.replace_in(MODULE, owner, attribute, function)
+
+
+COMPRESSOR_WINDOWS = Patch(
+    name="deepseek_v4_compressor_windows",
+    fixes="Constraints violated (seq_length)! ... guard (2 + L['input_ids'].size()[1] + (-4)*((2 "
+    "+ ...) // 4)) == 1",
+    remove_when="transformers' DeepSeek-V4 compressors handle any window count without branching "
+    "on shapes",
+    install=_install,
+    model_types=("deepseek_v4",),
+)
+
+
+def _setup() -> None:
+    # The compressed layers keep ``entry_count[name] == compressed_kv[name].shape[1]``;
+    # the tokens waiting for a full window (cache_length % rate) and the windows
+    # compressed so far (cache_length // rate) are not linear in cache_length.
+    register_derived_counter("entry_count", "compressed_kv")
+    for slot in ("buffer_kv", "buffer_gate", "compressed_kv"):
+        register_token_axis_slot(slot)
+
+
+register(
+    Family(
+        name="deepseek_v4",
+        model_types=("deepseek_v4",),
+        patches=(COMPRESSOR_WINDOWS,),
+        setup=_setup,
+    )
 )

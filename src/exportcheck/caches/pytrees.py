@@ -57,20 +57,41 @@ import torch
 import torch.fx._pytree as fx_pytree
 import torch.utils._pytree as pytree
 
-__all__ = ["cache_dynamic_shapes", "cache_pytrees", "registered_cache_classes"]
+__all__ = [
+    "cache_dynamic_shapes",
+    "cache_pytrees",
+    "register_derived_counter",
+    "register_token_axis_slot",
+    "registered_cache_classes",
+]
+
+
+def register_derived_counter(counter: str, source: str) -> None:
+    """Declare that a layer attribute ``counter`` (a dict of ints) holds, for each key,
+    dimension 1 of the tensor under the same key in the dict attribute ``source``:
+    it is then recomputed on unflatten instead of frozen into the context."""
+    _DICT_COUNTERS[counter] = source
+
+
+def register_token_axis_slot(slot: str) -> None:
+    """Declare that dimension 1 of the tensors of a dict slot grows with the tokens seen,
+    but not as a linear function of the cache length: it gets a ``Dim.AUTO`` of its own
+    in :func:`cache_dynamic_shapes`."""
+    _TOKEN_AXIS_SLOTS.add(slot)
+
 
 _FIRST_SLOTS = ("keys", "values")
 _SLOT_NAMES = {"keys": "key_cache", "values": "value_cache"}
 _ATTRIBUTE_OF_SLOT = {v: k for k, v in _SLOT_NAMES.items()}
 # Counters recomputed on unflatten instead of being frozen into the context.
 _COUNTERS = ("cumulative_length", "cumulative_length_int")
-# Per-name counters derived from a dict of tensors (DeepSeek-V4 compressed caches keep
-# ``entry_count[name] == compressed_kv[name].shape[1]``): recomputed on unflatten.
-_DICT_COUNTERS = {"entry_count": "compressed_kv"}
-# Dict slots whose dimension 1 grows with the tokens seen (DeepSeek-V4: the tokens
-# waiting for a full window, ``cache_length % rate``, and the windows compressed so
-# far, ``cache_length // rate``). Neither is a linear function of cache_length.
-_TOKEN_AXIS_SLOTS = ("buffer_kv", "buffer_gate", "compressed_kv")
+# Per-name counters derived from a dict of tensors (``counter[name] ==
+# source[name].shape[1]``), recomputed on unflatten; and dict slots whose dimension 1
+# grows with the tokens seen but is not a linear function of the cache length. Both
+# are filled by the model families that have them (register_derived_counter,
+# register_token_axis_slot).
+_DICT_COUNTERS: dict[str, str] = {}
+_TOKEN_AXIS_SLOTS: set[str] = set()
 _PLAIN = (bool, int, float, str, type(None))
 _ABSENT = ()  # the entry of a layer that has no tensor in a slot
 
@@ -585,8 +606,8 @@ def cache_dynamic_shapes(
         if slot == "indexer_position_ids" and value.dim() == 3:  # (dims, batch, length)
             return {1: batch, 2: length}
         if slot in _TOKEN_AXIS_SLOTS and value.dim() == 3:  # (batch, tokens or windows, dim)
-            # cache_length % rate and cache_length // rate: a dimension of their own,
-            # AUTO since export restricts them to what the window allows.
+            # a dimension of their own, AUTO since export restricts it to what the
+            # model allows
             return {0: batch, 1: torch.export.Dim.AUTO}
         if slot in ("key_cache", "value_cache") and value.dim() >= 3:
             if hasattr(layer, "max_cache_len"):  # static layers do not grow

@@ -1,7 +1,8 @@
 """Shrink any transformers config into a tiny one that builds in a fraction of a second.
 
 :func:`tiny_config` applies the generic rules below to the config and to each of
-its sub-configs, then the per-model entries of :data:`MODEL_FIXES`.
+its sub-configs, then the ``config_fixes`` of the model's family
+(:data:`exportcheck.families.CONFIG_FIXES`).
 
 Generic rules:
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["CONFIG_ARGUMENTS", "KNOWN_FAILURES", "MODEL_FIXES", "causal_lm_types", "tiny_config"]
+__all__ = ["set_attributes", "tiny_config"]
 
 # Attribute -> tiny value, applied when the config has the attribute and its value is
 # an int larger than the tiny one.
@@ -123,171 +124,6 @@ _KEEP_KEYS = {
 _TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
 # Per-layer lists that say what kind each layer is: the layers kept cover every kind.
 _LAYER_KINDS = ("layer_types", "layers_block_type", "block_types", "layers_type")
-
-
-#: Constructor arguments without which the default config of a model type is invalid:
-#: model_type -> (arguments, reason). ``untrained_model(model_type)`` builds the default
-#: config with them, then shrinks it.
-CONFIG_ARGUMENTS: dict[str, tuple[dict[str, Any], str]] = {
-    "gemma4_assistant": (
-        {"text_config": {"hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0}},
-        "the default text config has per-layer input embeddings (256 wide, 262144 ids), "
-        "which validate_architecture rejects for a drafter; the published drafters "
-        "(google/gemma-4-*-it-assistant) set both to 0",
-    ),
-}
-
-#: Per-model fixes applied after the generic rules: model_type -> (overrides, reason).
-#: A key ``"text_config.head_dim"`` sets an attribute of a sub-config.
-MODEL_FIXES: dict[str, tuple[dict[str, Any], str]] = {
-    "bamba": (
-        {"attn_layer_indices": [1]},
-        "attn_layer_indices defaults to None: no attention layer, and get_seq_length needs one",
-    ),
-    "cpmant": (
-        {"init_std": 0.125},
-        "init_std 1.0 is meant for CPM-Live's linear layers, which divide by sqrt(dim_in); "
-        "transformers' plain nn.Linear does not, so 1/sqrt(hidden_size=64) restores the "
-        "scale (otherwise logits ~30, and float32 eager itself is 1.35e-4 off float64)",
-    ),
-    "cohere_compass_text": (
-        {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
-        "rope_parameters per layer type default to {}: no entry for full_attention (KeyError)",
-    ),
-    "axk2": (
-        {"index_topk": 16},
-        "an index top-k of 2048 keeps every token: 16 makes the sparse indexer select",
-    ),
-    "deepseek_v32": (
-        {"index_topk": 16},
-        "an index top-k of 2048 keeps every token: 16 makes the sparse indexer select",
-    ),
-    "glm_moe_dsa": (
-        {"index_topk": 16},
-        "an index top-k of 2048 keeps every token: 16 makes the sparse indexer select",
-    ),
-    "hy_v4": (
-        {"index_topk": 16},
-        "an index top-k of 2048 keeps every token: 16 makes the sparse indexer select",
-    ),
-    "dots3_note": (
-        {"text_config.index_topk": 16},
-        "an index top-k of 2048 keeps every token: 16 makes the sparse indexer select",
-    ),
-    "dots3_note_text": (
-        {"index_topk": 16},
-        "an index top-k of 2048 keeps every token: 16 makes the sparse indexer select",
-    ),
-    "modernbert-decoder": (
-        {"local_attention": 256, "sliding_window": 128},
-        "a window of 64 is reached by the input sets (63 tokens): the sliding layers "
-        "would take another branch on one of them",
-    ),
-    "blt": (
-        {
-            "num_hidden_layers": 2,
-            "encoder_hash_byte_group_vocab": 1024,
-            "decoder_config.hidden_size_global": 64,
-        },
-        "the cache is built from the top config, which has no num_hidden_layers; "
-        "hash embeddings and the decoder's global width are not shrunk",
-    ),
-    "dbrx": (
-        {"attn_config.rope_theta": 10000.0, "attn_config.clip_qkv": 8},
-        "attention reads attn_config.rope_theta, absent from its config, and clamps with "
-        "clip_qkv=None, which torch.clamp rejects",
-    ),
-    "longcat_flash": (
-        {"qk_head_dim": 16, "head_dim": 8},
-        "qk_head_dim and head_dim are fields, not recomputed: they must be nope+rope and rope",
-    ),
-    "musicgen": (
-        {"decoder.num_codebooks": 1},
-        "input_ids are (batch x codebooks, seq): one codebook keeps them (batch, seq)",
-    ),
-    "musicgen_melody": (
-        {"decoder.num_codebooks": 1},
-        "input_ids are (batch x codebooks, seq): one codebook keeps them (batch, seq)",
-    ),
-    "xmod": (
-        {"default_language": "en_XX"},
-        "forward needs a default language, what model.set_default_language sets",
-    ),
-    "dory": (
-        {
-            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
-            "num_hidden_layers": 3,
-            "n_input_layers": 1,
-            "n_recurrent_layers": 1,
-            "n_output_layers": 1,
-        },
-        "input, recurrent and output layer counts must add up to num_hidden_layers",
-    ),
-    "gpt_neo": (
-        {"attention_types": [[["global", "local"], 1]]},
-        "attention_layers is expanded from attention_types, a pattern repeated 12 times",
-    ),
-    "granitemoehybrid": (
-        {"layer_types": ["linear_attention", "full_attention"]},
-        "default layer_types are all linear attention: no attention layer for get_seq_length",
-    ),
-    "hrm_text": (
-        {"num_layers_per_stack": 1, "num_hidden_layers": 8},
-        "cache slots = layers per stack x H cycles x (L cycles + 1); the stack was not shrunk",
-    ),
-    "lfm2_moe": (
-        {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
-        "layer_types defaults to None but is indexed per layer; keep one MoE layer",
-    ),
-    "qwen4_exp": (
-        {
-            "text_config.indexer_n_heads": 4,
-            "text_config.indexer_kv_heads": 1,
-            "text_config.indexer_head_dim": 16,
-            "text_config.indexer_budget": 16,
-            "text_config.indexer_compress_ratio": 4,
-        },
-        "indexed-attention layers build an indexer whose attributes default to None",
-    ),
-    "qwen4_exp_text": (
-        {
-            "indexer_n_heads": 4,
-            "indexer_kv_heads": 1,
-            "indexer_head_dim": 16,
-            "indexer_budget": 16,
-            "indexer_compress_ratio": 4,
-        },
-        "indexed-attention layers build an indexer whose attributes default to None",
-    ),
-    "reformer": (
-        {
-            "axial_pos_embds_dim": [32, 32],
-            "lsh_attn_chunk_length": 128,
-            "local_attn_chunk_length": 128,
-        },
-        "axial position embedding widths must add up to hidden_size; attention chunks of 128, "
-        "longer than any checked length (<= 64), run the same unchunked attention as chunks "
-        "of 64 without the guard 'length % 64 != 0' that is false at 64",
-    ),
-    "xlstm": (
-        {"qk_dim_factor": 1.0},
-        "the cache rounds qk_dim up to a multiple of 64 while the layer uses 64 x 0.5",
-    ),
-    "zamba": (
-        {"layers_block_type": ["hybrid", "hybrid"]},
-        "the shared transformer's weight-tying pattern needs at least two hybrid layers",
-    ),
-}
-
-#: Causal-LM model types whose tiny model cannot be built or run here:
-#: model_type -> (a regular expression matching the error, why). The tests check
-#: that each still fails with that error, so a fix upstream shows up.
-KNOWN_FAILURES: dict[str, tuple[str, str]] = {
-    "gemma3n": (
-        "timm",
-        "the vision tower is a timm model and timm is not a dependency of exportcheck",
-    ),
-}
 
 
 def _is_int(value: Any) -> bool:
@@ -595,20 +431,11 @@ def tiny_config(config: Any) -> Any:
         )
     data = config.to_dict()
     _shrink_dict(data)
-    overrides, _ = MODEL_FIXES.get(config.model_type, ({}, ""))
+    from ..families import CONFIG_FIXES
+
+    overrides, _ = CONFIG_FIXES.get(config.model_type, ({}, ""))
     # Before the constructor, which validates consistency, and after it, which may
     # recompute some of them.
     _merge_dotted(data, overrides)
     tiny = type(config).from_dict(data)
     return set_attributes(tiny, overrides)
-
-
-def causal_lm_types() -> list[str]:
-    """The model types of the installed transformers' causal-LM mapping.
-
-    >>> "llama" in causal_lm_types()
-    True
-    """
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)

@@ -1,8 +1,8 @@
-"""Build transformers caches from tensors.
+"""Build transformers caches from tensors (the generic cache classes).
 
 A cache built here is filled by assigning tensors to its layers, never through
 ``update()``: ``update()`` lazily allocates ``torch.tensor([])`` which becomes a
-lifted constant when it happens under ``torch.export`` (see :mod:`exportcheck.pytrees`).
+lifted constant when it happens under ``torch.export`` (see :mod:`exportcheck.caches.pytrees`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import torch
 __all__ = [
     "make_dynamic_cache",
     "make_encoder_decoder_cache",
-    "make_minimax_cache",
     "make_static_cache",
 ]
 
@@ -292,73 +291,6 @@ def _check_indexer_keys(fname: str, indexer_keys: Any, pairs: Any, kinds: list[s
             )
     layer_class = _layer_class(f"{fname}: indexer_keys", "DynamicIndexedLayer", "")
     return layer_class, list(indexer_keys)
-
-
-def make_minimax_cache(states: Sequence[Any], layer_types: Sequence[str]) -> Any:
-    """Build the ``MiniMaxCache`` of a MiniMax model (attention and lightning-attention layers).
-
-    :param states: one entry per layer: ``(key, value)`` for a ``full_attention``
-        layer, the lightning-attention state ``(batch, heads, head_dim, head_dim)``
-        for a ``linear_attention`` layer
-    :param layer_types: the config's ``layer_types``
-
-    The cache is laid out as the model lays it out after a forward pass: one
-    ``DynamicLayer`` per layer up to the last attention layer (left empty at
-    linear-attention layers) and one ``linear_cache`` entry per layer up to the last
-    linear-attention layer (an empty list at attention layers).
-
-    >>> import torch
-    >>> from exportcheck import make_minimax_cache, string_type
-    >>> kv = (torch.rand(2, 1, 3, 16), torch.rand(2, 1, 3, 16))
-    >>> cache = make_minimax_cache([kv, torch.rand(2, 2, 16, 16)], ["full_attention", "linear_attention"])
-    >>> string_type(cache, with_shape=True)
-    'MiniMaxCache(key_cache=#1[T1s2x1x3x16], value_cache=#1[T1s2x1x3x16], linear_cache=#2[#0[],T1s2x2x16x16])'
-    """
-    fname = "make_minimax_cache"
-    if isinstance(states, torch.Tensor) or not isinstance(states, Sequence):
-        raise TypeError(
-            f"{fname}: expected a list with one entry per layer, got {type(states).__name__}."
-        )
-    # sliding_window=1 lets sliding layers through the generic check: refused just below.
-    layer_types = _check_layer_types(fname, layer_types, len(states), 1)
-    for i, kind in enumerate(layer_types):
-        if kind == "sliding_attention":
-            raise ValueError(
-                f"{fname}: layer {i} has type {kind!r}; expected full_attention or "
-                "linear_attention."
-            )
-        if kind == "linear_attention" and not (
-            isinstance(states[i], torch.Tensor) and states[i].dim() == 4
-        ):
-            got = states[i]
-            raise ValueError(
-                f"{fname}: linear_attention layer {i} needs its state, a tensor "
-                "(batch, heads, head_dim, head_dim), got "
-                + (
-                    f"shape {_shape(got)}."
-                    if isinstance(got, torch.Tensor)
-                    else f"{type(got).__name__}."
-                )
-            )
-    attention = [i for i, k in enumerate(layer_types) if k == "full_attention"]
-    checked = dict(zip(attention, _check_pairs(fname, [states[i] for i in attention]), strict=True))
-    try:
-        from transformers.models.minimax.modeling_minimax import MiniMaxCache
-    except ImportError as e:
-        raise NotImplementedError(f"{fname}: this transformers has no MiniMax model ({e}).") from e
-    from transformers.cache_utils import DynamicLayer
-
-    cache = MiniMaxCache()
-    layers = []
-    for i in range(attention[-1] + 1 if attention else 0):
-        layers.append(fill_layer(DynamicLayer(), *checked[i]) if i in checked else DynamicLayer())
-    cache.layers = layers
-    cache.layer_class_to_replicate = None
-    linear = [i for i, k in enumerate(layer_types) if k == "linear_attention"]
-    cache.linear_cache = [
-        states[i] if i in linear else [] for i in range(linear[-1] + 1 if linear else 0)
-    ]
-    return cache
 
 
 def make_static_cache(

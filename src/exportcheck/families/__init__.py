@@ -1,0 +1,134 @@
+"""What is special about model families, one file each, registered into the generic code.
+
+A family file (``families/<family>.py``) describes what the generic rules of
+exportcheck get wrong for its model types, and nothing else does:
+
+* ``config_arguments``: constructor arguments without which the default config of a
+  model type is invalid (``untrained_model(model_type)`` builds the default with them);
+* ``config_fixes``: attributes set after the generic shrinking of
+  :func:`exportcheck.tiny_config` (a dotted key reaches a sub-config);
+* ``known_failures``: model types that cannot be built or run here, with a regular
+  expression of the error they must still raise (the tests check it, so a fix upstream
+  shows up);
+* ``one_token_decode`` / ``no_cache``: decode steps that take one new token, or that
+  cannot be checked with a cache, and why;
+* ``input_builders``: a function that builds the input sets of a model type that does not
+  take the task's usual inputs (a drafter fed by its main model);
+* ``patches``: the :class:`exportcheck.patches.Patch` objects the family needs, next to
+  their rewrite code;
+* ``setup``: a function called once at registration, to hook into a leaf module
+  (cache slots of :mod:`exportcheck.caches.pytrees`).
+
+Every value is keyed by model type, with a reason. :func:`register` merges a family into
+the tables below and refuses a model type claimed twice for the same table. Family files
+are discovered: adding one is adding a file that calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+from ..patches import register_patch
+from ..patches.core import Patch
+
+__all__ = [
+    "CONFIG_ARGUMENTS",
+    "CONFIG_FIXES",
+    "FAMILIES",
+    "INPUT_BUILDERS",
+    "KNOWN_FAILURES",
+    "NO_CACHE",
+    "ONE_TOKEN_DECODE",
+    "Family",
+    "family_of",
+    "register",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """The special needs of one model family (see the module documentation)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    config_arguments: dict[str, tuple[dict[str, Any], str]] = dataclasses.field(
+        default_factory=dict
+    )
+    config_fixes: dict[str, tuple[dict[str, Any], str]] = dataclasses.field(default_factory=dict)
+    known_failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    one_token_decode: dict[str, str] = dataclasses.field(default_factory=dict)
+    no_cache: dict[str, str] = dataclasses.field(default_factory=dict)
+    input_builders: dict[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+    patches: tuple[Patch, ...] = ()
+    setup: Callable[[], None] | None = None
+
+
+#: family name -> Family
+FAMILIES: dict[str, Family] = {}
+#: model_type -> (constructor arguments, reason)
+CONFIG_ARGUMENTS: dict[str, tuple[dict[str, Any], str]] = {}
+#: model_type -> (overrides applied after shrinking, reason)
+CONFIG_FIXES: dict[str, tuple[dict[str, Any], str]] = {}
+#: model_type -> (regular expression of the error, reason)
+KNOWN_FAILURES: dict[str, tuple[str, str]] = {}
+#: model_type -> why its decode step takes one new token
+ONE_TOKEN_DECODE: dict[str, str] = {}
+#: model_type -> why it is checked without a cache
+NO_CACHE: dict[str, str] = {}
+#: model_type -> a function building its input sets instead of the task's
+INPUT_BUILDERS: dict[str, Callable[..., Any]] = {}
+
+_TABLES = {
+    "config_arguments": CONFIG_ARGUMENTS,
+    "config_fixes": CONFIG_FIXES,
+    "known_failures": KNOWN_FAILURES,
+    "one_token_decode": ONE_TOKEN_DECODE,
+    "no_cache": NO_CACHE,
+    "input_builders": INPUT_BUILDERS,
+}
+_OWNER: dict[str, str] = {}
+
+
+def register(family: Family) -> Family:
+    """Merge ``family`` into the tables and its patches into :mod:`exportcheck.patches`."""
+    if family.name in FAMILIES:
+        raise ValueError(f"register: a family named {family.name!r} is already registered.")
+    for table_name, table in _TABLES.items():
+        entries = getattr(family, table_name)
+        for model_type, value in entries.items():
+            if model_type not in family.model_types:
+                raise ValueError(
+                    f"register: family {family.name!r} has a {table_name} entry for "
+                    f"{model_type!r}, which is not in its model_types."
+                )
+            if model_type in table:
+                raise ValueError(
+                    f"register: {table_name} of {model_type!r} is given by both "
+                    f"{_OWNER[f'{table_name}:{model_type}']!r} and {family.name!r}."
+                )
+            table[model_type] = value
+            _OWNER[f"{table_name}:{model_type}"] = family.name
+    for patch in family.patches:
+        register_patch(patch, family=family.name)
+    if family.setup is not None:
+        family.setup()
+    FAMILIES[family.name] = family
+    return family
+
+
+def family_of(model_type: str) -> Family | None:
+    """The registered family that lists ``model_type``, None if none does."""
+    return next((f for f in FAMILIES.values() if model_type in f.model_types), None)
+
+
+def _discover() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_discover()

@@ -1,0 +1,138 @@
+"""ProphetNet: an n-gram decoder whose decode step takes exactly one new token."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from ..patches import Patch
+from . import Family, register
+
+MODULE = "transformers.models.prophetnet.modeling_prophetnet"
+
+
+def prophetnet_positions_forward(
+    self, inputs_shape, device, attention_mask=None, cache=None, position_ids=None
+):
+    """ProphetNetPositionalEmbeddings.forward, the decode step without int() on the length."""
+    if position_ids is None and cache is not None and cache.get_seq_length() != 0:
+        seen = inputs_shape[1] + cache.get_seq_length()
+        ones = torch.ones((1, 1), dtype=torch.long, device=device)
+        position_ids = ones * (self.padding_idx + seen)
+        return self._forward(position_ids), position_ids
+    return prophetnet_positions_forward.original(
+        self, inputs_shape, device, attention_mask=attention_mask, cache=cache,
+        position_ids=position_ids,
+    )  # fmt: skip
+
+
+def _prophetnet_buckets(self, offsets, position_ids):
+    mod = sys.modules[MODULE]
+    relative = offsets[None, None, :] - position_ids[:, :, None]
+    return mod.compute_relative_buckets(
+        self.num_buckets, self.relative_max_distance, relative, False
+    ).long()
+
+
+def prophetnet_main_relative(self, hidden_states, attn_weights, position_ids, buckets):
+    """get_main_relative_pos_embeddings: the decode step gathers with expanded buckets."""
+    if buckets is not None:  # no cache: the decoder precomputed the buckets
+        return prophetnet_main_relative.original(
+            self, hidden_states, attn_weights, position_ids, buckets
+        )
+    batch, heads, tgt, src = attn_weights.shape
+    buckets = _prophetnet_buckets(
+        self, torch.arange(1, src + 1, device=position_ids.device), position_ids
+    )
+    rel = self.relative_pos_embeddings(hidden_states)  # (batch, tgt, buckets * heads)
+    rel = rel.view(batch, tgt, self.num_buckets, heads).permute(0, 3, 1, 2)
+    return torch.gather(rel, 3, buckets[:, None].expand(batch, heads, tgt, src))
+
+
+def prophetnet_predict_relative(self, hidden_states, attn_weights, position_ids, buckets):
+    """get_predict_relative_pos_embeddings: the decode step gathers with expanded buckets."""
+    if buckets is not None:
+        return prophetnet_predict_relative.original(
+            self, hidden_states, attn_weights, position_ids, buckets
+        )
+    mod = sys.modules[MODULE]
+    batch, ngram, heads, tgt, keys = attn_weights.shape
+    mod.torch_compilable_check(
+        position_ids[0][0] == keys - 1,
+        "`position_ids` are incorrect. They should be of the format 1 2 3 4 5 ... "
+        "(key_sequence_length - 1)",
+    )
+    buckets = _prophetnet_buckets(
+        self, torch.arange(0, keys, device=position_ids.device), position_ids
+    )
+    rel = self.relative_pos_embeddings(hidden_states.transpose(1, 2))
+    rel = rel.view(batch, ngram, tgt, self.num_buckets, heads).permute(0, 1, 4, 2, 3)
+    index = buckets[:, None, None].expand(batch, ngram, heads, tgt, keys)
+    return torch.gather(rel, 4, index)
+
+
+def prophetnet_compilable_check(cond, msg, error_type=ValueError):
+    """transformers' torch_compilable_check, recording a tensor condition with item() while
+    exporting (torch._check_tensor_all records aten._is_all_true, which ONNX lacks)."""
+    if isinstance(cond, torch.Tensor) and torch.compiler.is_exporting():
+        torch._check(cond.all().item())
+        return None
+    return prophetnet_compilable_check.original(cond, msg, error_type)
+
+
+def _install_prophetnet_decode_step(patcher: Any, model: Any) -> None:
+    """Keep ProphetNet's decode step symbolic in the cache length, and convertible to ONNX.
+
+    Fixes, for prophetnet with a cache:
+
+    * torch.export: ``Constraints violated (cache_length)! ... specialized it to be a
+      constant (30)``: ProphetNetPositionalEmbeddings.forward
+      (transformers/models/prophetnet/modeling_prophetnet.py:364-367) builds the new token's
+      position with ``int(padding_idx + new_tokens + cache_length)``. The same product
+      without ``int()`` gives the same id.
+    * then ``Not all values of cache_length ... satisfy the generated guard min(1 +
+      cache_length, 16 + 16*cache_length) == 1 + cache_length``: a ``.view`` of the repeated
+      relative-position buckets (get_main_relative_pos_embeddings, :760, and the predict
+      stream's). In the decode step the replacements gather the bucket embeddings with
+      buckets broadcast by ``expand``: the same entries of the same projection. Without a
+      cache (precomputed buckets) the originals run.
+    * torch.onnx.export: ``No ONNX function found for aten._is_all_true``: the module's
+      ``torch_compilable_check`` on a tensor becomes ``torch._check_tensor_all``; while
+      exporting, the same assertion is recorded with ``cond.all().item()``.
+
+    Remove when: transformers drops the ``int()``, builds the decode buckets without viewing
+    a repeated tensor, and the ONNX exporter translates ``_is_all_true``.
+    """
+    embeddings, attention = "ProphetNetPositionalEmbeddings", "ProphetNetNgramSelfAttention"
+    for owner, attribute, value in (
+        (embeddings, "forward", prophetnet_positions_forward),
+        (attention, "get_main_relative_pos_embeddings", prophetnet_main_relative),
+        (attention, "get_predict_relative_pos_embeddings", prophetnet_predict_relative),
+        (None, "torch_compilable_check", prophetnet_compilable_check),
+    ):
+        patcher.replace_in(MODULE, owner, attribute, value)
+
+
+PROPHETNET_DECODE_STEP = Patch(
+    name="prophetnet_decode_step",
+    fixes="Constraints violated (cache_length)! ... specialized it to be a constant (30); then, "
+    "converting to ONNX: No ONNX function found for aten._is_all_true",
+    remove_when="transformers drops the ``int()``, builds the decode buckets without viewing a "
+    "repeated tensor, and the ONNX exporter translates ``_is_all_true``",
+    install=_install_prophetnet_decode_step,
+    model_types=("prophetnet",),
+)
+
+
+register(
+    Family(
+        name="prophetnet",
+        model_types=("prophetnet",),
+        one_token_decode={
+            "prophetnet": "with a cache, the n-gram decoder accepts exactly one new token"
+        },
+        patches=(PROPHETNET_DECODE_STEP,),
+    )
+)

@@ -1,0 +1,78 @@
+"""What a task builds for a model: the model with random weights, its input sets, its shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["UntrainedModel", "randomize_zero_weights"]
+
+
+@dataclasses.dataclass
+class UntrainedModel:
+    """A model with random weights, input sets of one task and their dynamic shapes.
+
+    * ``model``: the model in eval mode
+    * ``config``: its config
+    * ``task``: the task the inputs are for (``text-generation``, ...)
+    * ``inputs``: keyword arguments of the call the export traces (for text
+      generation: one decode step with a filled cache, batch 2, 3 new tokens, 30 cached
+      tokens, or a plain forward when the model takes no cache)
+    * ``other_inputs``: input sets of shapes the export does not see
+    * ``dynamic_shapes``: for every input, its dynamic dimensions, named (``batch``,
+      ``seq_length``, ``cache_length``, ...)
+    * ``cache_argument``: the forward argument that takes the cache or state (``cache``,
+      ``past_key_values``, ``state``, ...), None when the inputs have none
+    * ``shapes``: the sizes of each input set, (batch, new tokens, cached tokens) for
+      text generation
+    * ``notes``: why the inputs differ from the task's usual ones, if they do
+    * ``prompts``: for each input set, the token ids whose prefill filled its cache
+      (None for a set without cache): ``cat(prompt, input_ids)`` run without a cache
+      gives the same last logits as the decode step
+    """
+
+    model: Any
+    config: Any
+    inputs: dict[str, Any]
+    other_inputs: list[dict[str, Any]]
+    dynamic_shapes: dict[str, Any]
+    cache_argument: str | None
+    shapes: list[tuple[int, ...]]
+    notes: list[str] = dataclasses.field(default_factory=list)
+    prompts: list[Any] = dataclasses.field(default_factory=list)
+    task: str = "text-generation"
+
+    @property
+    def input_sets(self) -> list[dict[str, Any]]:
+        """``[inputs, *other_inputs]``: every input set, the export's first."""
+        return [self.inputs, *self.other_inputs]
+
+    def describe(self) -> str:
+        """One line per input set: its shapes."""
+        from ..describe import string_type
+
+        lines = [f"inputs: {string_type(self.inputs, with_shape=True)}"]
+        for i, feeds in enumerate(self.other_inputs):
+            lines.append(f"other_inputs[{i}]: {string_type(feeds, with_shape=True)}")
+        lines.append(f"dynamic_shapes: {string_type(self.dynamic_shapes)}")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def randomize_zero_weights(model: Any, std: float) -> list[str]:
+    """Give random values to linear weights that initialisation left at zero.
+
+    Some models zero-initialise a layer (a router gate): untrained, every expert then
+    scores the same and top-k breaks the tie one way in PyTorch and another in
+    onnxruntime, and a zero projection hides any discrepancy behind it. Trained weights
+    are not zero, so random ones stand in for them.
+    """
+    import torch
+
+    changed = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and not bool(module.weight.any()):
+                module.weight.normal_(0.0, std)
+                changed.append(f"{name}.weight")
+    return changed

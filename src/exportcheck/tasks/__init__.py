@@ -1,0 +1,167 @@
+"""Tasks: what a model is exported for, one file each, discovered.
+
+A task (``tasks/<task>.py``) names the transformers auto mapping it covers, builds the
+input sets of a model and their dynamic shapes (:meth:`Task.build`), lists the
+**components** it exports (:meth:`Task.components`: one graph, or several such as an
+encoder and a decoder step) and labels an input set for reports. :func:`untrained_model`
+resolves a source into a config and hands it to the task.
+
+Adding a task is adding one file that defines a :class:`Task` subclass and calls
+:func:`register` with an instance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import pkgutil
+from typing import Any
+
+from ..models import UntrainedModel, resolve_config
+
+__all__ = ["TASKS", "Component", "Task", "get_task", "register", "tasks_of", "untrained_model"]
+
+
+@dataclasses.dataclass
+class Component:
+    """One graph a task exports: the module, its input sets and their dynamic shapes.
+
+    * ``name``: ``model`` for a task that exports one graph, else the part
+      (``encoder``, ``decoder``, ...)
+    * ``module``: what ``torch.export.export`` traces
+    * ``input_sets``: keyword arguments of each call; the first is traced
+    * ``dynamic_shapes``: for every keyword argument, its dynamic dimensions
+    * ``labels``: one short description per input set (``batch=2 seq=3 cache=30``)
+    """
+
+    name: str
+    module: Any
+    input_sets: list[dict[str, Any]]
+    dynamic_shapes: dict[str, Any]
+    labels: list[str]
+
+
+class Task:
+    """The base class of tasks; a subclass sets ``name`` and ``mapping``."""
+
+    #: the task name, as ``pipeline()`` spells it (``text-generation``)
+    name: str = ""
+    #: the name of the transformers auto mapping of model types to model classes
+    mapping: str = ""
+
+    def model_types(self) -> list[str]:
+        """The model types of the installed transformers' mapping of this task."""
+        from transformers.models.auto import modeling_auto
+
+        return sorted(getattr(modeling_auto, self.mapping, {}))
+
+    def build(self, config: Any, *, seed: int = 0) -> UntrainedModel:
+        """The model of ``config`` with random weights, its input sets and dynamic shapes."""
+        raise NotImplementedError
+
+    def components(self, m: UntrainedModel) -> list[Component]:
+        """The graphs this task exports for ``m``; one by default: the whole model."""
+        return [
+            Component(
+                name="model",
+                module=m.model,
+                input_sets=m.input_sets,
+                dynamic_shapes=m.dynamic_shapes,
+                labels=[self.label(m, feeds) for feeds in m.input_sets],
+            )
+        ]
+
+    def label(self, m: UntrainedModel, feeds: dict[str, Any]) -> str:
+        """A short description of one input set, for reports."""
+        return ", ".join(f"{k}" for k in feeds)
+
+
+#: task name -> Task
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add ``task`` to :data:`TASKS`."""
+    if not task.name or task.name in TASKS:
+        raise ValueError(f"register: task name {task.name!r} is empty or already registered.")
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``, or a ValueError listing the tasks there are."""
+    if name not in TASKS:
+        close = difflib.get_close_matches(str(name), list(TASKS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"task {name!r} does not exist.{hint} exportcheck supports: {', '.join(sorted(TASKS))}."
+        )
+    return TASKS[name]
+
+
+def tasks_of(model_type: str) -> list[str]:
+    """The registered tasks whose mapping has ``model_type``, in registration order."""
+    return [name for name, task in TASKS.items() if model_type in task.model_types()]
+
+
+def untrained_model(
+    source: Any,
+    task: str | None = None,
+    *,
+    seed: int = 0,
+    shrink: bool = False,
+    **config_overrides: Any,
+) -> UntrainedModel:
+    """Build a model with random weights, the input sets of a task and their dynamic shapes.
+
+    :param source: a hub id whose config ships with exportcheck (``arnir0/Tiny-LLM``),
+        a transformers ``model_type`` (``llama``: shrunk by
+        :func:`exportcheck.tiny_config`), a config object or a config dict
+    :param task: a registered task (:data:`TASKS`); by default the first one whose
+        transformers mapping has the model type
+    :param seed: seeds the weights and the inputs
+    :param shrink: shrink a hub config or a config object with the rules of
+        :func:`exportcheck.tiny_config` (a model_type is always shrunk); the
+        architecture (layer kinds, attention variants, experts) stays
+    :param config_overrides: config attributes to set (``num_hidden_layers=1``, ...)
+    :return: an :class:`UntrainedModel`
+
+    >>> from exportcheck import untrained_model
+    >>> m = untrained_model("arnir0/Tiny-LLM")
+    >>> print(m.describe().splitlines()[0])
+    inputs: dict(input_ids:T7s2x3,attention_mask:T7s2x33,cache:DynamicCache(key_cache=#1[T1s2x1x30x96], value_cache=#1[T1s2x1x30x96]))
+    """
+    if task is not None:
+        chosen = get_task(task)
+    config = resolve_config(source, config_overrides, shrink=shrink)
+    model_type = getattr(config, "model_type", None)
+    if task is None:
+        names = tasks_of(model_type)
+        if not names:
+            raise ValueError(
+                f"untrained_model: model type {model_type!r} is in none of the transformers "
+                f"mappings of the tasks exportcheck supports ({', '.join(sorted(TASKS))})."
+            )
+        chosen = TASKS[names[0]]
+    elif model_type not in chosen.model_types():
+        has = tasks_of(model_type)
+        raise ValueError(
+            f"untrained_model: model type {model_type!r} has no {chosen.name} model in "
+            f"transformers ({chosen.mapping}); "
+            + (
+                f"it has: {', '.join(has)}."
+                if has
+                else f"exportcheck supports {', '.join(sorted(TASKS))}, and it has none of them."
+            )
+        )
+    return chosen.build(config, seed=seed)
+
+
+def _discover() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_discover()

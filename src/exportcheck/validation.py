@@ -1,0 +1,399 @@
+"""Export a model and compare what each runtime computes with eager PyTorch.
+
+:func:`validate` builds the model of a task, runs eager on every input set, then for
+each **component** of the task (one graph, or several) exports it with
+``torch.export.export`` and, for each **runtime** asked for, runs its stages. The plan
+of a validation (its stages, in order) is derived from the components and the
+runtimes; nothing else lists stages. A failure of the model in any stage is recorded
+in the report, never raised; misuse of the API (an unknown runtime, a bad tolerance)
+raises.
+
+==================  ==========================================================
+stage               what it does
+==================  ==========================================================
+``build``           :func:`exportcheck.untrained_model`: model, input sets, dynamic
+                    shapes (skipped when an :class:`UntrainedModel` is given)
+``eager``           the model on every input set, each deep-copied (eager appends to
+                    the cache it receives)
+``export``          ``torch.export.export`` of each component with its dynamic shapes,
+                    inside :func:`exportcheck.export_patches`
+runtime stages      the stages of each runtime (:data:`exportcheck.runtimes.RUNTIMES`),
+                    such as ``exported_run`` (the ExportedProgram on every input set),
+                    ``onnx``, ``ort_session`` and ``ort_run``
+==================  ==========================================================
+
+A task with several components prefixes the stages of each with its name
+(``encoder.export``). Whether a validation is green, per runtime, is
+:func:`exportcheck.compare.verdict`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import platform
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .compare import green, max_diff, verdict
+from .dims import REFINEMENTS, describe_shapes, refine_dynamic_shapes
+from .models import UntrainedModel
+from .patches import eager_fixes, export_patches
+from .runtimes import RUNTIMES, get_runtime, runtimes_of
+from .tasks import get_task, untrained_model
+
+__all__ = ["ValidationReport", "validate"]
+
+
+@dataclasses.dataclass
+class ValidationReport:
+    """What :func:`validate` found. ``ok`` is True when every runtime asked for is green
+    (:func:`exportcheck.compare.verdict`). ``to_dict()`` gives a JSON-ready dict.
+
+    * ``plan``: the stages planned, as ``[stage, component, runtime]``
+    * ``stages``: the stages that ran, each with ``ok``, ``seconds`` and, on failure,
+      ``error_type``, ``error`` and ``where``
+    * ``runs``: one comparison with eager per runtime, component and input set
+    * ``artifacts``: what each runtime made of each component (``component/runtime``)
+    """
+
+    source: str
+    exporter: str
+    atol: float
+    task: str = "text-generation"
+    runtimes: list[str] = dataclasses.field(default_factory=list)
+    plan: list[list[Any]] = dataclasses.field(default_factory=list)
+    stages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def verdicts(self) -> dict[str, bool]:
+        """``{runtime: green}``."""
+        return verdict(self)
+
+    @property
+    def ok(self) -> bool:
+        return green(self)
+
+    @property
+    def failed_stage(self) -> str | None:
+        """The first stage that failed, None if all passed."""
+        return next((s["stage"] for s in self.stages if not s["ok"]), None)
+
+    def worst(self, runner: str) -> float | None:
+        """Largest max-abs difference of a runner (``exported`` or ``ort``), None if it never ran."""
+        values = [r["abs"] for r in self.runs if r["runner"] == runner]
+        return max(values) if values else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["ok"] = self.ok
+        data["verdicts"] = self.verdicts
+        data["failed_stage"] = self.failed_stage
+        for name in self.runtimes:
+            runner = RUNTIMES[name].runner if name in RUNTIMES else name
+            data[f"worst_{runner}_abs"] = self.worst(runner)
+        return data
+
+    def table(self) -> str:
+        """A readable summary: one line per stage, then one line per compared run."""
+        verdicts = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in self.verdicts.items())
+        lines = [f"{self.source} ({self.task}; {verdicts}): {'OK' if self.ok else 'FAILED'}"]
+        for st in self.stages:
+            status = "ok" if st["ok"] else "FAILED"
+            error = "" if st["ok"] else f"  {st['error_type']}: {st['error']}"
+            lines.append(f"  {st['stage']:13} {status:6} {st['seconds']:7.2f} s{error}")
+        for run in self.runs:
+            flag = "ok" if run["ok"] else "DIFF"
+            extra = f"  {run['mismatch']}" if run.get("mismatch") else ""
+            where = (
+                run["input_set"]
+                if run["component"] == "model"
+                else (f"{run['component']}: {run['input_set']}")
+            )
+            lines.append(
+                f"  {run['runner']:9} {where:34} abs {run['abs']:9.2e} "
+                f"rel {run['rel']:9.2e} {flag}{extra}"
+            )
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        for key, details in self.artifacts.items():
+            runtime = RUNTIMES.get(key.split("/")[-1])
+            text = runtime.describe(details) if runtime is not None else ""
+            if text:
+                lines.append(f"  {key}: {text}")
+        return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "exportcheck"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:500] if text else ""
+
+
+def _source_name(source: Any) -> str:
+    if isinstance(source, UntrainedModel):
+        return str(getattr(source.config, "model_type", "model"))
+    if isinstance(source, str):
+        return source
+    if isinstance(source, dict):
+        return str(source.get("model_type") or "dict")
+    return str(getattr(source, "model_type", None) or type(source).__name__)
+
+
+def _check_arguments(runtimes: Any, atol: Any, onnx_dir: Any) -> list[str]:
+    if isinstance(runtimes, str) or not isinstance(runtimes, Sequence) or not runtimes:
+        raise ValueError(
+            f"validate: runtimes must be a non-empty list of {tuple(RUNTIMES)}, got {runtimes!r}."
+        )
+    names = [get_runtime(r).name for r in runtimes]
+    if not isinstance(atol, int | float) or isinstance(atol, bool) or not atol > 0:
+        raise ValueError(f"validate: atol must be a positive number, got {atol!r}.")
+    if onnx_dir is not None and not isinstance(onnx_dir, str | os.PathLike):
+        raise TypeError(f"validate: onnx_dir must be a path, got {type(onnx_dir).__name__}.")
+    return names
+
+
+def validate(
+    source_or_experiment: Any,
+    exporter: str | None = "onnx",
+    *,
+    runtimes: Sequence[str] | None = None,
+    task: str | None = None,
+    atol: float = 1e-4,
+    onnx_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ValidationReport:
+    """Export a model, run the export on every input set in each runtime, compare with eager.
+
+    :param source_or_experiment: what :func:`exportcheck.untrained_model` accepts (a
+        hub id, a model_type, a config) or an :class:`exportcheck.UntrainedModel`
+    :param exporter: ``export`` (the ExportedProgram only) or ``onnx`` (the
+        ExportedProgram, then ONNX run with onnxruntime); see
+        :data:`exportcheck.runtimes.EXPORTERS`
+    :param runtimes: the runtimes to validate, instead of ``exporter``
+    :param task: the task to build the model for (by default the first task whose
+        mapping has the model type); ignored when an UntrainedModel is given
+    :param atol: largest max-abs difference with eager that counts as correct
+    :param onnx_dir: where to write what the runtimes convert (ONNX files); a temporary
+        folder, removed at the end, by default
+    :param progress: called with the name of each stage as it starts
+    :return: a :class:`ValidationReport`; ``report.ok`` says if everything passed
+
+    >>> from exportcheck import validate
+    >>> report = validate("arnir0/Tiny-LLM", exporter="export")
+    >>> report.ok, [s["stage"] for s in report.stages]
+    (True, ['build', 'eager', 'export', 'exported_run'])
+    """
+    if runtimes is None:
+        if exporter is None:
+            raise ValueError("validate: give an exporter or a list of runtimes.")
+        try:
+            runtimes = runtimes_of(exporter)
+        except ValueError as e:
+            raise ValueError(f"validate: {e}") from None
+    names = _check_arguments(runtimes, atol, onnx_dir)
+    if task is not None:
+        get_task(task)  # an unknown task is misuse: raise now
+    report = ValidationReport(
+        source=_source_name(source_or_experiment),
+        exporter=exporter or "+".join(names),
+        atol=float(atol),
+        runtimes=names,
+        task=source_or_experiment.task
+        if isinstance(source_or_experiment, UntrainedModel)
+        else (task or ""),
+    )
+    report.versions = _versions()
+    report.plan = [["build", None, None], ["eager", None, None]]
+    state: dict[str, Any] = {}
+
+    def stage(name: str, component: str | None, runtime: str | None, fn: Callable[[], Any]) -> bool:
+        if progress is not None:
+            progress(name)
+        begin = time.perf_counter()
+        entry: dict[str, Any] = {
+            "stage": name,
+            "ok": True,
+            "component": component,
+            "runtime": runtime,
+        }
+        try:
+            fn()
+        except Exception as e:  # a model's failure is a result, not an error of validate
+            tb = traceback.extract_tb(e.__traceback__)
+            entry.update(
+                ok=False,
+                error_type=type(e).__name__,
+                error=_first_line(e),
+                where=f"{tb[-1].filename.split('site-packages/')[-1]}:{tb[-1].lineno}"
+                if tb
+                else "",
+            )
+        entry["seconds"] = round(time.perf_counter() - begin, 3)
+        report.stages.append(entry)
+        return entry["ok"]
+
+    def build() -> None:
+        m = (
+            source_or_experiment
+            if isinstance(source_or_experiment, UntrainedModel)
+            else untrained_model(source_or_experiment, task=task)
+        )
+        state["m"] = m
+        state["task"] = get_task(m.task)
+        report.task = m.task
+        state["components"] = state["task"].components(m)
+        report.model = {
+            "class": type(m.model).__name__,
+            "model_type": getattr(m.config, "model_type", None),
+            "parameters": sum(p.numel() for p in m.model.parameters()),
+            "cache_argument": m.cache_argument,
+            "components": [c.name for c in state["components"]],
+            "input_sets": [label for c in state["components"] for label in c.labels],
+            # how these inputs differ from the usual ones (the task's notes)
+            "notes": list(m.notes),
+        }
+
+    def eager() -> None:
+        m = state["m"]
+        expected = {}
+        with eager_fixes(m.model) as fixes, torch.no_grad():
+            for c in state["components"]:
+                expected[c.name] = [c.module(**copy.deepcopy(f)) for f in c.input_sets]
+        state["expected"] = expected
+        report.notes.extend(
+            f"eager reference computed with {name}: it corrects eager transformers"
+            for name in fixes
+        )
+
+    def export(c: Any) -> Callable[[], None]:
+        def run() -> None:
+            dynamic_shapes = c.dynamic_shapes
+            for attempt in range(REFINEMENTS + 1):
+                try:
+                    with export_patches(c.module), torch.no_grad():
+                        state[("ep", c.name)] = torch.export.export(
+                            c.module,
+                            (),
+                            kwargs=copy.deepcopy(c.input_sets[0]),
+                            dynamic_shapes=dynamic_shapes,
+                        )
+                    break
+                except Exception as e:
+                    refined = (
+                        None if attempt == REFINEMENTS else refine_dynamic_shapes(dynamic_shapes, e)
+                    )
+                    if refined is None:
+                        raise
+                    dynamic_shapes, note = refined
+                    report.notes.append(
+                        note if len(state["components"]) == 1 else f"{c.name}: {note}"
+                    )
+            key = "dynamic_shapes" if len(state["components"]) == 1 else f"dynamic_shapes.{c.name}"
+            report.model[key] = describe_shapes(dynamic_shapes)
+
+        return run
+
+    def runtime_stage(c: Any, rt: Any, steps: tuple[str, ...]) -> Callable[[], None]:
+        key = (rt.name, c.name)
+
+        def run() -> None:
+            with export_patches(c.module), torch.no_grad():
+                if "convert" in steps:
+                    folder = onnx_dir or state["tmp"]
+                    os.makedirs(folder, exist_ok=True)
+                    state[("artifact", key)] = rt.convert(state[("ep", c.name)], c, folder)
+                    details = rt.details(state[("artifact", key)])
+                    if details:
+                        report.artifacts[f"{c.name}/{rt.name}"] = details
+                if "load" in steps:
+                    state[("loaded", key)] = rt.load(
+                        state.get(("artifact", key), state[("ep", c.name)])
+                    )
+                if "run" in steps:
+                    compare(c, rt, state[("loaded", key)])
+
+        return run
+
+    def compare(c: Any, rt: Any, loaded: Any) -> None:
+        failures = []
+        for i, feeds in enumerate(c.input_sets):
+            got = rt.run(loaded, feeds)
+            diff = max_diff(state["expected"][c.name][i], got)
+            ok = diff["mismatch"] is None and diff["abs"] <= atol
+            report.runs.append(
+                {
+                    "runner": rt.runner,
+                    "component": c.name,
+                    "input_set": c.labels[i],
+                    "ok": ok,
+                    **diff,
+                }
+            )
+            if not ok:
+                failures.append(f"{c.labels[i]}: abs {diff['abs']:.3g}")
+        if failures:
+            raise AssertionError(
+                f"{rt.runner} differs from eager beyond {atol}: " + "; ".join(failures)
+            )
+
+    with tempfile.TemporaryDirectory(prefix="exportcheck-") as tmp:
+        state["tmp"] = tmp
+        if not stage("build", None, None, build) or not stage("eager", None, None, eager):
+            # the plan still says what would have run after the build
+            _extend_plan(report, state.get("components"), names)
+            return report
+        _extend_plan(report, state["components"], names)
+        single = len(state["components"]) == 1
+        for c in state["components"]:
+            prefix = "" if single else f"{c.name}."
+            if not stage(f"{prefix}export", c.name, None, export(c)):
+                break
+            for name in names:
+                rt = RUNTIMES[name]
+                for stage_name, _title, steps in rt.stages:
+                    # A runtime failing does not stop the others: each verdict counts.
+                    if not stage(
+                        f"{prefix}{stage_name}", c.name, rt.name, runtime_stage(c, rt, steps)
+                    ):
+                        break
+        state.clear()
+    return report
+
+
+def _extend_plan(report: ValidationReport, components: Any, names: list[str]) -> None:
+    """Add the stages of every component and runtime to the plan (``[stage, component, runtime]``).
+
+    When the build failed the components are unknown: one ``model`` component is planned,
+    so that the verdict of every runtime is red.
+    """
+    labels = [c.name for c in components] if components else ["model"]
+    single = len(labels) == 1
+    for name in labels:
+        prefix = "" if single else f"{name}."
+        report.plan.append([f"{prefix}export", name, None])
+        for runtime in names:
+            for stage_name, _title, _steps in RUNTIMES[runtime].stages:
+                report.plan.append([f"{prefix}{stage_name}", name, runtime])
