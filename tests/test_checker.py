@@ -266,3 +266,18 @@ def test_cli_sweep_rejects_unknown_types(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "not model types of the text-generation mapping" in out.stderr and "lama" in out.stderr
     assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.models
+def test_a_row_lists_exactly_the_patches_that_changed_it_per_runtime():
+    # mixtral: the ONNX conversion needs batched_mm experts, torch.export does not, so
+    # the ExportedProgram is checked without that patch and ONNX gets its own export.
+    report = validate("mixtral", exporter="onnx")
+    assert report.ok, report.table()
+    assert report.patches_applied == {
+        "exported_program": ["cache_pytrees"],
+        "onnx": ["cache_pytrees", "moe_batched_mm"],
+    }
+    llama = validate("llama", exporter="export")
+    assert llama.patches_applied == {"exported_program": ["cache_pytrees"]}
+    assert json.loads(json.dumps(report.to_dict()))["patches_applied"] == report.patches_applied

@@ -44,11 +44,14 @@ import torch
 from .compare import green, max_diff, verdict
 from .dims import REFINEMENTS, describe_shapes, refine_dynamic_shapes
 from .models import UntrainedModel
-from .patches import eager_fixes, export_patches
+from .patches import eager_fixes, export_patches, runtime_only
 from .runtimes import RUNTIMES, get_runtime, runtimes_of
 from .tasks import get_task, untrained_model
 
 __all__ = ["ValidationReport", "validate"]
+
+#: The runtime whose patches torch.export runs with: every runtime starts from its program.
+BASE_RUNTIME = "exported_program"
 
 
 @dataclasses.dataclass
@@ -61,6 +64,10 @@ class ValidationReport:
       ``error_type``, ``error`` and ``where``
     * ``runs``: one comparison with eager per runtime, component and input set
     * ``artifacts``: what each runtime made of each component (``component/runtime``)
+    * ``patches_applied``: per runtime, the patches that changed something while its
+      program was exported (and converted): torch.export runs with the patches the
+      ExportedProgram needs only; a runtime that needs more (ONNX-only fixes that change
+      this model) gets its own export with them
     """
 
     source: str
@@ -73,6 +80,7 @@ class ValidationReport:
     runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    patches_applied: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -288,18 +296,49 @@ def validate(
             for name in fixes
         )
 
+    def applied(runtime: str, log: Any) -> None:
+        names = report.patches_applied.setdefault(runtime, [])
+        names.extend(n for n in log.changed if n not in names)
+
+    def export_for(c: Any, runtime: str, dynamic_shapes: Any) -> Any:
+        with export_patches(c.module, runtime=runtime) as log, torch.no_grad():
+            program = torch.export.export(
+                c.module, (), kwargs=copy.deepcopy(c.input_sets[0]), dynamic_shapes=dynamic_shapes
+            )
+        applied(runtime, log)
+        return program
+
+    def program_for(c: Any, rt: Any) -> Any:
+        """The ExportedProgram a runtime converts: the shared one, unless patches that only
+        this runtime needs change the model, in which case it is exported again with them."""
+        base = ("ep", c.name)
+        extra = runtime_only(rt.name)
+        if not extra or rt.name == BASE_RUNTIME:
+            return state[base]
+        if ("ep", c.name, rt.name) not in state:
+            with export_patches(c.module, only=extra) as log, torch.no_grad():
+                c.module(**copy.deepcopy(c.input_sets[0]))
+            if log.changed:
+                state[("ep", c.name, rt.name)] = export_for(c, rt.name, state[("shapes", c.name)])
+            else:
+                state[("ep", c.name, rt.name)] = state[base]
+                applied(rt.name, state[("log", c.name)])
+        return state[("ep", c.name, rt.name)]
+
     def export(c: Any) -> Callable[[], None]:
         def run() -> None:
             dynamic_shapes = c.dynamic_shapes
             for attempt in range(REFINEMENTS + 1):
                 try:
-                    with export_patches(c.module), torch.no_grad():
+                    with export_patches(c.module, runtime=BASE_RUNTIME) as log, torch.no_grad():
                         state[("ep", c.name)] = torch.export.export(
                             c.module,
                             (),
                             kwargs=copy.deepcopy(c.input_sets[0]),
                             dynamic_shapes=dynamic_shapes,
                         )
+                    state[("log", c.name)] = log
+                    applied(BASE_RUNTIME, log)
                     break
                 except Exception as e:
                     refined = (
@@ -311,6 +350,7 @@ def validate(
                     report.notes.append(
                         note if len(state["components"]) == 1 else f"{c.name}: {note}"
                     )
+            state[("shapes", c.name)] = dynamic_shapes
             key = "dynamic_shapes" if len(state["components"]) == 1 else f"dynamic_shapes.{c.name}"
             report.model[key] = describe_shapes(dynamic_shapes)
 
@@ -320,18 +360,17 @@ def validate(
         key = (rt.name, c.name)
 
         def run() -> None:
-            with export_patches(c.module), torch.no_grad():
+            program = program_for(c, rt)
+            with export_patches(c.module, runtime=rt.name), torch.no_grad():
                 if "convert" in steps:
                     folder = onnx_dir or state["tmp"]
                     os.makedirs(folder, exist_ok=True)
-                    state[("artifact", key)] = rt.convert(state[("ep", c.name)], c, folder)
+                    state[("artifact", key)] = rt.convert(program, c, folder)
                     details = rt.details(state[("artifact", key)])
                     if details:
                         report.artifacts[f"{c.name}/{rt.name}"] = details
                 if "load" in steps:
-                    state[("loaded", key)] = rt.load(
-                        state.get(("artifact", key), state[("ep", c.name)])
-                    )
+                    state[("loaded", key)] = rt.load(state.get(("artifact", key), program))
                 if "run" in steps:
                     compare(c, rt, state[("loaded", key)])
 

@@ -74,8 +74,7 @@ def _install_real_rotary(patcher: Any, model: Any) -> None:
 
 REAL_ROTARY = Patch(
     name="real_rotary",
-    fixes="DispatchError: No ONNX function found for aten.unsqueeze.default. Failure message: No "
-    "decompositions registered for the complex-valued input",
+    fixes="No ONNX function found for ... aten.unsqueeze ... No decompositions registered for the complex-valued input",
     remove_when="transformers computes these rotary embeddings without complex tensors, or the "
     "ONNX exporter translates complex operators",
     install=_install_real_rotary,

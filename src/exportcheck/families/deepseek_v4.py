@@ -319,8 +319,7 @@ def _install(patcher: Any, model: Any) -> None:
 
 COMPRESSOR_WINDOWS = Patch(
     name="deepseek_v4_compressor_windows",
-    fixes="Constraints violated (seq_length)! ... guard (2 + L['input_ids'].size()[1] + (-4)*((2 "
-    "+ ...) // 4)) == 1",
+    fixes="Constraints violated (seq_length)! ... satisfy the generated guard 2 <= L['input_ids'].size()[1] and L['input_ids'].size()[1] <= 5",
     remove_when="transformers' DeepSeek-V4 compressors handle any window count without branching "
     "on shapes",
     install=_install,

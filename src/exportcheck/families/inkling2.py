@@ -83,7 +83,7 @@ def _install_inkling2_short_conv_windows(patcher: Any, model: Any) -> None:
 
 INKLING2_SHORT_CONV_WINDOWS = Patch(
     name="inkling2_short_conv_windows",
-    fixes="AssertionError: Guard failed: input_ids.size()[1] <= 3",
+    fixes="Constraints violated (seq_length)! ... satisfy the generated guard 2 <= L['input_ids'].size()[1] and L['input_ids'].size()[1] <= 3",
     remove_when="torch's empty_like / flip meta stops guarding on sizes of equal-stride dims, or "
     "transformers builds the windows without flipping an unfolded view",
     install=_install_inkling2_short_conv_windows,

@@ -7,12 +7,15 @@ from typing import Any
 import torch
 
 from ..patches import Patch
+from ..patches.core import passthrough
 from . import Family, register
 
 
 def _longcat_experts_forward(self, hidden_states, top_k_index, top_k_weights):
     if top_k_index.numel() == 0 or self.gate_up_proj is None:
-        return _longcat_experts_forward.original(self, hidden_states, top_k_index, top_k_weights)
+        return passthrough(
+            _longcat_experts_forward.original, self, hidden_states, top_k_index, top_k_weights
+        )
     n = self.num_routed_experts
     routed = top_k_index < n  # else identity (zero) expert
     idx = top_k_index.clamp(max=n - 1)

@@ -14,6 +14,7 @@ import torch
 
 from ..caches.builders import _check_layer_types, _check_pairs, _shape, fill_layer
 from ..patches import Patch
+from ..patches.core import passthrough
 from . import Family, register
 
 MODULE = "transformers.models.minimax.modeling_minimax"
@@ -27,8 +28,14 @@ def _minimax_lightning_forward(
     mm = sys.modules[MODULE]
 
     if cache is None or cache.get_linear_cache(self.layer_idx) is None:
-        return _minimax_lightning_forward.original(
-            self, hidden_states, position_embeddings, attention_mask, cache=cache, **kwargs
+        return passthrough(
+            _minimax_lightning_forward.original,
+            self,
+            hidden_states,
+            position_embeddings,
+            attention_mask,
+            cache=cache,
+            **kwargs,
         )
     batch_size, seq_len, _hidden_size = hidden_states.shape
     qkv_states = self.act_fn(self.qkv_proj(hidden_states))

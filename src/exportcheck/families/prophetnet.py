@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..patches import Patch
+from ..patches.core import passthrough
 from . import Family, register
 
 MODULE = "transformers.models.prophetnet.modeling_prophetnet"
@@ -22,7 +23,8 @@ def prophetnet_positions_forward(
         ones = torch.ones((1, 1), dtype=torch.long, device=device)
         position_ids = ones * (self.padding_idx + seen)
         return self._forward(position_ids), position_ids
-    return prophetnet_positions_forward.original(
+    return passthrough(
+        prophetnet_positions_forward.original,
         self, inputs_shape, device, attention_mask=attention_mask, cache=cache,
         position_ids=position_ids,
     )  # fmt: skip
@@ -39,8 +41,13 @@ def _prophetnet_buckets(self, offsets, position_ids):
 def prophetnet_main_relative(self, hidden_states, attn_weights, position_ids, buckets):
     """get_main_relative_pos_embeddings: the decode step gathers with expanded buckets."""
     if buckets is not None:  # no cache: the decoder precomputed the buckets
-        return prophetnet_main_relative.original(
-            self, hidden_states, attn_weights, position_ids, buckets
+        return passthrough(
+            prophetnet_main_relative.original,
+            self,
+            hidden_states,
+            attn_weights,
+            position_ids,
+            buckets,
         )
     batch, heads, tgt, src = attn_weights.shape
     buckets = _prophetnet_buckets(
@@ -54,8 +61,13 @@ def prophetnet_main_relative(self, hidden_states, attn_weights, position_ids, bu
 def prophetnet_predict_relative(self, hidden_states, attn_weights, position_ids, buckets):
     """get_predict_relative_pos_embeddings: the decode step gathers with expanded buckets."""
     if buckets is not None:
-        return prophetnet_predict_relative.original(
-            self, hidden_states, attn_weights, position_ids, buckets
+        return passthrough(
+            prophetnet_predict_relative.original,
+            self,
+            hidden_states,
+            attn_weights,
+            position_ids,
+            buckets,
         )
     mod = sys.modules[MODULE]
     batch, ngram, heads, tgt, keys = attn_weights.shape
@@ -79,7 +91,7 @@ def prophetnet_compilable_check(cond, msg, error_type=ValueError):
     if isinstance(cond, torch.Tensor) and torch.compiler.is_exporting():
         torch._check(cond.all().item())
         return None
-    return prophetnet_compilable_check.original(cond, msg, error_type)
+    return passthrough(prophetnet_compilable_check.original, cond, msg, error_type)
 
 
 def _install_prophetnet_decode_step(patcher: Any, model: Any) -> None:
@@ -117,8 +129,7 @@ def _install_prophetnet_decode_step(patcher: Any, model: Any) -> None:
 
 PROPHETNET_DECODE_STEP = Patch(
     name="prophetnet_decode_step",
-    fixes="Constraints violated (cache_length)! ... specialized it to be a constant (30); then, "
-    "converting to ONNX: No ONNX function found for aten._is_all_true",
+    fixes="Constraints violated (cache_length)! ... specialized it to be a constant (30)",
     remove_when="transformers drops the ``int()``, builds the decode buckets without viewing a "
     "repeated tensor, and the ONNX exporter translates ``_is_all_true``",
     install=_install_prophetnet_decode_step,

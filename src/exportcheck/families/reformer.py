@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..patches import Patch
+from ..patches.core import passthrough
 from . import Family, register
 
 MODULE = "transformers.models.reformer.modeling_reformer"
@@ -16,7 +17,7 @@ MODULE = "transformers.models.reformer.modeling_reformer"
 def reformer_axial_forward(self, position_ids):
     """AxialPositionEmbeddings.forward (eval) as a lookup in the full axial table."""
     if self.training:
-        return reformer_axial_forward.original(self, position_ids)
+        return passthrough(reformer_axial_forward.original, self, position_ids)
     mod = sys.modules[MODULE]
     axial_h, axial_w = self.axial_pos_shape
     if axial_h * axial_w < position_ids.shape[1]:
@@ -56,7 +57,7 @@ def _install_reformer_axial_gather(patcher: Any, model: Any) -> None:
 
 REFORMER_AXIAL_GATHER = Patch(
     name="reformer_axial_gather",
-    fixes="Constraints violated (batch, seq_length)! ... specialized it to be a constant (2)",
+    fixes="Constraints violated (batch)! ... specialized it to be a constant (2)",
     remove_when="transformers gathers the axial encodings without a loop over the batch",
     install=_install_reformer_axial_gather,
     model_types=("reformer",),

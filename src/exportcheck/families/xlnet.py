@@ -53,8 +53,7 @@ def _install_xlnet_rel_shift_gather(patcher: Any, model: Any) -> None:
 
 XLNET_REL_SHIFT_GATHER = Patch(
     name="xlnet_rel_shift_gather",
-    fixes="AssertionError: Guard failed: (-1 + 2 * attention_mask.size()[1]) % "
-    "attention_mask.size()[1] != 0",
+    fixes="Constraints violated (seq_length)! ... satisfy the generated guard (((-1) + 2*L['input_ids'].size()[1]) % L['input_ids'].size()[1]) != 0",
     remove_when="transformers computes the relative shift without reshaping a sliced view",
     install=_install_xlnet_rel_shift_gather,
     model_types=("xlnet",),
@@ -79,8 +78,7 @@ def _install_xlnet_float_mask(patcher: Any, model: Any) -> None:
 
 XLNET_FLOAT_MASK = Patch(
     name="xlnet_float_mask",
-    fixes="ConversionError: Failed to decompose the FX graph for ONNX compatibility (Cannot find "
-    "a compatible OpOverload for aten.sub ... sub.Tensor(1.0, convert_element_type_default))",
+    fixes="Failed to decompose the FX graph for ONNX compatibility ... Cannot find a compatible OpOverload for aten.sub",
     remove_when="torch.onnx.export converts ``1.0 - int_tensor``",
     install=_install_xlnet_float_mask,
     runtimes=("onnx",),

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..patches import Patch
+from ..patches.core import passthrough
 from . import Family, register
 
 MODULE = "transformers.models.xlstm.modeling_xlstm"
@@ -68,7 +69,8 @@ def xlstm_backend_forward(
     """xLSTMBackend.forward: the closed form in inference mode, the original in training."""
     current = self.config.mode if mode is None else mode
     if "train" in current or "inference" not in current:
-        return xlstm_backend_forward.original(
+        return passthrough(
+            xlstm_backend_forward.original,
             self,
             query,
             key,

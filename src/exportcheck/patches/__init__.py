@@ -85,7 +85,11 @@ def _selected(exclude: Any, runtime: str | None, only: Any = None) -> list[Patch
 
 @contextlib.contextmanager
 def export_patches(
-    model: Any = None, exclude: tuple[str, ...] = (), *, runtime: str | None = None
+    model: Any = None,
+    exclude: tuple[str, ...] = (),
+    *,
+    runtime: str | None = None,
+    only: Any = None,
 ) -> Iterator[PatchLog]:
     """Apply every known fix for exporting transformers models inside a ``with`` block.
 
@@ -94,6 +98,7 @@ def export_patches(
     :param exclude: names of patches (keys of :data:`PATCHES`) not to apply
     :param runtime: apply only the patches this runtime needs (``exported_program`` or
         ``onnx``); all of them by default
+    :param only: names of the only patches to apply (among those selected)
     :return: a :class:`PatchLog`: ``log.changed`` names the patches that took effect
 
     On exit, torch, transformers and the model are exactly as they were, also after
@@ -108,7 +113,7 @@ def export_patches(
     >>> n
     2
     """
-    patches = _selected(exclude, runtime)
+    patches = _selected(exclude, runtime, None if only is None else set(only))
     if model is not None and not hasattr(model, "modules"):
         raise TypeError(
             f"export_patches: model must be a torch.nn.Module, got {type(model).__name__}."
@@ -118,6 +123,15 @@ def export_patches(
         for patch in patches:
             log.append(stack.enter_context(patch.apply(model)))
         yield log
+
+
+def runtime_only(runtime: str, base: str = "exported_program") -> list[str]:
+    """Names of the patches ``runtime`` needs and the ``base`` runtime does not.
+
+    >>> "xlnet_float_mask" in runtime_only("onnx")
+    True
+    """
+    return [p.name for p in PATCHES.values() if runtime in p.runtimes and base not in p.runtimes]
 
 
 def _model_modules(model: Any) -> set[str]:

@@ -13,19 +13,38 @@ says whether the patch took effect for the model that ran inside the block.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["RUNTIMES", "Patch", "PatchRecord", "Patcher", "module_of"]
+__all__ = ["RUNTIMES", "Patch", "PatchRecord", "Patcher", "module_of", "passthrough"]
 
 #: The runtimes a patch can be needed for: ``exported_program`` (torch.export and what
 #: runs the ExportedProgram) and ``onnx`` (the conversion to ONNX and onnxruntime).
 RUNTIMES = ("exported_program", "onnx")
 
 _MARK = "__exportcheck_patch__"
+# Set by passthrough() inside the replacement being called: the call changed nothing.
+_PASSED: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "exportcheck_passed", default=None
+)
+
+
+def passthrough(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the replaced function unchanged, from a replacement's fallback branch.
+
+    The call then does not count as a change in the :class:`PatchRecord` (a patch whose
+    replacement only fell back to the original changed nothing for the model).
+    """
+    box = _PASSED.get()
+    if box is not None:
+        box[0] = True
+    return original(*args, **kwargs)
+
+
 _MISSING = object()
 
 
@@ -40,7 +59,8 @@ class PatchRecord:
     """What one patch did inside one block.
 
     * ``replaced``: ``owner.attribute`` of every replacement installed
-    * ``calls``: how many times the replacement functions were called
+    * ``calls``: how many calls of the replacement functions did something else than
+      fall back to the original (:func:`passthrough`)
     * ``entered``: context managers entered (registrations), which count as a change
     """
 
@@ -123,8 +143,14 @@ class Patcher:
 
         @functools.wraps(function)
         def counted(*args: Any, **kwargs: Any) -> Any:
-            record.calls += 1
-            return function(*args, **kwargs)
+            box = [False]
+            token = _PASSED.set(box)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _PASSED.reset(token)
+                if not box[0]:
+                    record.calls += 1
 
         counted.original = original  # type: ignore[attr-defined]
         function.original = original  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import register_patch
-from .core import Patch
+from .core import Patch, passthrough
 
 __all__ = ["SINGLE_VALUE_ROOT"]
 
@@ -13,11 +13,12 @@ __all__ = ["SINGLE_VALUE_ROOT"]
 def process_derived_dim_roots(self, results, name_to_dim):
     """DimConstraints._process_derived_dim_roots, leaving a one-value root as it is."""
     try:
-        return process_derived_dim_roots.original(self, results, name_to_dim)
+        result = process_derived_dim_roots.original(self, results, name_to_dim)
     except AssertionError as e:
         if "Cannot create Dim with inconsistent" not in str(e):
             raise
-        return None
+        return None  # the fix: the root stays as it is
+    return passthrough(lambda: result)
 
 
 def _install_single_value_root(patcher: Any, model: Any) -> None:

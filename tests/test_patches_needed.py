@@ -1,0 +1,79 @@
+"""Every patch is still needed: without it, the export (or the ONNX conversion) fails with
+the error the patch says it fixes. A patch whose error went away shows up here."""
+
+import copy
+
+import pytest
+import torch
+
+from exportcheck import export_patches, untrained_model
+from exportcheck.families import KNOWN_FAILURES
+from exportcheck.patches import PATCHES
+
+
+def _error_text(error):
+    texts = []
+    while error is not None and len(texts) < 10:
+        texts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(texts)
+
+
+def _fragments(fixes):
+    return [f.strip() for f in fixes.split("...") if len(f.strip()) > 3]
+
+
+# Generic patches name no model type: one model that needs each. moe_batched_mm and
+# torch_single_value_root have their own tests in test_patches.py; cache_pytrees is a
+# registration every cache input needs (test_caches.py shows the error without it).
+_GENERIC = {"gated_delta_ceil_chunks": "qwen3_next", "kda_ceil_chunks": "kimi_linear"}
+
+
+def _cases():
+    cases = sorted(_GENERIC.items())
+    for name, patch in PATCHES.items():
+        types = [t for t in patch.model_types if t not in KNOWN_FAILURES]
+        if types and not patch.corrects_eager:
+            cases.append((name, types[0]))
+    return cases
+
+
+def _export(m, exclude, runtime):
+    with export_patches(m.model, exclude=exclude, runtime=runtime), torch.no_grad():
+        return torch.export.export(
+            m.model, (), kwargs=copy.deepcopy(m.inputs), dynamic_shapes=m.dynamic_shapes
+        )
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(("name", "model_type"), _cases())
+def test_without_the_patch_the_error_it_names_comes_back(name, model_type, tmp_path):
+    patch = PATCHES[name]
+    m = untrained_model(model_type)
+    with pytest.raises(Exception) as failure:
+        if "exported_program" in patch.runtimes:
+            program = _export(m, (name,), "exported_program")
+            # some guards only show when another shape runs
+            with export_patches(m.model, runtime="exported_program"), torch.no_grad():
+                module = program.module()
+                for feeds in m.other_inputs:
+                    module(**copy.deepcopy(feeds))
+        else:
+            program = _export(m, (name,), "onnx")
+            with export_patches(m.model, exclude=(name,), runtime="onnx"), torch.no_grad():
+                torch.onnx.export(
+                    program, (), str(tmp_path / "m.onnx"), kwargs=copy.deepcopy(m.inputs)
+                )
+    text = _error_text(failure.value)
+    missing = [f for f in _fragments(patch.fixes) if f not in text]
+    assert not missing, f"{name}: {missing} not in\n{text[:3000]}"
+
+
+def test_the_eager_fix_is_still_needed():
+    # rwkv_one_token_shift corrects eager itself; tests/test_patches.py compares its
+    # numbers with batch-1 runs. Without it, eager's logits have the wrong shape.
+    m = untrained_model("rwkv")
+    with torch.no_grad():
+        out = m.model(**copy.deepcopy(m.inputs))
+    batch = m.inputs["input_ids"].shape[0]
+    assert tuple(out.logits.shape[:2]) == (batch, batch), out.logits.shape
