@@ -4,7 +4,7 @@ Where the exporters stand: every architecture of transformers, swept
 
 ``exportcheck sweep`` builds every causal-LM architecture of the installed
 transformers from a tiny config, exports it with ``torch.export``, converts it to
-ONNX and compares both with eager PyTorch on five input sets. This recipe reads the
+ONNX and compares both with eager PyTorch on six input sets. This recipe reads the
 results committed with the documentation, plots the pass rate of each stage and the
 conversion times, and checks that the file is consistent with its own verdicts.
 """

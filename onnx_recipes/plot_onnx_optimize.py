@@ -158,8 +158,8 @@ fig.tight_layout()
 # Both agree with eager
 # ---------------------
 #
-# The optimizer must not change the results: both models run on the five input
-# sets, four of which have shapes the export did not see.
+# The optimizer must not change the results: both models run on the six input
+# sets, five of which have shapes the export did not see.
 
 from exportcheck import max_diff
 

@@ -136,7 +136,7 @@ for name, diff in results.items():
     print(f"{name:28} {diff['leaves']:16} {diff['abs']:12.3g}")
 
 # %%
-# Four of the five input sets were not seen by the export; on all of them onnxruntime
+# Five of the six input sets were not seen by the export; on all of them onnxruntime
 # computes the logits and both caches that eager computes, within 1e-4.
 
 worst = max(d["abs"] for d in results.values())

@@ -18,9 +18,15 @@ from exportcheck.sweep import read_results, sweep
 def test_validate_tiny_llm_with_torch_export():
     report = validate("arnir0/Tiny-LLM", exporter="export")
     assert report.ok, report.table()
-    assert [s["stage"] for s in report.stages] == ["build", "eager", "export", "exported_run"]
+    assert [s["stage"] for s in report.stages] == [
+        "build",
+        "eager",
+        "eager_consistent",
+        "export",
+        "exported_run",
+    ]
     assert report.verdicts == {"exported_program": True}
-    assert len(report.runs) == 5 and all(r["runner"] == "exported" for r in report.runs)
+    assert len(report.runs) == 6 and all(r["runner"] == "exported" for r in report.runs)
     assert report.worst("exported") <= 1e-5
     data = json.loads(json.dumps(report.to_dict()))
     assert data["ok"] and data["failed_stage"] is None
@@ -53,7 +59,7 @@ def test_differences_beyond_the_tolerance_fail_the_run():
     assert failed["error_type"] == "AssertionError"
     assert "ort differs from eager beyond 1e-09" in failed["error"]
     ort_runs = [r for r in report.runs if r["runner"] == "ort"]
-    assert len(ort_runs) == 5 and any(not r["ok"] and r["abs"] > 1e-9 for r in ort_runs)
+    assert len(ort_runs) == 6 and any(not r["ok"] and r["abs"] > 1e-9 for r in ort_runs)
 
 
 @pytest.mark.parametrize(
@@ -281,3 +287,23 @@ def test_a_row_lists_exactly_the_patches_that_changed_it_per_runtime():
     llama = validate("llama", exporter="export")
     assert llama.patches_applied == {"exported_program": ["cache_pytrees"]}
     assert json.loads(json.dumps(report.to_dict()))["patches_applied"] == report.patches_applied
+
+
+def test_diff_lists_verdict_changes_and_reads_rows_of_earlier_versions(tmp_path):
+    # rows as exportcheck 0.1 wrote them (no plan): upgraded on read
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_text("\n".join(json.dumps(r) for r in [_row("a"), _row("b"), _row("c")]))
+    new.write_text(
+        "\n".join(json.dumps(r) for r in [_row("a"), _row("b", "onnx", "DispatchError: x")])
+    )
+    cmd = [sys.executable, "-m", "exportcheck", "diff", str(old), str(new)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(
+        "b (text-generation): exported_program ok, onnx ok -> exported_program ok, onnx red"
+    )
+    assert lines[1].startswith("c (text-generation): exported_program ok, onnx ok -> absent")
+    assert lines[-1].startswith("2 verdicts changed")
+    same = subprocess.run([*cmd[:-1], str(old)], capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0 and same.stdout.startswith("0 verdicts changed")

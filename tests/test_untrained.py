@@ -49,7 +49,7 @@ def test_known_failures_are_few_and_explained():
 def test_inputs_follow_the_seed_shapes():
     m = untrained_model("arnir0/Tiny-LLM")
     assert m.cache_argument == "cache"
-    assert m.shapes == [(2, 3, 30), (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17)]
+    assert m.shapes == [(2, 3, 30), (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17), (2, 2, 24)]
     for feeds, (batch, seq, cache) in zip([m.inputs, *m.other_inputs], m.shapes, strict=True):
         assert tuple(feeds["input_ids"].shape) == (batch, seq)
         assert tuple(feeds["attention_mask"].shape) == (batch, seq + cache)

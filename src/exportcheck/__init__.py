@@ -10,7 +10,7 @@ from .caches import (
     make_static_cache,
     registered_cache_classes,
 )
-from .compare import green, max_diff, verdict
+from .compare import depth, green, green_everywhere, max_diff, verdict
 from .describe import onnx_dtype_code, register_formatter, string_type
 from .families.minimax import make_minimax_cache
 from .models import UntrainedModel, available_configs, get_config, tiny_config
@@ -39,9 +39,11 @@ __all__ = [
     "cache_dynamic_shapes",
     "cache_pytrees",
     "categorize",
+    "depth",
     "export_patches",
     "get_config",
     "green",
+    "green_everywhere",
     "make_dynamic_cache",
     "make_encoder_decoder_cache",
     "make_minimax_cache",

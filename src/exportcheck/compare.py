@@ -16,7 +16,7 @@ import torch.utils._pytree as pytree
 
 from .caches.pytrees import cache_pytrees
 
-__all__ = ["green", "max_diff", "verdict"]
+__all__ = ["depth", "green", "green_everywhere", "max_diff", "verdict"]
 
 
 def _leaves(obj: Any) -> list[Any]:
@@ -154,3 +154,35 @@ def green(result: Any, runtimes: Any = None) -> bool:
     verdicts = verdict(result)
     wanted = list(verdicts) if runtimes is None else list(runtimes)
     return bool(wanted) and all(verdicts.get(r, False) for r in wanted)
+
+
+def depth(result: Any) -> dict[str, bool]:
+    """How deep a validation checked, beyond its verdicts: one mark per column.
+
+    * ``state``: the inputs carry the model's state (a cache, recurrent states, a
+      drafter's key-value states): a decode step, not a forward from scratch
+    * ``distinct_shapes``: every input set has a shape of its own, five or more, so at
+      least four the export did not see
+    * ``padded``: one input set is left-padded, as ``generate`` pads a batch
+    * ``eager_consistent``: eager's decode step equals a full forward over prompt + new
+      tokens, so the reference can be trusted
+
+    >>> depth({"model": {"cache_argument": "cache", "distinct_shapes": 6,
+    ...     "input_sets": ["a", "b", "c", "d", "e", "f left-padded"]},
+    ...     "stages": [{"stage": "eager_consistent", "ok": True}]})
+    {'state': True, 'distinct_shapes': True, 'padded': True, 'eager_consistent': True}
+    """
+    model = _field(result, "model", None) or {}
+    labels = list(model.get("input_sets", []))
+    consistent = any(s["stage"] == "eager_consistent" and s["ok"] for s in _stages(result))
+    return {
+        "state": model.get("cache_argument") is not None,
+        "distinct_shapes": len(labels) >= 5 and model.get("distinct_shapes") == len(labels),
+        "padded": any("left-padded" in label for label in labels),
+        "eager_consistent": consistent,
+    }
+
+
+def green_everywhere(result: Any) -> bool:
+    """Green on every runtime and on every column of :func:`depth`."""
+    return green(result) and all(depth(result).values())

@@ -9,7 +9,7 @@ import shutil
 import time
 from typing import Any
 
-from .compare import verdict
+from .compare import depth, green_everywhere, verdict
 from .runtimes import RUNTIMES
 from .sweep import read_results, upgrade_row
 
@@ -19,6 +19,7 @@ __all__ = ["categorize", "summarize_results", "write_report"]
 _SHARED_TITLES = {
     "build": "tiny model builds",
     "eager": "eager on every input set",
+    "eager_consistent": "eager decode step equals a full forward",
     "export": "torch.export",
     "process": "the validation process ended normally",
 }
@@ -135,6 +136,13 @@ def summarize_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
         # per runtime, the rows green on it; all_green: green on every runtime
         "green": {rt: sum(v.get(rt, False) for v in verdicts) for rt in runtimes},
         "all_green": sum(bool(v) and all(v.values()) for v in verdicts),
+        # per column of compare.depth, the rows that have it; everywhere: green on every
+        # runtime and every column
+        "depth": {
+            column: sum(depth(r)[column] for r in rows)
+            for column in ("state", "distinct_shapes", "padded", "eager_consistent")
+        },
+        "everywhere": sum(green_everywhere(r) for r in rows),
         "per_stage": per_stage,
         "categories": categories,
         "failed_at": failed_at,
@@ -181,11 +189,44 @@ def _header(summary: dict[str, Any]) -> list[str]:
         "model type",
         *(_title(rt) for rt in runtimes),
         *(f"max abs diff ({_title(rt)})" for rt in runtimes),
+        "checked",
+        "patches applied",
         "export s",
         *(f"{c} s" for c in converts),
         "failure category",
         "first error",
     ]
+
+
+_DEPTH_TITLES = {
+    "state": "decode step with the model's state (cache)",
+    "distinct_shapes": "every input set a distinct shape (4 or more unseen)",
+    "padded": "a left-padded batch among the input sets",
+    "eager_consistent": "eager decode step equals a full forward (reference trusted)",
+}
+_DEPTH_SHORT = {
+    "state": "state",
+    "distinct_shapes": "distinct shapes",
+    "padded": "padded",
+    "eager_consistent": "eager consistent",
+}
+
+
+def _checked(row: dict[str, Any]) -> str:
+    marks = depth(row)
+    done = [_DEPTH_SHORT[k] for k, v in marks.items() if v]
+    missing = [_DEPTH_SHORT[k] for k, v in marks.items() if not v]
+    return ", ".join(done) + (f"; not: {', '.join(missing)}" if missing else "")
+
+
+def _patches(row: dict[str, Any]) -> str:
+    applied = row.get("patches_applied") or {}
+    parts = []
+    for runtime, names in applied.items():
+        names = [n for n in names if n != "cache_pytrees"]
+        if names:
+            parts.append(f"{_title(runtime)}: {', '.join(names)}")
+    return "; ".join(parts)
 
 
 def _table_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -199,6 +240,8 @@ def _table_rows(summary: dict[str, Any]) -> list[list[str]]:
                 row["source"],
                 *("✅" if verdicts.get(rt) else "❌" for rt in runtimes),
                 *(_fmt_diff(row.get(f"worst_{_runner(rt)}_abs")) for rt in runtimes),
+                _checked(row),
+                _patches(row),
                 _fmt_s(row, "export"),
                 *(_fmt_s(row, c) for c in converts),
                 categorize(row) or "",
@@ -316,7 +359,7 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
         "",
         f"Every causal-LM architecture of the installed transformers, built untrained from "
         f"a tiny config, exported with ``torch.export`` and converted to ONNX, then run on "
-        f"five input sets (four of them with shapes the export did not see) and compared "
+        f"six input sets of distinct shapes (five the export did not see, one left-padded) and compared "
         f"with eager PyTorch. A model is green when every stage passes and every max abs "
         f"difference is at most {rows[0].get('atol', 1e-4):g}.",
         "",
@@ -343,6 +386,19 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
         ),
         "",
         ".. image:: stages.png",
+        "",
+        "What was checked",
+        "----------------",
+        "",
+        "A green verdict counts only what ran. These columns say how deep each model was "
+        "checked; a model is *green everywhere* when it is green on every runtime and has "
+        "every column.",
+        "",
+        _rst_table(
+            ["column", "model types"],
+            [[_DEPTH_TITLES[k], str(n)] for k, n in summary["depth"].items()]
+            + [["green on every runtime and every column", str(summary["everywhere"])]],
+        ),
         "",
         "Failures by category",
         "--------------------",

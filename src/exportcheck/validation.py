@@ -8,19 +8,26 @@ runtimes; nothing else lists stages. A failure of the model in any stage is reco
 in the report, never raised; misuse of the API (an unknown runtime, a bad tolerance)
 raises.
 
-==================  ==========================================================
-stage               what it does
-==================  ==========================================================
-``build``           :func:`exportcheck.untrained_model`: model, input sets, dynamic
-                    shapes (skipped when an :class:`UntrainedModel` is given)
-``eager``           the model on every input set, each deep-copied (eager appends to
-                    the cache it receives)
-``export``          ``torch.export.export`` of each component with its dynamic shapes,
-                    inside :func:`exportcheck.export_patches`
-runtime stages      the stages of each runtime (:data:`exportcheck.runtimes.RUNTIMES`),
-                    such as ``exported_run`` (the ExportedProgram on every input set),
-                    ``onnx``, ``ort_session`` and ``ort_run``
-==================  ==========================================================
+======================  ==============================================================
+stage                   what it does
+======================  ==============================================================
+``build``               :func:`exportcheck.untrained_model`: model, input sets,
+                        dynamic shapes (skipped when an :class:`UntrainedModel` is
+                        given)
+``eager``               the model on every input set, each deep-copied (eager appends
+                        to the cache it receives)
+``eager_consistent``    eager checked against itself
+                        (:meth:`exportcheck.tasks.Task.check_eager`: a decode step
+                        equals a full forward over prompt + new tokens); a model whose
+                        eager disagrees is red, its reference cannot be trusted
+``export``              ``torch.export.export`` of each component with its dynamic
+                        shapes, inside :func:`exportcheck.export_patches` (the patches
+                        the ExportedProgram needs)
+runtime stages          the stages of each runtime
+                        (:data:`exportcheck.runtimes.RUNTIMES`), such as
+                        ``exported_run`` (the ExportedProgram on every input set),
+                        ``onnx``, ``ort_session`` and ``ort_run``
+======================  ==============================================================
 
 A task with several components prefixes the stages of each with its name
 (``encoder.export``). Whether a validation is green, per runtime, is
@@ -190,6 +197,7 @@ def validate(
     runtimes: Sequence[str] | None = None,
     task: str | None = None,
     atol: float = 1e-4,
+    eager_atol: float = 1e-4,
     onnx_dir: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ValidationReport:
@@ -204,6 +212,8 @@ def validate(
     :param task: the task to build the model for (by default the first task whose
         mapping has the model type); ignored when an UntrainedModel is given
     :param atol: largest max-abs difference with eager that counts as correct
+    :param eager_atol: largest difference between eager's decode step and its full
+        forward that counts as consistent (float rounding of two ways to compute it)
     :param onnx_dir: where to write what the runtimes convert (ONNX files); a temporary
         folder, removed at the end, by default
     :param progress: called with the name of each stage as it starts
@@ -212,7 +222,7 @@ def validate(
     >>> from exportcheck import validate
     >>> report = validate("arnir0/Tiny-LLM", exporter="export")
     >>> report.ok, [s["stage"] for s in report.stages]
-    (True, ['build', 'eager', 'export', 'exported_run'])
+    (True, ['build', 'eager', 'eager_consistent', 'export', 'exported_run'])
     """
     if runtimes is None:
         if exporter is None:
@@ -222,6 +232,7 @@ def validate(
         except ValueError as e:
             raise ValueError(f"validate: {e}") from None
     names = _check_arguments(runtimes, atol, onnx_dir)
+    _check_arguments(names, eager_atol, None)
     if task is not None:
         get_task(task)  # an unknown task is misuse: raise now
     report = ValidationReport(
@@ -398,12 +409,35 @@ def validate(
                 f"{rt.runner} differs from eager beyond {atol}: " + "; ".join(failures)
             )
 
+    def eager_consistent() -> None:
+        with eager_fixes(state["m"].model):
+            checks = state["task"].check_eager(state["m"], eager_atol)
+        report.model["eager_consistency"] = checks
+        bad = [c for c in checks if not c["ok"]]
+        if bad:
+            labels = [f"set {c['input_set']}: abs {c['abs']:.3g}" for c in bad]
+            raise AssertionError(
+                "eager is inconsistent: the decode step differs from a full forward over "
+                f"prompt + new tokens beyond {eager_atol} ({'; '.join(labels)})"
+            )
+
     with tempfile.TemporaryDirectory(prefix="exportcheck-") as tmp:
         state["tmp"] = tmp
         if not stage("build", None, None, build) or not stage("eager", None, None, eager):
             # the plan still says what would have run after the build
             _extend_plan(report, state.get("components"), names)
             return report
+        m = state["m"]
+        if any(p is not None for p in m.prompts):
+            report.plan.append(["eager_consistent", None, None])
+            if not stage("eager_consistent", None, None, eager_consistent):
+                _extend_plan(report, state["components"], names)
+                return report
+        else:
+            report.notes.append(
+                "eager consistency not checked: no input set has a prompt (no cache)"
+            )
+        report.model["distinct_shapes"] = len({tuple(s) for s in m.shapes})
         _extend_plan(report, state["components"], names)
         single = len(state["components"]) == 1
         for c in state["components"]:

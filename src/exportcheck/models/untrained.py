@@ -29,6 +29,8 @@ class UntrainedModel:
     * ``prompts``: for each input set, the token ids whose prefill filled its cache
       (None for a set without cache): ``cat(prompt, input_ids)`` run without a cache
       gives the same last logits as the decode step
+    * ``prompt_masks``: the attention mask of each prompt (zeros where a row is
+      left-padded), None for a set without cache
     """
 
     model: Any
@@ -40,6 +42,7 @@ class UntrainedModel:
     shapes: list[tuple[int, ...]]
     notes: list[str] = dataclasses.field(default_factory=list)
     prompts: list[Any] = dataclasses.field(default_factory=list)
+    prompt_masks: list[Any] = dataclasses.field(default_factory=list)
     task: str = "text-generation"
 
     @property

@@ -76,6 +76,12 @@ class Task:
         """A short description of one input set, for reports."""
         return ", ".join(f"{k}" for k in feeds)
 
+    def check_eager(self, m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
+        """Checks of eager against itself before it serves as the reference: one dict per
+        input set checked (``input_set`` index, ``abs`` difference, ``ok``); none by
+        default. Text generation compares each decode step with a full forward."""
+        return []
+
 
 #: task name -> Task
 TASKS: dict[str, Task] = {}

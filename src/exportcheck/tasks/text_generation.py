@@ -76,21 +76,22 @@ def _decode_inputs(
     seq_length: int,
     cache_length: int,
     generator: Any,
-) -> tuple[dict[str, Any], Any]:
-    """One input set, and the prompt whose prefill filled its cache (None without cache)."""
+    pad: int = 0,
+) -> tuple[dict[str, Any], Any, Any]:
+    """One input set, the prompt whose prefill filled its cache and the prompt's mask
+    (both None without cache). ``pad``: the first row is left-padded by that many tokens,
+    as ``generate`` pads the shorter prompts of a batch."""
     import torch
 
     vocab = _vocab(config)
     feeds: dict[str, Any] = {}
     cache = prefill_ids = None
+    prefill_mask = torch.ones((batch, cache_length), dtype=torch.int64)
+    prefill_mask[0, :pad] = 0
     if cache_argument is not None:
         prefill_ids = torch.randint(0, vocab, (batch, cache_length), generator=generator)
         with torch.no_grad():
-            out = model(
-                input_ids=prefill_ids,
-                attention_mask=torch.ones((batch, cache_length), dtype=torch.int64),
-                use_cache=True,
-            )
+            out = model(input_ids=prefill_ids, attention_mask=prefill_mask, use_cache=True)
         cache = getattr(out, cache_argument, None)
         if cache is None:
             cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -98,19 +99,22 @@ def _decode_inputs(
         feeds["input_ids"] = torch.randint(0, vocab, (batch, seq_length), generator=generator)
         # Attention masks cover cached and new tokens; a model without attention
         # layers (state-space, recurrent) masks only the new tokens.
-        mask_length = seq_length + (cache_length if _has_attention(cache) else 0)
-        feeds["attention_mask"] = torch.ones((batch, mask_length), dtype=torch.int64)
+        new = torch.ones((batch, seq_length), dtype=torch.int64)
+        feeds["attention_mask"] = (
+            torch.cat([prefill_mask, new], 1) if _has_attention(cache) else new
+        )
         feeds[cache_argument] = cache
     else:
         feeds["input_ids"] = torch.randint(0, vocab, (batch, seq_length), generator=generator)
         feeds["attention_mask"] = torch.ones((batch, seq_length), dtype=torch.int64)
+        feeds["attention_mask"][0, :pad] = 0
         if "use_cache" in inspect.signature(model.forward).parameters:
             # Without a cache in, no cache out: some models return one torch cannot flatten.
             feeds["use_cache"] = False
     if "attention_mask" not in inspect.signature(model.forward).parameters:
         del feeds["attention_mask"]  # the model takes no mask (xLSTM)
-    feeds_prompt = prefill_ids if cache_argument is not None and cache is not None else None
-    return feeds, feeds_prompt
+    with_cache = cache_argument is not None and cache is not None
+    return feeds, prefill_ids if with_cache else None, prefill_mask if with_cache else None
 
 
 TASK_NAME = "text-generation"
@@ -127,7 +131,14 @@ class TextGeneration(Task):
         return _build(config, seed)
 
     def label(self, m: UntrainedModel, feeds: dict[str, Any]) -> str:
-        return _label(feeds, m.cache_argument)
+        index = next((i for i, f in enumerate(m.input_sets) if f is feeds), None)
+        masks = m.prompt_masks
+        prompt_mask = masks[index] if index is not None and index < len(masks) else None
+        return _label(feeds, m.cache_argument, prompt_mask)
+
+    def check_eager(self, m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
+        """The decode step's last logits equal a forward over prompt + new tokens."""
+        return _check_eager(m, atol)
 
 
 def _build(config: Any, seed: int) -> UntrainedModel:
@@ -163,16 +174,15 @@ def _build(config: Any, seed: int) -> UntrainedModel:
     one_token = model_type in ONE_TOKEN_DECODE
     if one_token:
         notes.append(f"one new token: {ONE_TOKEN_DECODE[model_type]}")
-        shapes = [(2, 1, 30), (1, 1, 30), (3, 1, 30), (2, 1, 60), (3, 1, 17)]
-    else:
-        shapes = [(2, 3, 30), (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17)]
-    built = [
-        _decode_inputs(model, config, cache_argument, b, s, c, generator) for b, s, c in shapes
-    ]
-    sets, prompts = [b[0] for b in built], [b[1] for b in built]
+    shapes = _shapes(one_token, cache_argument is not None)
+    built = _input_sets(model, config, cache_argument, shapes, generator)
+    sets, prompts, prompt_masks = built
     if cache_argument is not None and cache_argument not in sets[0]:
         notes.append(f"no cache: {type(model).__name__} returned none after a prefill")
         cache_argument = None
+        generator = torch.Generator().manual_seed(seed)
+        shapes = _shapes(one_token, False)
+        sets, prompts, prompt_masks = _input_sets(model, config, None, shapes, generator)
     seq_max, cache_max = length_bounds(config)
     batch = torch.export.Dim("batch", min=1, max=1024)
     seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
@@ -193,8 +203,8 @@ def _build(config: Any, seed: int) -> UntrainedModel:
             notes.append(f"no cache: {e}")
             cache_argument = None
             generator = torch.Generator().manual_seed(seed)
-            built = [_decode_inputs(model, config, None, b, s, c, generator) for b, s, c in shapes]
-            sets, prompts = [b[0] for b in built], [b[1] for b in built]
+            shapes = _shapes(one_token, False)
+            sets, prompts, prompt_masks = _input_sets(model, config, None, shapes, generator)
     if cache_argument is not None and _has_attention(sets[0][cache_argument]):
         # The mask covers cache and new tokens: its length is their sum, which a Dim
         # cannot express, so it gets a dimension of its own.
@@ -216,14 +226,83 @@ def _build(config: Any, seed: int) -> UntrainedModel:
         other_inputs=sets[1:],
         dynamic_shapes=dynamic_shapes,
         cache_argument=cache_argument,
-        shapes=shapes,
+        shapes=[shape[:3] for shape in shapes],
         notes=notes,
         prompts=prompts,
+        prompt_masks=prompt_masks,
         task=TASK_NAME,
     )
 
 
-def _label(feeds: dict[str, Any], cache_argument: str | None) -> str:
+#: (batch, new tokens, cached tokens, left padding of the first row) of each input set:
+#: the export's first, every set a distinct shape, the last one left-padded.
+SHAPES = [(2, 3, 30, 0), (1, 3, 30, 0), (2, 1, 30, 0), (2, 3, 60, 0), (3, 4, 17, 0), (2, 2, 24, 5)]
+#: the same with one new token per step (ONE_TOKEN_DECODE)
+ONE_TOKEN_SHAPES = [
+    (2, 1, 30, 0),
+    (1, 1, 30, 0),
+    (3, 1, 30, 0),
+    (2, 1, 60, 0),
+    (3, 1, 17, 0),
+    (2, 1, 24, 5),
+]
+#: without a cache the tokens are the whole sequence: distinct lengths instead
+NO_CACHE_SHAPES = [
+    (2, 3, 0, 0),
+    (1, 5, 0, 0),
+    (2, 1, 0, 0),
+    (2, 8, 0, 0),
+    (3, 4, 0, 0),
+    (2, 6, 0, 3),
+]
+
+
+def _shapes(one_token: bool, with_cache: bool) -> list[tuple[int, int, int, int]]:
+    if not with_cache:
+        return NO_CACHE_SHAPES
+    return ONE_TOKEN_SHAPES if one_token else SHAPES
+
+
+def _input_sets(
+    model: Any, config: Any, cache_argument: str | None, shapes: list[Any], generator: Any
+) -> tuple[list[Any], list[Any], list[Any]]:
+    built = [
+        _decode_inputs(model, config, cache_argument, b, s, c, generator, pad=p)
+        for b, s, c, p in shapes
+    ]
+    return [b[0] for b in built], [b[1] for b in built], [b[2] for b in built]
+
+
+def _check_eager(m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
+    """The decode step's logits against one forward over prompt + new tokens, per set."""
+    import copy
+
+    import torch
+
+    takes_use_cache = "use_cache" in inspect.signature(m.model.forward).parameters
+    out = []
+    for i, feeds in enumerate(m.input_sets):
+        prompt = m.prompts[i] if i < len(m.prompts) else None
+        if prompt is None:
+            continue
+        new = feeds["input_ids"]
+        full: dict[str, Any] = {"input_ids": torch.cat([prompt, new], 1)}
+        if "attention_mask" in feeds:
+            mask = feeds["attention_mask"]
+            if mask.shape[1] != full["input_ids"].shape[1]:  # the mask covers new tokens only
+                mask = torch.cat([m.prompt_masks[i], mask], 1)
+            full["attention_mask"] = mask
+        if takes_use_cache:
+            full["use_cache"] = False
+        with torch.no_grad():
+            step = m.model(**copy.deepcopy(feeds)).logits
+            whole = m.model(**full).logits[:, -new.shape[1] :]
+        diff = float((step.double() - whole.double()).abs().max())
+        out.append({"input_set": i, "abs": diff, "ok": diff <= atol})
+    return out
+
+
+def _label(feeds: dict[str, Any], cache_argument: str | None, prompt_mask: Any = None) -> str:
     ids = feeds.get("input_ids", feeds.get("inputs_embeds"))
     batch, seq = tuple(ids.shape[:2]) if ids is not None else ("?", "?")
     cache = feeds.get(cache_argument) if cache_argument else None
@@ -237,7 +316,13 @@ def _label(feeds: dict[str, Any], cache_argument: str | None) -> str:
             length = int(cache.get_seq_length())
         except Exception:  # some caches hold only linear-attention layers
             length = None
-    return f"batch={batch} seq={seq}" + (f" cache={length}" if length is not None else "")
+    mask = feeds.get("attention_mask")
+    padded = any(m is not None and bool((m == 0).any()) for m in (mask, prompt_mask))
+    return (
+        f"batch={batch} seq={seq}"
+        + (f" cache={length}" if length is not None else "")
+        + (" left-padded" if padded else "")
+    )
 
 
 register(TextGeneration())
