@@ -39,8 +39,9 @@ print(f"{len(rows)} model types, swept with " + ", ".join(f"{k} {v}" for k, v in
 # Pass rate per stage
 # -------------------
 #
-# Every stage runs only if the previous ones passed, so the counts can only go down;
-# the ONNX conversion starts from the ExportedProgram.
+# A stage runs only if the ones before it passed; the eager consistency check is
+# planned only for models whose input sets carry a cache (a decode step to compare with
+# a full forward). The ONNX conversion starts from an ExportedProgram.
 
 from exportcheck import summarize_results
 
