@@ -50,9 +50,16 @@ def upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
     the stages of the runtimes of their exporter, so that :func:`exportcheck.verdict`
     reads them as it reads new rows.
     """
-    if "plan" in row or "exporter" not in row:
-        return row
     from .runtimes import RUNTIMES, runtimes_of
+
+    if "exporter" not in row:
+        return row
+    if "plan" in row:
+        # runs recorded without their runtime (before it was stored): from the runner
+        by_runner = {RUNTIMES[rt].runner: rt for rt in row.get("runtimes", []) if rt in RUNTIMES}
+        for run in row.get("runs", []):
+            run.setdefault("runtime", by_runner.get(run.get("runner")))
+        return row
 
     runtimes = list(runtimes_of(row["exporter"]))
     owner = {name: rt for rt in runtimes for name, _, _ in RUNTIMES[rt].stages}

@@ -396,6 +396,7 @@ def validate(
             report.runs.append(
                 {
                     "runner": rt.runner,
+                    "runtime": rt.name,
                     "component": c.name,
                     "input_set": c.labels[i],
                     "ok": ok,
@@ -430,9 +431,9 @@ def validate(
         m = state["m"]
         if any(p is not None for p in m.prompts):
             report.plan.append(["eager_consistent", None, None])
-            if not stage("eager_consistent", None, None, eager_consistent):
-                _extend_plan(report, state["components"], names)
-                return report
+            # An inconsistent eager makes every verdict red, but the export still runs:
+            # the row then says what the export does against that reference.
+            stage("eager_consistent", None, None, eager_consistent)
         else:
             report.notes.append(
                 "eager consistency not checked: no input set has a prompt (no cache)"
