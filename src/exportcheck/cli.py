@@ -32,11 +32,20 @@ def _overrides(pairs: Sequence[str], parser: argparse.ArgumentParser) -> dict[st
 def _add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source",
-        help="a hub id whose config ships with exportcheck (arnir0/Tiny-LLM) or a "
-        "transformers model_type (llama), shrunk to a tiny config",
+        help="what to build: a transformers model_type (llama, always shrunk to a tiny "
+        "config); a hub id whose config ships with exportcheck (arnir0/Tiny-LLM; see "
+        "'exportcheck configs'); a config.json file or a model folder holding one "
+        "(./my-model); or any other hub id, whose config.json alone is downloaded when "
+        "the hub can be reached (not with HF_HUB_OFFLINE=1)",
     )
     parser.add_argument(
-        "--layers", type=int, default=None, help="number of hidden layers (shrinks a hub config)"
+        "--shrink",
+        action="store_true",
+        help="shrink a config from a file, folder or hub id to a tiny one with the rules "
+        "of exportcheck.tiny_config (layers, widths, experts; the architecture stays)",
+    )
+    parser.add_argument(
+        "--layers", type=int, default=None, help="number of hidden layers (any source)"
     )
     parser.add_argument(
         "--set",
@@ -59,7 +68,7 @@ def _config_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def _cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .models import resolve_config
 
-    config = resolve_config(args.source, _config_overrides(args, parser))
+    config = resolve_config(args.source, _config_overrides(args, parser), shrink=args.shrink)
     print(config.to_json_string(use_diff=False))
     return 0
 
@@ -67,7 +76,9 @@ def _cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 def _cmd_inputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .tasks import untrained_model
 
-    m = untrained_model(args.source, task=args.task, **_config_overrides(args, parser))
+    m = untrained_model(
+        args.source, task=args.task, shrink=args.shrink, **_config_overrides(args, parser)
+    )
     print(
         f"model: {type(m.model).__name__} ({sum(p.numel() for p in m.model.parameters()):,} parameters)"
     )
@@ -90,9 +101,10 @@ def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
     overrides = _config_overrides(args, parser)
     source: Any = args.source
-    if overrides:
-        print(f"building {args.source} with {overrides}", file=sys.stderr)
-        source = untrained_model(args.source, task=args.task, **overrides)
+    if overrides or args.shrink:
+        shrunk = " shrunk" if args.shrink else ""
+        print(f"building {args.source}{shrunk} with {overrides}", file=sys.stderr)
+        source = untrained_model(args.source, task=args.task, shrink=args.shrink, **overrides)
     begin = time.perf_counter()
 
     def progress(stage: str) -> None:
@@ -264,9 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``exportcheck`` command."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    """Entry point of the ``exportcheck`` command.
+
+    Nothing is downloaded except the ``config.json`` of a hub id that does not ship
+    with exportcheck; ``HF_HUB_OFFLINE=1`` keeps even that local.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,7 +1,8 @@
 """Models from configs: where a config comes from, how it shrinks, what a task builds.
 
 * :mod:`.sources`: configs shipped with the package (``configs/*.json``), model types,
-  config objects and dicts;
+  ``config.json`` files and model folders, other hub ids (their ``config.json`` only,
+  when the hub can be reached), config objects and dicts;
 * :mod:`.tiny`: the generic shrinking rules (per-family fixes live in
   :mod:`exportcheck.families`);
 * :mod:`.untrained`: :class:`UntrainedModel`, what :func:`exportcheck.untrained_model`
