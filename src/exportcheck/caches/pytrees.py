@@ -49,8 +49,9 @@ dictionary``. Layers are rebuilt with ``__new__`` and attribute assignments.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -61,6 +62,7 @@ __all__ = [
     "cache_dynamic_shapes",
     "cache_pytrees",
     "register_derived_counter",
+    "register_state_class",
     "register_token_axis_slot",
     "registered_cache_classes",
 ]
@@ -78,6 +80,89 @@ def register_token_axis_slot(slot: str) -> None:
     but not as a linear function of the cache length: it gets a ``Dim.AUTO`` of its own
     in :func:`cache_dynamic_shapes`."""
     _TOKEN_AXIS_SLOTS.add(slot)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateRule:
+    """How to flatten a model's own state class, one that is not a ``transformers.Cache``
+    (see :func:`register_state_class`)."""
+
+    module: str
+    name: str
+    flatten: Callable[[Any], tuple[list[tuple[str, Any]], Any]]
+    unflatten: Callable[[list[Any], Any], Any]
+    dynamic_shapes: Callable[[Any, Any, Any], Any]
+
+
+def register_state_class(
+    module: str,
+    name: str,
+    *,
+    flatten: Callable[[Any], tuple[list[tuple[str, Any]], Any]],
+    unflatten: Callable[[list[Any], Any], Any],
+    dynamic_shapes: Callable[[Any, Any, Any], Any],
+) -> None:
+    """Declare a state class that is not a ``transformers.Cache`` (a model's own recurrent
+    state): :func:`cache_pytrees` then registers it as well, and
+    :func:`cache_dynamic_shapes` asks ``dynamic_shapes(state, batch, length)`` for its spec.
+
+    :param module: the module that defines the class; it is looked up in ``sys.modules``
+        when :func:`cache_pytrees` is entered, so registering never imports the model
+    :param name: the class name in that module
+    :param flatten: ``state -> ([(child name, child), ...], context)``; the context must be
+        hashable and comparable, the children nested lists or tuples of tensors
+    :param unflatten: ``(children, context) -> state``; it must not allocate tensors (see
+        the module documentation)
+    :param dynamic_shapes: ``(state, batch, length) -> spec`` in the layout of the children
+    """
+    _STATE_RULES[(module, name)] = StateRule(module, name, flatten, unflatten, dynamic_shapes)
+
+
+#: (module, class name) -> StateRule, filled by the model families that have such a state
+_STATE_RULES: dict[tuple[str, str], StateRule] = {}
+
+
+def _state_classes() -> list[tuple[type, StateRule]]:
+    """The registered state classes whose module is imported."""
+    import sys
+
+    found = []
+    for (module, name), rule in sorted(_STATE_RULES.items()):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            found.append((cls, rule))
+    return found
+
+
+def _state_rule(value: Any) -> StateRule | None:
+    cls = type(value)
+    return _STATE_RULES.get((cls.__module__, cls.__name__))
+
+
+def _state_registration(rule: StateRule) -> dict[str, Any]:
+    def flatten(state: Any) -> tuple[list[Any], Any]:
+        named, context = rule.flatten(state)
+        return [child for _, child in named], (tuple(n for n, _ in named), context)
+
+    def flatten_with_keys(state: Any) -> tuple[list[tuple[Any, Any]], Any]:
+        named, context = rule.flatten(state)
+        keyed = [(pytree.MappingKey(n), child) for n, child in named]
+        return keyed, (tuple(n for n, _ in named), context)
+
+    def unflatten(children: Any, context: Any) -> Any:
+        return rule.unflatten(list(children), context[1])
+
+    def flatten_spec(state: Any, spec: pytree.TreeSpec) -> list[Any]:
+        return flatten(state)[0]
+
+    return dict(
+        flatten_fn=flatten,
+        unflatten_fn=unflatten,
+        flatten_with_keys_fn=flatten_with_keys,
+        to_dumpable_context=None,
+        from_dumpable_context=None,
+        flatten_spec=flatten_spec,
+    )
 
 
 _FIRST_SLOTS = ("keys", "values")
@@ -491,7 +576,8 @@ def cache_pytrees() -> Iterator[None]:
     """Register transformers cache classes as torch pytree nodes inside a ``with`` block.
 
     Every subclass of ``transformers.Cache`` imported when the block starts is
-    registered (see :func:`registered_cache_classes`). On exit the pytree registries
+    registered (see :func:`registered_cache_classes`), and so is every state class a model
+    family declared with :func:`register_state_class`. On exit the pytree registries
     are restored to what they were on entry, even after an exception. Nesting is
     allowed. Only the Python pytree registry is used, the one ``torch.export`` reads.
 
@@ -506,8 +592,9 @@ def cache_pytrees() -> Iterator[None]:
     """
     saved = [dict(r) for r in _registries()]
     try:
-        for cls in registered_cache_classes():
-            reg = _registration(cls)
+        classes = [(cls, _registration(cls)) for cls in registered_cache_classes()]
+        classes += [(cls, _state_registration(rule)) for cls, rule in _state_classes()]
+        for cls, reg in classes:
             serialized_name = f"{cls.__module__}.{cls.__qualname__}"
             # Replace any earlier registration of the class (ours when nested, or
             # someone else's); the saved registries bring it back on exit.
@@ -586,6 +673,9 @@ def cache_dynamic_shapes(
                 torch.export.Dim.DYNAMIC,
             ),
         ]
+    rule = _state_rule(cache)
+    if rule is not None:  # a model's own state class (register_state_class)
+        return rule.dynamic_shapes(cache, batch, length)
     if not isinstance(cache, Cache) or not isinstance(getattr(cache, "layers", None), list):
         raise TypeError(
             "cache_dynamic_shapes: expected a transformers cache with layers (DynamicCache, "

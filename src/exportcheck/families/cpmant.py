@@ -76,7 +76,13 @@ register(
             )
         },
         no_cache={
-            "cpmant": "with a cache, forward expects every token seen so far, not only the new ones"
+            "cpmant": "with a cache, CpmAntModel.forward expects every token seen so far, "
+            "not only the new ones: given the new tokens only, it fails with 'RuntimeError: "
+            "The size of tensor a (62) must match the size of tensor b (35) at "
+            "non-singleton dimension 3' (30 cached tokens + 32 prompt positions against "
+            "3 new + 32); given every token, it computes only the new positions "
+            "(transformers/models/cpmant/modeling_cpmant.py:633-647) and its logits differ "
+            "from a full forward without cache by 0.13 (eager itself is inconsistent)"
         },
         patches=(CPMANT_MASK_ARANGE,),
     )

@@ -73,6 +73,17 @@ register(
     Family(
         name="recurrent_gemma",
         model_types=("recurrent_gemma",),
+        no_cache={
+            "recurrent_gemma": "RecurrentGemmaForCausalLM returned none after a prefill: "
+            "its output (CausalLMOutput) has no cache field; RecurrentGemmaModel.forward "
+            "builds a DynamicCache for its attention layers when given none and drops it "
+            "(transformers/models/recurrent_gemma/modeling_recurrent_gemma.py:650-652), "
+            "and the recurrent layers keep their state in module attributes "
+            "(RecurrentGemmaRecurrentBlock.conv1d_state, RecurrentGemmaRglru."
+            "recurrent_states, :432-452), which are neither inputs nor outputs of an "
+            "exported program; several new tokens take the prefill branch "
+            "(position_ids.shape[1] != 1, :444) that overwrites the convolution state",
+        },
         patches=(RECURRENT_GEMMA_SCAN,),
     )
 )

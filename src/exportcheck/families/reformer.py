@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..caches.pytrees import register_state_class
 from ..patches import Patch
 from ..patches.core import passthrough
 from . import Family, register
@@ -64,6 +65,47 @@ REFORMER_AXIAL_GATHER = Patch(
 )
 
 
+def _flatten_reformer_cache(cache: Any) -> tuple[list[tuple[str, Any]], Any]:
+    """ReformerDynamicCache -> [states_cache: [per layer], buckets_cache: [per entry]].
+
+    ``_seen_tokens`` is not kept: it is the length of the first layer's states, recomputed
+    on unflatten, so that the program accepts caches of any length."""
+    children = [
+        ("states_cache", list(cache.states_cache)),
+        ("buckets_cache", list(cache.buckets_cache)),
+    ]
+    return children, None
+
+
+def _unflatten_reformer_cache(children: list[Any], context: Any) -> Any:
+    cls = sys.modules[MODULE].ReformerDynamicCache
+    cache = cls.__new__(cls)
+    cache.states_cache = list(children[0])
+    cache.buckets_cache = list(children[1])
+    cache._seen_tokens = cache.states_cache[0].shape[1] if cache.states_cache else 0
+    return cache
+
+
+def _reformer_cache_shapes(cache: Any, batch: Any, length: Any) -> Any:
+    """States are (batch, tokens, hidden); buckets (batch, heads, hashes x tokens) when
+    an LSH layer hashed the prompt, else empty (their shape does not vary)."""
+    states = [{0: batch, 1: length} for _ in cache.states_cache]
+    buckets = [{0: batch} if b.dim() > 1 else None for b in cache.buckets_cache]
+    return [states, buckets]
+
+
+def _setup() -> None:
+    # ReformerDynamicCache is not a transformers Cache: without this, cache_dynamic_shapes
+    # raises "expected a transformers cache with layers ... got ReformerDynamicCache".
+    register_state_class(
+        MODULE,
+        "ReformerDynamicCache",
+        flatten=_flatten_reformer_cache,
+        unflatten=_unflatten_reformer_cache,
+        dynamic_shapes=_reformer_cache_shapes,
+    )
+
+
 register(
     Family(
         name="reformer",
@@ -81,6 +123,21 @@ register(
                 "that is false at 64",
             )
         },
+        no_cache={
+            "reformer": "its state (ReformerDynamicCache in past_buckets_states, flattened "
+            "by this family) takes one new token per step (LSHSelfAttention.forward asserts "
+            "it, transformers/models/reformer/modeling_reformer.py:468), and checked that "
+            "way it fails twice: eager's decode step differs from a full forward over "
+            "prompt + new tokens by 1.1e-3 on the left-padded set, and torch.export raises "
+            "'Constraints violated (L['attention_mask'].size()[1], cache_length)! ... must "
+            "always be related to ... by L['attention_mask'].size()[1] = cache_length + 1 "
+            "... satisfy the generated guard 2 <= "
+            "L['past_buckets_states']['states_cache'][0].size()[1] and ... <= 126' (the "
+            "cached local attention changes branch once cache + 1 reaches "
+            "local_attn_chunk_length 128); the task's dynamic shapes give the mask a "
+            "dimension of its own and the cache one bounded by 8128",
+        },
         patches=(REFORMER_AXIAL_GATHER,),
+        setup=_setup,
     )
 )

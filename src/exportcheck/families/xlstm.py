@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..caches.pytrees import register_state_class
 from ..patches import Patch
 from ..patches.core import passthrough
 from . import Family, register
@@ -121,6 +122,51 @@ XLSTM_CLOSED_FORM = Patch(
 )
 
 
+def _flatten_xlstm_cache(cache: Any) -> tuple[list[tuple[str, Any]], Any]:
+    """xLSTMCache -> [rnn_state: [(C, n, m) per layer], seqlen_offset]; the context keeps
+    the config, the dtype and ``rnn_state_initial`` (set once a block has run)."""
+    layers = sorted(cache.rnn_state)
+    children = [
+        ("rnn_state", [tuple(cache.rnn_state[i]) for i in layers]),
+        ("seqlen_offset", cache.seqlen_offset),
+    ]
+    initial = getattr(cache, "rnn_state_initial", None)
+    return children, (tuple(layers), cache.config, str(cache.dtype), initial)
+
+
+def _unflatten_xlstm_cache(children: list[Any], context: Any) -> Any:
+    from transformers.models.xlstm.modeling_xlstm import xLSTMCache
+
+    layers, config, dtype, initial = context
+    cache = xLSTMCache.__new__(xLSTMCache)  # the constructor allocates zero states
+    cache.config = config
+    cache.dtype = getattr(torch, dtype.replace("torch.", ""))
+    cache.rnn_state = {i: tuple(state) for i, state in zip(layers, children[0], strict=True)}
+    cache.seqlen_offset = children[1]
+    if initial is not None:
+        cache.rnn_state_initial = initial
+    return cache
+
+
+def _xlstm_cache_shapes(cache: Any, batch: Any, length: Any) -> Any:
+    """Only the batch varies: the states have a fixed size, the offset is one number."""
+    per_layer = [tuple({0: batch} for _ in cache.rnn_state[i]) for i in sorted(cache.rnn_state)]
+    return [per_layer, None]
+
+
+def _setup() -> None:
+    # xLSTMCache is not a transformers Cache: without this, cache_dynamic_shapes raises
+    # "expected a transformers cache with layers ... got xLSTMCache" and the model is
+    # checked without its state.
+    register_state_class(
+        MODULE,
+        "xLSTMCache",
+        flatten=_flatten_xlstm_cache,
+        unflatten=_unflatten_xlstm_cache,
+        dynamic_shapes=_xlstm_cache_shapes,
+    )
+
+
 register(
     Family(
         name="xlstm",
@@ -132,5 +178,6 @@ register(
             )
         },
         patches=(XLSTM_CLOSED_FORM,),
+        setup=_setup,
     )
 )
