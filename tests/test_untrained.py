@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from exportcheck import untrained_model
+from exportcheck.dims import BATCH_MAX, CACHE_MAX, length_bounds
 from exportcheck.families import CONFIG_FIXES, KNOWN_FAILURES
 from exportcheck.patches import eager_fixes
 from exportcheck.tasks import get_task
@@ -49,7 +50,16 @@ def test_known_failures_are_few_and_explained():
 def test_inputs_follow_the_seed_shapes():
     m = untrained_model("arnir0/Tiny-LLM")
     assert m.cache_argument == "cache"
-    assert m.shapes == [(2, 3, 30), (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17), (2, 2, 24)]
+    seq_max, cache_max = length_bounds(m.config)
+    assert m.shapes == [
+        (2, 3, 30),
+        (1, 3, 30),
+        (2, 1, 30),
+        (2, 5, 60),
+        (3, 4, 17),
+        (2, 2, 24),
+        (BATCH_MAX, seq_max, cache_max),
+    ]
     for feeds, (batch, seq, cache) in zip([m.inputs, *m.other_inputs], m.shapes, strict=True):
         assert tuple(feeds["input_ids"].shape) == (batch, seq)
         assert tuple(feeds["attention_mask"].shape) == (batch, seq + cache)
@@ -58,6 +68,16 @@ def test_inputs_follow_the_seed_shapes():
     assert names == {"batch", "seq_length"}
     assert m.dynamic_shapes["cache"][0][0][2].__name__ == "cache_length"
     assert not m.model.training
+
+
+def test_the_last_set_is_at_the_declared_upper_bounds():
+    m = untrained_model("arnir0/Tiny-LLM")
+    batch, seq = m.dynamic_shapes["input_ids"][0], m.dynamic_shapes["input_ids"][1]
+    cache = m.dynamic_shapes["cache"][0][0][2]
+    last = m.input_sets[-1]
+    assert tuple(last["input_ids"].shape) == (batch.max, seq.max)
+    assert last["cache"].get_seq_length() == cache.max
+    assert (batch.max, cache.max) == (BATCH_MAX, CACHE_MAX)
 
 
 def test_same_seed_same_model_and_inputs():

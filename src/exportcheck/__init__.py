@@ -10,7 +10,7 @@ from .caches import (
     make_static_cache,
     registered_cache_classes,
 )
-from .compare import depth, green, green_everywhere, max_diff, verdict
+from .compare import compare_generation, depth, green, green_everywhere, max_diff, verdict
 from .describe import onnx_dtype_code, register_formatter, string_type
 from .families.minimax import make_minimax_cache
 from .models import UntrainedModel, available_configs, get_config, tiny_config
@@ -39,6 +39,7 @@ __all__ = [
     "cache_dynamic_shapes",
     "cache_pytrees",
     "categorize",
+    "compare_generation",
     "depth",
     "export_patches",
     "get_config",

@@ -16,7 +16,14 @@ import torch.utils._pytree as pytree
 
 from .caches.pytrees import cache_pytrees
 
-__all__ = ["depth", "green", "green_everywhere", "max_diff", "verdict"]
+__all__ = [
+    "compare_generation",
+    "depth",
+    "green",
+    "green_everywhere",
+    "max_diff",
+    "verdict",
+]
 
 
 def _leaves(obj: Any) -> list[Any]:
@@ -99,6 +106,78 @@ def max_diff(expected: Any, got: Any) -> dict[str, Any]:
     return out
 
 
+def compare_generation(expected: Any, got: Any, atol: float) -> dict[str, Any]:
+    """Compare two greedy generations step by step: tokens first, then logits.
+
+    :param expected: the reference, with ``tokens`` (``(batch, steps)``) and ``logits``
+        (one ``(batch, vocab)`` tensor per step), such as
+        :class:`exportcheck.tasks.Generation`
+    :param got: the same from another runtime
+    :param atol: largest max-abs difference of logits that counts as equal
+    :return: a dict: ``ok``, ``steps``, ``abs`` (largest logits difference over every
+        step), ``tokens_equal``, ``mismatches`` and ``ties`` (``step``, ``row``,
+        ``expected``, ``got`` token and ``gap``, the distance between the reference's
+        two best logits)
+
+    A token may differ from the reference's only where the reference's two best logits
+    are within ``atol`` of each other: such a step is a *tie*, listed and allowed; any
+    other differing token is a mismatch and fails.
+
+    >>> import torch
+    >>> from types import SimpleNamespace as G
+    >>> ref = G(tokens=torch.tensor([[1, 0]]), logits=[torch.tensor([[0.0, 1.0]]),
+    ...     torch.tensor([[2.0, 0.0]])])
+    >>> run = G(tokens=torch.tensor([[1, 1]]), logits=[torch.tensor([[0.0, 1.0]]),
+    ...     torch.tensor([[0.0, 2.0]])])
+    >>> r = compare_generation(ref, run, 1e-4)
+    >>> r["ok"], r["abs"], r["mismatches"]
+    (False, 2.0, [{'step': 1, 'row': 0, 'expected': 0, 'got': 1, 'gap': 2.0}])
+    """
+    steps = len(expected.logits)
+    out: dict[str, Any] = {
+        "ok": True,
+        "steps": steps,
+        "abs": 0.0,
+        "tokens_equal": True,
+        "mismatches": [],
+        "ties": [],
+    }
+    if len(got.logits) != steps or tuple(got.tokens.shape) != tuple(expected.tokens.shape):
+        out.update(ok=False, abs=float("inf"), tokens_equal=False)
+        out["mismatches"].append(
+            {
+                "step": None,
+                "error": f"expected {steps} steps of tokens {tuple(expected.tokens.shape)}, "
+                f"got {len(got.logits)} of {tuple(got.tokens.shape)}",
+            }
+        )
+        return out
+    for t in range(steps):
+        e = expected.logits[t].detach().to(torch.float64)
+        g = got.logits[t].detach().to(torch.float64)
+        if e.shape != g.shape:
+            out.update(ok=False, abs=float("inf"))
+            out["mismatches"].append(
+                {"step": t, "error": f"logits {tuple(g.shape)}, expected {tuple(e.shape)}"}
+            )
+            continue
+        diff = float((e - g).abs().max()) if e.numel() else 0.0
+        if diff != diff:  # NaN
+            diff = float("inf")
+        out["abs"] = max(out["abs"], diff)
+        for row in range(e.shape[0]):
+            want, have = int(expected.tokens[row, t]), int(got.tokens[row, t])
+            if want == have:
+                continue
+            best = torch.topk(e[row], 2).values if e.shape[-1] > 1 else e[row]
+            gap = float(best[0] - best[-1])
+            entry = {"step": t, "row": row, "expected": want, "got": have, "gap": gap}
+            out["ties" if gap <= atol else "mismatches"].append(entry)
+    out["tokens_equal"] = not out["mismatches"] and not out["ties"]
+    out["ok"] = not out["mismatches"] and out["abs"] <= atol
+    return out
+
+
 def _stages(result: Any) -> list[dict[str, Any]]:
     if isinstance(result, dict):
         return list(result.get("stages", []))
@@ -166,20 +245,28 @@ def depth(result: Any) -> dict[str, bool]:
     * ``padded``: one input set is left-padded, as ``generate`` pads a batch
     * ``eager_consistent``: eager's decode step equals a full forward over prompt + new
       tokens, so the reference can be trusted
+    * ``generation``: greedy generation was planned and passed, eagerly against
+      ``generate`` and through every runtime (stages ending in ``_generate``)
 
     >>> depth({"model": {"cache_argument": "cache", "distinct_shapes": 6,
     ...     "input_sets": ["a", "b", "c", "d", "e", "f left-padded"]},
-    ...     "stages": [{"stage": "eager_consistent", "ok": True}]})
-    {'state': True, 'distinct_shapes': True, 'padded': True, 'eager_consistent': True}
+    ...     "plan": [["eager_generate", None, None]],
+    ...     "stages": [{"stage": "eager_consistent", "ok": True},
+    ...                {"stage": "eager_generate", "ok": True}]})
+    {'state': True, 'distinct_shapes': True, 'padded': True, 'eager_consistent': True, 'generation': True}
     """
     model = _field(result, "model", None) or {}
     labels = list(model.get("input_sets", []))
     consistent = any(s["stage"] == "eager_consistent" and s["ok"] for s in _stages(result))
+    planned = [p for p in _field(result, "plan", None) or [] if str(p[0]).endswith("_generate")]
+    done = {(s["stage"], s.get("runtime")) for s in _stages(result) if s["ok"]}
+    generation = bool(planned) and all((p[0], p[2]) in done for p in planned)
     return {
         "state": model.get("cache_argument") is not None,
         "distinct_shapes": len(labels) >= 5 and model.get("distinct_shapes") == len(labels),
         "padded": any("left-padded" in label for label in labels),
         "eager_consistent": consistent,
+        "generation": generation,
     }
 
 

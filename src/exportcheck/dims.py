@@ -9,6 +9,8 @@ from typing import Any
 from .describe import string_type
 
 __all__ = [
+    "BATCH_MAX",
+    "CACHE_MAX",
     "describe_shapes",
     "length_bounds",
     "map_dims",
@@ -18,35 +20,58 @@ __all__ = [
 
 
 def smallest_window(config: Any) -> int | None:
-    windows = []
+    """The smallest sliding window of a config and its sub-configs, None without one."""
+    return _smallest(config, "sliding_window")
+
+
+#: the largest batch a checked export declares; one input set runs at it
+BATCH_MAX = 16
+#: the largest cache a checked export declares; one input set runs at it
+CACHE_MAX = 256
+
+
+def _smallest(config: Any, name: str) -> int | None:
+    """The smallest positive integer ``name`` of a config or its sub-configs."""
+    values = []
     stack, seen = [config], set()
     while stack:
         current = stack.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
-        value = getattr(current, "sliding_window", None)
+        value = getattr(current, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            windows.append(value)
+            values.append(value)
         for key in getattr(current, "sub_configs", {}) or {}:
             sub = getattr(current, key, None)
             if sub is not None:
                 stack.append(sub)
-    return min(windows) if windows else None
+    return min(values) if values else None
 
 
 def length_bounds(config: Any) -> tuple[int, int]:
     """Upper bounds of seq_length and cache_length.
 
-    A sliding-window model behaves differently once the window is full, so the
-    exported program is valid for caches and new tokens that fit in the window: the
-    bounds keep ``cache_length + seq_length`` below it.
+    The bounds an export declares are the ones it is checked at: one input set runs
+    at ``(BATCH_MAX, seq_max, cache_max)``, so the cache stays at most
+    :data:`CACHE_MAX` tokens. A sliding-window model behaves differently once the
+    window is full, so the exported program is valid for caches and new tokens that
+    fit in the window: the bounds keep ``cache_length + seq_length`` below it, and
+    below ``max_position_embeddings`` for learned position tables.
+
+    >>> length_bounds(type("Config", (), {})())
+    (64, 256)
     """
     window = smallest_window(config)
-    limit = 8192 if window is None else window - 1
+    # cache_length + seq_length < window - 1: exports of sliding-window attention guard it
+    limit = 8192 if window is None else window - 2
+    positions = _smallest(config, "max_position_embeddings")
+    if positions is not None:
+        # learned position tables; 2 for the padding offset of RoBERTa-like tables
+        limit = min(limit, positions - 2)
     # 64: chunked linear attention (qwen3_next, ...) exports one chunk of new tokens.
     seq_max = max(8, min(64, limit // 8))
-    return seq_max, max(limit - seq_max, 64)
+    return seq_max, min(max(limit - seq_max, 64), CACHE_MAX)
 
 
 REFINEMENTS = 2  # how many times validation refines the dynamic shapes

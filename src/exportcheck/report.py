@@ -21,6 +21,7 @@ _SHARED_TITLES = {
     "eager": "eager on every input set",
     "eager_consistent": "eager decode step equals a full forward",
     "export": "torch.export",
+    "eager_generate": "eager greedy loop equals generate()",
     "process": "the validation process ended normally",
 }
 
@@ -29,6 +30,11 @@ def stage_title(stage: str) -> str:
     """A readable title of a stage name (``ort_run`` -> ``onnxruntime correct on ...``)."""
     component, _, name = stage.rpartition(".")
     title = _SHARED_TITLES.get(name)
+    runner = name[: -len("_generate")] if name.endswith("_generate") else None
+    if title is None and runner is not None:
+        rt = next((rt for rt in RUNTIMES.values() if rt.runner == runner), None)
+        if rt is not None:
+            title = f"{rt.title}: greedy generation equals eager"
     if title is None:
         title = next((t for rt in RUNTIMES.values() for n, t, _ in rt.stages if n == name), name)
     return f"{component}: {title}" if component else title
@@ -138,10 +144,7 @@ def summarize_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "all_green": sum(bool(v) and all(v.values()) for v in verdicts),
         # per column of compare.depth, the rows that have it; everywhere: green on every
         # runtime and every column
-        "depth": {
-            column: sum(depth(r)[column] for r in rows)
-            for column in ("state", "distinct_shapes", "padded", "eager_consistent")
-        },
+        "depth": {column: sum(depth(r)[column] for r in rows) for column in _DEPTH_TITLES},
         "everywhere": sum(green_everywhere(r) for r in rows),
         "per_stage": per_stage,
         "categories": categories,
@@ -203,12 +206,14 @@ _DEPTH_TITLES = {
     "distinct_shapes": "every input set a distinct shape (4 or more unseen)",
     "padded": "a left-padded batch among the input sets",
     "eager_consistent": "eager decode step equals a full forward (reference trusted)",
+    "generation": "8 greedy tokens through every runtime equal eager generate()",
 }
 _DEPTH_SHORT = {
     "state": "state",
     "distinct_shapes": "distinct shapes",
     "padded": "padded",
     "eager_consistent": "eager consistent",
+    "generation": "generation",
 }
 
 

@@ -27,6 +27,12 @@ runtime stages          the stages of each runtime
                         (:data:`exportcheck.runtimes.RUNTIMES`), such as
                         ``exported_run`` (the ExportedProgram on every input set),
                         ``onnx``, ``ort_session`` and ``ort_run``
+``eager_generate``      for a task that generates: the greedy loop
+                        (:meth:`exportcheck.tasks.Task.generate`) run eagerly, step by
+                        step, equals transformers' ``generate(do_sample=False)``
+``<runner>_generate``   the same loop through each runtime (``exported_generate``,
+                        ``ort_generate``), each step's state fed back: its tokens equal
+                        eager's and its logits are within ``atol`` at every step
 ======================  ==============================================================
 
 A task with several components prefixes the stages of each with its name
@@ -48,7 +54,8 @@ from typing import Any
 
 import torch
 
-from .compare import green, max_diff, verdict
+from .compare import compare_generation, green, max_diff, verdict
+from .describe import string_type
 from .dims import REFINEMENTS, describe_shapes, refine_dynamic_shapes
 from .models import UntrainedModel
 from .patches import eager_fixes, export_patches, runtime_only
@@ -71,6 +78,9 @@ class ValidationReport:
       ``error_type``, ``error`` and ``where``
     * ``runs``: one comparison with eager per runtime, component and input set
     * ``artifacts``: what each runtime made of each component (``component/runtime``)
+    * ``generation``: the generation stage: prompt, new tokens, how the prompt went in,
+      and per runner (``eager``, ``exported``, ``ort``) the comparison of
+      :func:`exportcheck.compare.compare_generation`, or why the model was not generated
     * ``patches_applied``: per runtime, the patches that changed something while its
       program was exported (and converted): torch.export runs with the patches the
       ExportedProgram needs only; a runtime that needs more (ONNX-only fixes that change
@@ -88,6 +98,7 @@ class ValidationReport:
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
     patches_applied: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    generation: dict[str, Any] = dataclasses.field(default_factory=dict)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -127,7 +138,7 @@ class ValidationReport:
         for st in self.stages:
             status = "ok" if st["ok"] else "FAILED"
             error = "" if st["ok"] else f"  {st['error_type']}: {st['error']}"
-            lines.append(f"  {st['stage']:13} {status:6} {st['seconds']:7.2f} s{error}")
+            lines.append(f"  {st['stage']:17} {status:6} {st['seconds']:7.2f} s{error}")
         for run in self.runs:
             flag = "ok" if run["ok"] else "DIFF"
             extra = f"  {run['mismatch']}" if run.get("mismatch") else ""
@@ -222,7 +233,7 @@ def validate(
     >>> from exportcheck import validate
     >>> report = validate("arnir0/Tiny-LLM", exporter="export")
     >>> report.ok, [s["stage"] for s in report.stages]
-    (True, ['build', 'eager', 'eager_consistent', 'export', 'exported_run'])
+    (True, ['build', 'eager', 'eager_consistent', 'export', 'exported_run', 'eager_generate', 'exported_generate'])
     """
     if runtimes is None:
         if exporter is None:
@@ -372,6 +383,7 @@ def validate(
 
         def run() -> None:
             program = program_for(c, rt)
+            state[("program", key)] = program
             with export_patches(c.module, runtime=rt.name), torch.no_grad():
                 if "convert" in steps:
                     folder = onnx_dir or state["tmp"]
@@ -422,6 +434,61 @@ def validate(
                 f"prompt + new tokens beyond {eager_atol} ({'; '.join(labels)})"
             )
 
+    def eager_generate() -> None:
+        m, task_ = state["m"], state["task"]
+        with eager_fixes(m.model), torch.no_grad():
+            reference = task_.generate_eager(m)
+            state["generated"] = reference
+
+            def call(name: str, feeds: dict[str, Any]) -> Any:
+                module = next(c.module for c in state["components"] if c.name == name)
+                return module(**feeds)
+
+            loop = task_.generate(m, call, reference.tokens)
+        state["eager_loop"] = loop
+        result = compare_generation(reference, loop, eager_atol)
+        report.generation["eager"] = {"calls": loop.calls, **result}
+        report.generation["prefill"] = loop.prefill
+        report.generation["tokens"] = reference.tokens.tolist()
+        if not result["ok"]:
+            raise AssertionError(
+                "eager's step-by-step loop differs from generate(do_sample=False): "
+                + _generation_failure(result, eager_atol)
+                + (f" ({reference.note})" if reference.note else "")
+            )
+
+    def runtime_generate(rt: Any) -> Callable[[], None]:
+        def run() -> None:
+            m, task_ = state["m"], state["task"]
+            if "eager_loop" not in state:
+                raise RuntimeError("no eager generation to compare with (eager_generate failed)")
+            module = state["components"][0].module
+
+            def call(name: str, feeds: dict[str, Any]) -> Any:
+                key = (rt.name, name)
+                return rt.step(state[("loaded", key)], feeds, state[("program", key)])
+
+            with (
+                eager_fixes(m.model),
+                export_patches(module, runtime=rt.name),
+                torch.no_grad(),
+            ):
+                loop = task_.generate(m, call, state["generated"].tokens)
+            result = compare_generation(state["eager_loop"], loop, atol)
+            # the tokens against generate's own, ties judged on its logits
+            direct = compare_generation(state["generated"], loop, float("inf"))
+            result["tokens_equal_generate"] = direct["tokens_equal"]
+            report.generation[rt.runner] = {"calls": loop.calls, "prefill": loop.prefill, **result}
+            if loop.prefill != state["eager_loop"].prefill:
+                report.notes.append(f"{rt.title} generation: {loop.prefill}")
+            if not result["ok"]:
+                raise AssertionError(
+                    f"{rt.runner} generation differs from eager: "
+                    + _generation_failure(result, atol)
+                )
+
+        return run
+
     with tempfile.TemporaryDirectory(prefix="exportcheck-") as tmp:
         state["tmp"] = tmp
         if not stage("build", None, None, build) or not stage("eager", None, None, eager):
@@ -438,8 +505,22 @@ def validate(
             report.notes.append(
                 "eager consistency not checked: no input set has a prompt (no cache)"
             )
-        report.model["distinct_shapes"] = len({tuple(s) for s in m.shapes})
+        # counted on the tensors themselves: two sets that differ only in a length the
+        # model does not keep (a fixed-size recurrent state) are one shape
+        report.model["distinct_shapes"] = len(
+            {string_type(f, with_shape=True) for c in state["components"] for f in c.input_sets}
+        )
         _extend_plan(report, state["components"], names)
+        task_obj = state["task"]
+        why_not = task_obj.cannot_generate(m)
+        generates = bool(task_obj.new_tokens) and why_not is None
+        if generates:
+            report.generation.update(new_tokens=task_obj.new_tokens)
+            report.plan.append(["eager_generate", None, None])
+            report.plan.extend([f"{RUNTIMES[n].runner}_generate", None, n] for n in names)
+        elif task_obj.new_tokens:
+            report.generation["not_checked"] = why_not
+            report.notes.append(f"generation not checked: {why_not}")
         single = len(state["components"]) == 1
         for c in state["components"]:
             prefix = "" if single else f"{c.name}."
@@ -453,8 +534,31 @@ def validate(
                         f"{prefix}{stage_name}", c.name, rt.name, runtime_stage(c, rt, steps)
                     ):
                         break
+        if generates:
+            stage("eager_generate", None, None, eager_generate)
+            for name in names:
+                rt = RUNTIMES[name]
+                ready = all(("loaded", (rt.name, c.name)) in state for c in state["components"])
+                if ready:
+                    stage(f"{rt.runner}_generate", None, rt.name, runtime_generate(rt))
         state.clear()
     return report
+
+
+def _generation_failure(result: dict[str, Any], atol: float) -> str:
+    bad = result["mismatches"]
+    parts = []
+    if bad:
+        first = bad[0]
+        parts.append(
+            first.get("error")
+            or f"{len(bad)} tokens differ, first at step {first['step']} row {first['row']} "
+            f"({first['got']} instead of {first['expected']}, whose logit leads by "
+            f"{first['gap']:.3g})"
+        )
+    if result["abs"] > atol:
+        parts.append(f"logits differ by {result['abs']:.3g} > {atol}")
+    return "; ".join(parts)
 
 
 def _extend_plan(report: ValidationReport, components: Any, names: list[str]) -> None:

@@ -12,6 +12,9 @@ exportcheck get wrong for its model types, and nothing else does:
   shows up);
 * ``one_token_decode`` / ``no_cache``: decode steps that take one new token, or that
   cannot be checked with a cache, and why;
+* ``no_generation``: model types whose ``generate`` is not a loop of plain decode
+  steps (a placeholder token appended and predicted, codebooks offset by a delay
+  pattern), with the reason: the generation stage is not run and the row says why;
 * ``input_builders``: a function that builds the input sets of a model type that does not
   take the task's usual inputs (a drafter fed by its main model);
 * ``patches``: the :class:`exportcheck.patches.Patch` objects the family needs, next to
@@ -42,6 +45,7 @@ __all__ = [
     "INPUT_BUILDERS",
     "KNOWN_FAILURES",
     "NO_CACHE",
+    "NO_GENERATION",
     "ONE_TOKEN_DECODE",
     "Family",
     "family_of",
@@ -62,6 +66,7 @@ class Family:
     known_failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     one_token_decode: dict[str, str] = dataclasses.field(default_factory=dict)
     no_cache: dict[str, str] = dataclasses.field(default_factory=dict)
+    no_generation: dict[str, str] = dataclasses.field(default_factory=dict)
     input_builders: dict[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
     patches: tuple[Patch, ...] = ()
     setup: Callable[[], None] | None = None
@@ -79,6 +84,8 @@ KNOWN_FAILURES: dict[str, tuple[str, str]] = {}
 ONE_TOKEN_DECODE: dict[str, str] = {}
 #: model_type -> why it is checked without a cache
 NO_CACHE: dict[str, str] = {}
+#: model_type -> why its generate is not a loop of the exported step
+NO_GENERATION: dict[str, str] = {}
 #: model_type -> a function building its input sets instead of the task's
 INPUT_BUILDERS: dict[str, Callable[..., Any]] = {}
 
@@ -88,6 +95,7 @@ _TABLES = {
     "known_failures": KNOWN_FAILURES,
     "one_token_decode": ONE_TOKEN_DECODE,
     "no_cache": NO_CACHE,
+    "no_generation": NO_GENERATION,
     "input_builders": INPUT_BUILDERS,
 }
 _OWNER: dict[str, str] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..dims import length_bounds
+from ..dims import BATCH_MAX, length_bounds
 from . import Family, register
 
 _GEMMA4_DRAFT_STEP = (
@@ -63,10 +63,11 @@ def _draft_step(model: Any, config: Any, seed: int) -> dict[str, Any]:
 
     notes = [f"draft step: {_GEMMA4_DRAFT_STEP}"]
     generator = torch.Generator().manual_seed(seed)
-    shapes = [(2, 1, 30), (1, 1, 30), (3, 1, 30), (2, 1, 60), (3, 1, 17)]
-    sets = [_draft_inputs(config, b, c, generator) for b, _, c in shapes]
     _, cache_max = length_bounds(config)
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    # the last one at the declared upper bounds
+    shapes = [(2, 1, 30), (1, 1, 30), (3, 1, 30), (2, 1, 60), (3, 1, 17), (BATCH_MAX, 1, cache_max)]
+    sets = [_draft_inputs(config, b, c, generator) for b, _, c in shapes]
+    batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
     cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
     state = {0: batch, 2: cache_length}
     dynamic_shapes = {

@@ -8,6 +8,14 @@ register(
     Family(
         name="musicgen",
         model_types=("musicgen", "musicgen_melody"),
+        no_generation={
+            "musicgen": (
+                "its generate offsets the codebooks by a delay pattern (MusicgenForCausalLM.build_delay_pattern_mask) and needs decoder_start_token_id: not a loop of plain decode steps"
+            ),
+            "musicgen_melody": (
+                "its generate offsets the codebooks by a delay pattern (MusicgenMelodyForCausalLM.build_delay_pattern_mask) and needs decoder_start_token_id: not a loop of plain decode steps"
+            ),
+        },
         config_fixes={
             "musicgen": (
                 {"decoder.num_codebooks": 1},

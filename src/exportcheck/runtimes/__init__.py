@@ -48,6 +48,12 @@ class Runtime:
         """The outputs of one input set."""
         raise NotImplementedError
 
+    def step(self, loaded: Any, feeds: dict[str, Any], program: Any) -> Any:
+        """The outputs of one call structured as the model returns them (a transformers
+        output with its cache), so that a generation loop can feed the state back.
+        ``program`` is the ExportedProgram the artifact was made from (its output spec)."""
+        return self.run(loaded, feeds)
+
     def details(self, artifact: Any) -> dict[str, Any]:
         """What a report keeps of the artifact (size, operators, ...)."""
         return {}

@@ -115,6 +115,22 @@ class OnnxRuntime(Runtime):
     def run(self, loaded: Any, feeds: dict[str, Any]) -> Any:
         return loaded.run(None, ort_feeds(loaded, feeds))
 
+    def step(self, loaded: Any, feeds: dict[str, Any], program: Any) -> Any:
+        """onnxruntime's flat outputs rebuilt into the structure the ExportedProgram
+        returns (``call_spec.out_spec``), caches included."""
+        import numpy as np
+
+        flat = self.run(loaded, feeds)
+        spec = program.call_spec.out_spec
+        with cache_pytrees():
+            if spec.num_leaves != len(flat):
+                raise ValueError(
+                    f"onnxruntime returned {len(flat)} outputs but the exported program "
+                    f"returns {spec.num_leaves} leaves: cannot rebuild its outputs."
+                )
+            tensors = [torch.from_numpy(np.asarray(a)) for a in flat]
+            return pytree.tree_unflatten(tensors, spec)
+
     def details(self, artifact: Any) -> dict[str, Any]:
         return onnx_summary(artifact)
 

@@ -20,7 +20,16 @@ from typing import Any
 
 from ..models import UntrainedModel, resolve_config
 
-__all__ = ["TASKS", "Component", "Task", "get_task", "register", "tasks_of", "untrained_model"]
+__all__ = [
+    "TASKS",
+    "Component",
+    "Generation",
+    "Task",
+    "get_task",
+    "register",
+    "tasks_of",
+    "untrained_model",
+]
 
 
 @dataclasses.dataclass
@@ -42,8 +51,32 @@ class Component:
     labels: list[str]
 
 
+@dataclasses.dataclass
+class Generation:
+    """A greedy generation: what was chosen at each step and from which logits.
+
+    * ``tokens``: ``(batch, new_tokens)`` int64, the argmax of each step's logits
+    * ``logits``: one ``(batch, vocab)`` tensor per generated token
+    * ``calls``: how many times the components were called
+    * ``prefill``: how the prompt went in (through the components, or partly eager)
+    * ``note``: what the reference found out about the model, if anything (how its
+      ``generate`` calls it differently from a plain forward)
+    """
+
+    tokens: Any
+    logits: list[Any]
+    calls: int = 0
+    prefill: str = ""
+    note: str = ""
+
+
 class Task:
-    """The base class of tasks; a subclass sets ``name`` and ``mapping``."""
+    """The base class of tasks; a subclass sets ``name`` and ``mapping``.
+
+    A task that generates sets ``new_tokens`` and implements :meth:`generate_eager`
+    (the reference: transformers' ``generate(do_sample=False)``) and :meth:`generate`
+    (the same greedy loop, step by step, through any runtime's components).
+    """
 
     #: the task name, as ``pipeline()`` spells it (``text-generation``)
     name: str = ""
@@ -81,6 +114,27 @@ class Task:
         input set checked (``input_set`` index, ``abs`` difference, ``ok``); none by
         default. Text generation compares each decode step with a full forward."""
         return []
+
+    #: tokens the generation stage generates; 0 for a task that does not generate
+    new_tokens: int = 0
+
+    def cannot_generate(self, m: UntrainedModel) -> str | None:
+        """Why ``m`` cannot be driven through a generation loop, None when it can."""
+        return None if self.new_tokens else f"the {self.name} task does not generate"
+
+    def generate_eager(self, m: UntrainedModel) -> Generation:
+        """The reference: transformers' greedy ``generate`` on the task's prompt."""
+        raise NotImplementedError
+
+    def generate(self, m: UntrainedModel, call: Any, forced: Any) -> Generation:
+        """The greedy loop through ``call(component_name, feeds) -> outputs``, each step's
+        state fed back as the next step's input.
+
+        ``forced`` holds the reference's tokens: each step feeds ``forced[:, t]`` and
+        records the argmax of its own logits in :attr:`Generation.tokens`, so that one
+        token decided by a tie of two logits does not make every later step differ.
+        """
+        raise NotImplementedError
 
 
 #: task name -> Task

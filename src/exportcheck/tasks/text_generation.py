@@ -4,10 +4,14 @@ The model is built with ``AutoModelForCausalLM`` from its config
 (``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``). The cache of every input set comes from
 running the model on a prompt, so it has the model's own cache class and layer kinds
 (sliding-window, linear-attention, ...). Input sets: (batch, new tokens, cached tokens)
-= (2, 3, 30) for the export, then (1, 3, 30), (2, 1, 30), (2, 3, 60), (3, 4, 17); one
-new token per step for the model types of
+= (2, 3, 30) for the export, then (1, 3, 30), (2, 1, 30), (2, 5, 60), (3, 4, 17), a
+left-padded (2, 2, 24) and one at the declared upper bounds (``BATCH_MAX``, ``seq_max``,
+``cache_max``); one new token per step for the model types of
 :data:`exportcheck.families.ONE_TOKEN_DECODE`. Dynamic dimensions: ``batch``,
 ``seq_length`` and ``cache_length`` (bounds from :func:`exportcheck.dims.length_bounds`).
+
+The generation stage starts from a prompt of :data:`GENERATION_PROMPT` tokens and
+generates 8 greedily, through eager ``generate`` and through each runtime.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ..dims import length_bounds
-from ..families import INPUT_BUILDERS, NO_CACHE, ONE_TOKEN_DECODE
+from ..dims import BATCH_MAX, length_bounds
+from ..families import INPUT_BUILDERS, NO_CACHE, NO_GENERATION, ONE_TOKEN_DECODE
 from ..models import UntrainedModel, randomize_zero_weights
-from . import Task, register
+from . import Generation, Task, register
 
 __all__ = ["TextGeneration"]
 
@@ -45,7 +49,8 @@ def _build_causal_lm(config: Any) -> Any:
 
 def _cache_argument(model: Any) -> str | None:
     params = inspect.signature(model.forward).parameters
-    for name in ("cache", "past_key_values", "state"):
+    # past_buckets_states and mems: older names of a model's state
+    for name in ("cache", "past_key_values", "state", "past_buckets_states", "mems"):
         if name in params:
             return name
     return None
@@ -54,6 +59,20 @@ def _cache_argument(model: Any) -> str | None:
 def _vocab(config: Any) -> int:
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     return int(getattr(text, "vocab_size", None) or getattr(config, "vocab_size", 1024))
+
+
+def _random_ids(config: Any, shape: tuple[int, ...], generator: Any) -> Any:
+    """Random token ids without the padding token: models that derive positions from
+    the ids (RoBERTa-like tables skip padding tokens) would see a padded sequence."""
+    import torch
+
+    vocab = _vocab(config)
+    ids = torch.randint(0, vocab, shape, generator=generator)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    pad = getattr(text, "pad_token_id", None)
+    if isinstance(pad, int) and 0 <= pad < vocab and vocab > 1:
+        ids[ids == pad] = (pad + 1) % vocab
+    return ids
 
 
 def _has_attention(cache: Any) -> bool:
@@ -83,20 +102,19 @@ def _decode_inputs(
     as ``generate`` pads the shorter prompts of a batch."""
     import torch
 
-    vocab = _vocab(config)
     feeds: dict[str, Any] = {}
     cache = prefill_ids = None
     prefill_mask = torch.ones((batch, cache_length), dtype=torch.int64)
     prefill_mask[0, :pad] = 0
     if cache_argument is not None:
-        prefill_ids = torch.randint(0, vocab, (batch, cache_length), generator=generator)
+        prefill_ids = _random_ids(config, (batch, cache_length), generator)
         with torch.no_grad():
             out = model(input_ids=prefill_ids, attention_mask=prefill_mask, use_cache=True)
         cache = getattr(out, cache_argument, None)
         if cache is None:
             cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     if cache_argument is not None and cache is not None:
-        feeds["input_ids"] = torch.randint(0, vocab, (batch, seq_length), generator=generator)
+        feeds["input_ids"] = _random_ids(config, (batch, seq_length), generator)
         # Attention masks cover cached and new tokens; a model without attention
         # layers (state-space, recurrent) masks only the new tokens.
         new = torch.ones((batch, seq_length), dtype=torch.int64)
@@ -105,7 +123,7 @@ def _decode_inputs(
         )
         feeds[cache_argument] = cache
     else:
-        feeds["input_ids"] = torch.randint(0, vocab, (batch, seq_length), generator=generator)
+        feeds["input_ids"] = _random_ids(config, (batch, seq_length), generator)
         feeds["attention_mask"] = torch.ones((batch, seq_length), dtype=torch.int64)
         feeds["attention_mask"][0, :pad] = 0
         if "use_cache" in inspect.signature(model.forward).parameters:
@@ -134,11 +152,41 @@ class TextGeneration(Task):
         index = next((i for i, f in enumerate(m.input_sets) if f is feeds), None)
         masks = m.prompt_masks
         prompt_mask = masks[index] if index is not None and index < len(masks) else None
-        return _label(feeds, m.cache_argument, prompt_mask)
+        label = _label(feeds, m.cache_argument, prompt_mask)
+        shape = m.shapes[index] if index is not None and index < len(m.shapes) else None
+        at_bounds = index == len(m.input_sets) - 1 and shape and shape[0] == BATCH_MAX
+        return label + (" at bounds" if at_bounds else "")
 
     def check_eager(self, m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
         """The decode step's last logits equal a forward over prompt + new tokens."""
         return _check_eager(m, atol)
+
+    new_tokens = 8
+
+    def cannot_generate(self, m: UntrainedModel) -> str | None:
+        model_type = getattr(m.config, "model_type", None)
+        if model_type in NO_GENERATION:
+            return NO_GENERATION[model_type]
+        if model_type in INPUT_BUILDERS:
+            return (
+                "its inputs are not token ids and a cache of its own "
+                f"({', '.join(m.notes) or 'a family input builder'})"
+            )
+        return None
+
+    def generate_eager(self, m: UntrainedModel) -> Generation:
+        """``generate(do_sample=False)`` of :data:`NEW_TOKENS` tokens on the prompt of
+        :func:`generation_prompt`, with a generation config that sets nothing but the
+        padding token: no end-of-sequence stop, no logits processor."""
+        return _generate_eager(m, self.new_tokens)
+
+    def generate(self, m: UntrainedModel, call: Any, forced: Any) -> Generation:
+        """Greedy decoding through ``call``: the first prompt token runs eagerly (the
+        export's cache holds at least one token), the rest of the prompt goes through
+        ``call`` as one step (one token per call for a one-token decode step), then one
+        call per new token with the cache the previous call returned. Without a cache,
+        each step is a full forward over the whole sequence."""
+        return _generate(m, call, forced, self.new_tokens)
 
 
 def _build(config: Any, seed: int) -> UntrainedModel:
@@ -174,17 +222,18 @@ def _build(config: Any, seed: int) -> UntrainedModel:
     one_token = model_type in ONE_TOKEN_DECODE
     if one_token:
         notes.append(f"one new token: {ONE_TOKEN_DECODE[model_type]}")
-    shapes = _shapes(one_token, cache_argument is not None)
+    seq_max, cache_max = length_bounds(config)
+    bounds = (seq_max, cache_max)
+    shapes = _shapes(one_token, cache_argument is not None, bounds)
     built = _input_sets(model, config, cache_argument, shapes, generator)
     sets, prompts, prompt_masks = built
     if cache_argument is not None and cache_argument not in sets[0]:
         notes.append(f"no cache: {type(model).__name__} returned none after a prefill")
         cache_argument = None
         generator = torch.Generator().manual_seed(seed)
-        shapes = _shapes(one_token, False)
+        shapes = _shapes(one_token, False, bounds)
         sets, prompts, prompt_masks = _input_sets(model, config, None, shapes, generator)
-    seq_max, cache_max = length_bounds(config)
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
     seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
     cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
     if one_token:
@@ -203,7 +252,7 @@ def _build(config: Any, seed: int) -> UntrainedModel:
             notes.append(f"no cache: {e}")
             cache_argument = None
             generator = torch.Generator().manual_seed(seed)
-            shapes = _shapes(one_token, False)
+            shapes = _shapes(one_token, False, bounds)
             sets, prompts, prompt_masks = _input_sets(model, config, None, shapes, generator)
     if cache_argument is not None and _has_attention(sets[0][cache_argument]):
         # The mask covers cache and new tokens: its length is their sum, which a Dim
@@ -235,16 +284,20 @@ def _build(config: Any, seed: int) -> UntrainedModel:
 
 
 #: (batch, new tokens, cached tokens, left padding of the first row) of each input set:
-#: the export's first, every set a distinct shape, the last one left-padded.
-SHAPES = [(2, 3, 30, 0), (1, 3, 30, 0), (2, 1, 30, 0), (2, 3, 60, 0), (3, 4, 17, 0), (2, 2, 24, 5)]
-#: the same with one new token per step (ONE_TOKEN_DECODE)
+#: the export's first, every set a distinct shape, one left-padded; :func:`_shapes`
+#: adds a last one at the declared upper bounds.
+#: Batch and new tokens differ too, so that the tensors differ where the state has a
+#: fixed size (recurrent models keep no cached length).
+SHAPES = [(2, 3, 30, 0), (1, 3, 30, 0), (2, 1, 30, 0), (2, 5, 60, 0), (3, 4, 17, 0), (2, 2, 24, 5)]
+#: the same with one new token per step (ONE_TOKEN_DECODE): only the batch tells the
+#: sets of a fixed-size state apart
 ONE_TOKEN_SHAPES = [
     (2, 1, 30, 0),
     (1, 1, 30, 0),
     (3, 1, 30, 0),
-    (2, 1, 60, 0),
-    (3, 1, 17, 0),
-    (2, 1, 24, 5),
+    (4, 1, 60, 0),
+    (5, 1, 17, 0),
+    (6, 1, 24, 5),
 ]
 #: without a cache the tokens are the whole sequence: distinct lengths instead
 NO_CACHE_SHAPES = [
@@ -257,10 +310,17 @@ NO_CACHE_SHAPES = [
 ]
 
 
-def _shapes(one_token: bool, with_cache: bool) -> list[tuple[int, int, int, int]]:
+def _shapes(
+    one_token: bool, with_cache: bool, bounds: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """The shapes of the input sets, the last one at the declared upper bounds
+    (``BATCH_MAX``, ``seq_max``, ``cache_max``): what an export declares is checked."""
+    seq_max, cache_max = bounds
     if not with_cache:
-        return NO_CACHE_SHAPES
-    return ONE_TOKEN_SHAPES if one_token else SHAPES
+        return [*NO_CACHE_SHAPES, (BATCH_MAX, seq_max, 0, 0)]
+    if one_token:
+        return [*ONE_TOKEN_SHAPES, (BATCH_MAX, 1, cache_max, 0)]
+    return [*SHAPES, (BATCH_MAX, seq_max, cache_max, 0)]
 
 
 def _input_sets(
@@ -302,6 +362,216 @@ def _check_eager(m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
     return out
 
 
+#: (batch, prompt length) of the generation stage's prompt
+GENERATION_PROMPT = (2, 6)
+
+
+def generation_prompt(m: UntrainedModel) -> tuple[Any, Any]:
+    """The token ids and attention mask the generation stage starts from (seeded)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    ids = _random_ids(m.config, GENERATION_PROMPT, generator)
+    return ids, torch.ones_like(ids)
+
+
+#: generation settings that make ``generate`` a plain argmax over the raw logits
+_NEUTRAL = {
+    "eos_token_id": None,  # no stop before the last token
+    "do_sample": False,
+    "num_beams": 1,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "temperature": 1.0,
+    "top_k": None,
+    "top_p": None,
+    "max_length": None,
+}
+
+
+def _greedy_config(config: Any) -> Any:
+    """The model's generation config with every logits processor and stop turned off.
+
+    The model's own settings (its special tokens, what its ``generate`` needs) stay; an
+    end-of-sequence stop or a repetition penalty would make ``generate`` differ from
+    the argmax of the logits for reasons that have nothing to do with the export.
+    """
+    import copy
+
+    from transformers import GenerationConfig
+
+    out = copy.deepcopy(config) if config is not None else GenerationConfig()
+    for key, value in _NEUTRAL.items():
+        setattr(out, key, value)
+    if getattr(out, "pad_token_id", None) is None:
+        out.pad_token_id = 0
+    return out
+
+
+def _generate_eager(m: UntrainedModel, new_tokens: int) -> Generation:
+    import torch
+
+    ids, mask = generation_prompt(m)
+    model = m.model
+    saved = model.generation_config
+    model.generation_config = _greedy_config(saved)
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                num_beams=1,
+                use_cache=m.cache_argument is not None,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+    finally:
+        model.generation_config = saved
+    tokens = out.sequences[:, ids.shape[1] :]
+    if tokens.shape[1] != new_tokens:
+        raise AssertionError(
+            f"generate returned {tokens.shape[1]} new tokens instead of {new_tokens}"
+        )
+    logits = [step.detach().float() for step in out.logits]
+    return Generation(
+        tokens=tokens,
+        logits=logits,
+        calls=new_tokens,
+        prefill="generate",
+        note=_positions_note(m, ids, mask, logits[0]),
+    )
+
+
+def _positions_note(m: UntrainedModel, ids: Any, mask: Any, first: Any) -> str:
+    """Says so when ``generate`` feeds positions that the model's forward, called
+    without ``position_ids`` (as the decode step is exported), does not compute."""
+    import torch
+
+    if "position_ids" not in inspect.signature(m.model.forward).parameters:
+        return ""
+    extra = {"use_cache": False} if m.cache_argument is not None else {}
+    with torch.no_grad():
+        plain = m.model(input_ids=ids, attention_mask=mask, **extra).logits[:, -1]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        given = m.model(input_ids=ids, attention_mask=mask, position_ids=positions, **extra).logits[
+            :, -1
+        ]
+    off = float((plain.double() - first.double()).abs().max())
+    if off > 1e-4 and float((given.double() - first.double()).abs().max()) <= 1e-4:
+        return (
+            "generate feeds position_ids = cumsum(attention_mask) - 1, and the model's "
+            f"forward without position_ids computes other positions (first logits differ "
+            f"by {off:.3g}): a step exported without position_ids cannot equal generate"
+        )
+    return ""
+
+
+def _state_of(out: Any, cache_argument: str) -> Any:
+    state = getattr(out, cache_argument, None)
+    if state is None:
+        state = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if state is None:
+        raise AssertionError(f"the step returned no {cache_argument!r} to feed back")
+    return state
+
+
+def _generate(m: UntrainedModel, call: Any, forced: Any, new_tokens: int) -> Generation:
+    import torch
+
+    ids, mask = generation_prompt(m)
+    takes_mask = "attention_mask" in m.inputs
+    extra = {"use_cache": m.inputs["use_cache"]} if "use_cache" in m.inputs else {}
+    logits: list[Any] = []
+    calls = 0
+
+    def feeds_of(tokens: Any, full_mask: Any, state: Any) -> dict[str, Any]:
+        feeds: dict[str, Any] = {"input_ids": tokens}
+        if takes_mask:
+            feeds["attention_mask"] = full_mask
+        if state is not None:
+            feeds[m.cache_argument] = state
+        feeds.update(extra)
+        return feeds
+
+    if m.cache_argument is None:
+        for t in range(new_tokens):
+            out = call("model", feeds_of(ids, mask, None))
+            calls += 1
+            logits.append(out.logits[:, -1].detach().float())
+            ids = torch.cat([ids, forced[:, t : t + 1]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        prefill = "every step a full forward over the whole sequence (no cache)"
+    else:
+        try:
+            logits, calls = _decode_loop(m, call, ids, forced, new_tokens, feeds_of, eager=1)
+            prefill = (
+                "first prompt token eager (the export's cache holds at least one token), "
+                "the rest through the export"
+            )
+        except Exception as first_error:  # the export rejects a one-token cache
+            eager = ids.shape[1] - 1
+            try:
+                logits, calls = _decode_loop(m, call, ids, forced, new_tokens, feeds_of, eager)
+            except Exception as e:
+                raise e from first_error
+            error = str(first_error).strip().splitlines()[0][:200] if str(first_error) else ""
+            prefill = (
+                f"first {eager} of {ids.shape[1]} prompt tokens eager: the export rejects a "
+                f"cache of one token ({type(first_error).__name__}: {error})"
+            )
+    tokens = torch.stack([step.argmax(-1) for step in logits], 1)
+    return Generation(tokens=tokens, logits=logits, calls=calls, prefill=prefill)
+
+
+def _decode_loop(
+    m: UntrainedModel,
+    call: Any,
+    ids: Any,
+    forced: Any,
+    new_tokens: int,
+    feeds_of: Any,
+    eager: int,
+) -> tuple[list[Any], int]:
+    """Prefill ``ids[:, :eager]`` eagerly, then the rest of the prompt and one token per
+    step through ``call``; the logits of each generated token and the number of calls."""
+    import torch
+
+    with torch.no_grad():
+        first = m.model(
+            input_ids=ids[:, :eager], attention_mask=torch.ones_like(ids[:, :eager]), use_cache=True
+        )
+    state = _state_of(first, m.cache_argument)
+    attention = _has_attention(state)
+    one_token = getattr(m.config, "model_type", None) in ONE_TOKEN_DECODE
+    rest = ids.shape[1]
+    chunks = [ids[:, i : i + 1] for i in range(eager, rest)] if one_token else [ids[:, eager:]]
+    chunks += [forced[:, t : t + 1] for t in range(new_tokens - 1)]
+    logits: list[Any] = []
+    seen = eager
+    for i, chunk in enumerate(chunks):
+        seen += chunk.shape[1]
+        step_mask = (
+            torch.ones((ids.shape[0], seen), dtype=torch.int64)
+            if attention
+            else torch.ones_like(chunk)
+        )
+        out = call("model", feeds_of(chunk, step_mask, state))
+        state = _state_of(out, m.cache_argument)
+        if i >= len(chunks) - new_tokens:
+            logits.append(out.logits[:, -1].detach().float())
+    return logits, len(chunks)
+
+
 def _label(feeds: dict[str, Any], cache_argument: str | None, prompt_mask: Any = None) -> str:
     ids = feeds.get("input_ids", feeds.get("inputs_embeds"))
     batch, seq = tuple(ids.shape[:2]) if ids is not None else ("?", "?")
@@ -317,7 +587,10 @@ def _label(feeds: dict[str, Any], cache_argument: str | None, prompt_mask: Any =
         except Exception:  # some caches hold only linear-attention layers
             length = None
     mask = feeds.get("attention_mask")
-    padded = any(m is not None and bool((m == 0).any()) for m in (mask, prompt_mask))
+    # a model that takes no mask is not checked on padding, whatever its prompt had
+    padded = mask is not None and any(
+        m is not None and bool((m == 0).any()) for m in (mask, prompt_mask)
+    )
     return (
         f"batch={batch} seq={seq}"
         + (f" cache={length}" if length is not None else "")
