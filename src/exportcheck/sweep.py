@@ -185,26 +185,60 @@ def _crash_row(
 
 
 class _Progress:
+    """The sweep's progress: a live ``rich`` bar on a terminal, above it one line per
+    finished model; elsewhere (a log, CI) only those lines, plain text."""
+
     def __init__(self, total: int, stream: TextIO) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.total, self.stream = total, stream
         self.ok = self.failed = 0
         self.begin = time.perf_counter()
-        self.tty = stream.isatty()
+        self.console = Console(file=stream, highlight=False)
+        self.tty = self.console.is_terminal
+        self.bar = Progress(
+            TextColumn("[bold]sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[green]ok {task.fields[ok]}[/] [red]failed {task.fields[failed]}[/]"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[running]}"),
+            console=self.console,
+            disable=not self.tty,
+        )
+        self.task = self.bar.add_task("sweep", total=total, ok=0, failed=0, running="")
+        self.bar.start()
 
     def show(self, running: Iterable[str], last: str = "") -> None:
         done = self.ok + self.failed
+        names = ",".join(running)
+        self.bar.update(self.task, completed=done, ok=self.ok, failed=self.failed, running=names)
+        if not last:
+            return
         elapsed = time.perf_counter() - self.begin
         eta = elapsed / done * (self.total - done) if done else 0.0
-        names = ",".join(running)
         line = (
             f"[{done:>{len(str(self.total))}}/{self.total}] ok {self.ok} failed {self.failed} "
-            f"running {names or '-'} | elapsed {_hms(elapsed)} eta {_hms(eta)}"
+            f"running {names or '-'} | elapsed {_hms(elapsed)} eta {_hms(eta)} | {last}"
         )
         if self.tty:
-            self.stream.write("\r\033[K" + line)
-        elif last:
-            self.stream.write(f"{line} | {last}\n")
-        self.stream.flush()
+            self.bar.console.print(line, markup=False)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def stop(self) -> None:
+        self.bar.stop()
 
 
 def _how_it_ended(proc: Any) -> tuple[str, str]:
@@ -305,6 +339,7 @@ def sweep(
         row["finished_at"] = round(time.time(), 3)
         row["started_at"] = round(row["finished_at"] - row["wall_seconds"], 3)
         row["workers"] = workers
+        row["cpus"] = os.cpu_count()
         with open(out, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -369,6 +404,5 @@ def sweep(
         stream.write(f"\ninterrupted: {len(written)} rows written to {out}; rerun to continue\n")
         raise
     finally:
-        if progress.tty:
-            stream.write("\n")
+        progress.stop()
     return written
