@@ -151,6 +151,7 @@ def summarize_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "failed_at": failed_at,
         "elapsed": (max(ends) - min(begins)) if begins and ends else None,
         "workers": max((r.get("workers", 1) for r in rows), default=1),
+        "cpus": max((r["cpus"] for r in rows if r.get("cpus")), default=None),
         "versions": versions,
     }
 
@@ -243,7 +244,7 @@ def _table_rows(summary: dict[str, Any]) -> list[list[str]]:
         out.append(
             [
                 row["source"],
-                *("✅" if verdicts.get(rt) else "❌" for rt in runtimes),
+                *(_verdict_label(verdicts.get(rt, False)) for rt in runtimes),
                 *(_fmt_diff(row.get(f"worst_{_runner(rt)}_abs")) for rt in runtimes),
                 _checked(row),
                 _patches(row),
@@ -271,12 +272,39 @@ def _rst_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("`", "'").replace("*", "\\*").replace("|", "/")
 
 
+class _Verdict(str):
+    """A verdict cell, the word ``pass`` or ``fail``: reST renders it as a coloured label."""
+
+
+def _verdict_label(green: bool) -> _Verdict:
+    return _Verdict("pass" if green else "fail")
+
+
+# Roles that render a verdict as <span class="verdict verdict-pass">pass</span> (HTML) and
+# as the plain word elsewhere; docs/_static/exportcheck.css colours them.
+_VERDICT_ROLES = [
+    ".. role:: verdict-pass",
+    "   :class: verdict verdict-pass",
+    "",
+    ".. role:: verdict-fail",
+    "   :class: verdict verdict-fail",
+    "",
+]
+
+
+def _rst_cell(cell: str) -> str:
+    if isinstance(cell, _Verdict):
+        return f":verdict-{cell}:`{cell}`"
+    return _rst_escape(cell)
+
+
 def _rst_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = [".. list-table::", "   :header-rows: 1", ""]
+    labels = any(isinstance(cell, _Verdict) for cells in rows for cell in cells)
+    lines = [*(_VERDICT_ROLES if labels else []), ".. list-table::", "   :header-rows: 1", ""]
     for i, cells in enumerate([header, *rows]):
         for j, cell in enumerate(cells):
             prefix = "   * - " if j == 0 else "     - "
-            lines.append(prefix + (_rst_escape(cell) if i else cell))
+            lines.append(prefix + (_rst_cell(cell) if i else cell))
     return "\n".join(lines)
 
 
@@ -364,9 +392,12 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
         "",
         f"Every causal-LM architecture of the installed transformers, built untrained from "
         f"a tiny config, exported with ``torch.export`` and converted to ONNX, then run on "
-        f"six input sets of distinct shapes (five the export did not see, one left-padded) and compared "
-        f"with eager PyTorch. A model is green when every stage passes and every max abs "
-        f"difference is at most {rows[0].get('atol', 1e-4):g}.",
+        f"seven input sets of distinct shapes (six the export did not see: one left-padded, "
+        f"one at the upper bounds the export declares) and compared with eager PyTorch, "
+        f"itself first checked against a full forward. Then 8 tokens are generated "
+        f"greedily through each runtime, each step's cache fed back, and compared with "
+        f"eager ``generate(do_sample=False)``. A model is green when every stage passes and "
+        f"every max abs difference is at most {rows[0].get('atol', 1e-4):g}.",
         "",
         f"* Swept on {when} with {versions}.",
         f"* **{summary['all_green']} of {total}** model types are green on every runtime "
@@ -376,8 +407,9 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
     ]
     if elapsed is not None:
         lines.append(
-            f"* The sweep took {elapsed / 60:.1f} minutes with {summary['workers']} worker(s) "
-            f"on 2 CPU cores (measured from the first start to the last finish)."
+            f"* The sweep took {elapsed / 60:.1f} minutes with {summary['workers']} worker(s)"
+            + (f" on {summary['cpus']} CPU cores" if summary["cpus"] else "")
+            + " (measured from the first start to the last finish)."
         )
     lines += [
         f"* Results file: :download:`{os.path.basename(results)} <{os.path.basename(results)}>`.",

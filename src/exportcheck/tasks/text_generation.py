@@ -75,6 +75,23 @@ def _random_ids(config: Any, shape: tuple[int, ...], generator: Any) -> Any:
     return ids
 
 
+def _contiguous(state: Any) -> Any:
+    """``state`` with contiguous tensors, as a runtime returns them. Eager caches can
+    hold views (a slice of a longer buffer); an export may guard on the strides of its
+    example, and then reject the contiguous state its own outputs feed back."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    from ..caches.pytrees import cache_pytrees
+
+    if state is None:
+        return None
+    with cache_pytrees():
+        return pytree.tree_map(
+            lambda t: t.contiguous() if isinstance(t, torch.Tensor) else t, state
+        )
+
+
 def _has_attention(cache: Any) -> bool:
     import torch
 
@@ -113,6 +130,7 @@ def _decode_inputs(
         cache = getattr(out, cache_argument, None)
         if cache is None:
             cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        cache = _contiguous(cache)
     if cache_argument is not None and cache is not None:
         feeds["input_ids"] = _random_ids(config, (batch, seq_length), generator)
         # Attention masks cover cached and new tokens; a model without attention
@@ -550,7 +568,7 @@ def _decode_loop(
         first = m.model(
             input_ids=ids[:, :eager], attention_mask=torch.ones_like(ids[:, :eager]), use_cache=True
         )
-    state = _state_of(first, m.cache_argument)
+    state = _contiguous(_state_of(first, m.cache_argument))
     attention = _has_attention(state)
     one_token = getattr(m.config, "model_type", None) in ONE_TOKEN_DECODE
     rest = ids.shape[1]
