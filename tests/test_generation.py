@@ -180,3 +180,32 @@ def test_a_generate_with_a_delay_pattern_is_on_the_ledger_and_still_needs_it(mod
 def test_the_ledger_of_generation_is_explained():
     assert sorted(NO_GENERATION) == ["musicgen", "musicgen_melody", "xlm", "xlnet"]
     assert all(len(reason) > 60 for reason in NO_GENERATION.values())
+
+
+def test_input_caches_are_contiguous_as_a_runtime_returns_them():
+    from exportcheck import make_dynamic_cache
+    from exportcheck.tasks.text_generation import _contiguous
+
+    longer = torch.randn(2, 1, 10, 4)
+    view = longer[:, :, 2:7]  # a slice of a longer buffer, as some eager caches hold
+    cache = make_dynamic_cache([(view, view * 2)])
+    assert not cache.layers[0].keys.is_contiguous()
+    out = _contiguous(cache)
+    assert type(out) is type(cache) and out.layers[0].keys.is_contiguous()
+    torch.testing.assert_close(out.layers[0].keys, view, rtol=0, atol=0)
+    torch.testing.assert_close(out.layers[0].values, view * 2, rtol=0, atol=0)
+    m = untrained_model("llama")
+    assert all(t.is_contiguous() for t in (m.inputs["cache"].layers[0].keys,))
+
+
+def test_a_row_says_when_a_token_differs_by_a_tie():
+    from exportcheck.validation import ValidationReport, _note_ties
+
+    report = ValidationReport(source="m", exporter="onnx", atol=1e-4)
+    tie = {"step": 3, "row": 1, "expected": 5, "got": 7, "gap": 2e-5}
+    _note_ties(report, "onnxruntime", {"ties": [tie]}, 1e-4)
+    _note_ties(report, "eager", {"ties": []}, 1e-4)
+    assert report.notes == [
+        "onnxruntime generation: 1 token(s) differ where the reference's two best logits "
+        "are within 0.0001 of each other (step 3 row 1): allowed"
+    ]

@@ -450,6 +450,7 @@ def validate(
         report.generation["eager"] = {"calls": loop.calls, **result}
         report.generation["prefill"] = loop.prefill
         report.generation["tokens"] = reference.tokens.tolist()
+        _note_ties(report, "eager", result, eager_atol)
         if not result["ok"]:
             raise AssertionError(
                 "eager's step-by-step loop differs from generate(do_sample=False): "
@@ -481,6 +482,7 @@ def validate(
             report.generation[rt.runner] = {"calls": loop.calls, "prefill": loop.prefill, **result}
             if loop.prefill != state["eager_loop"].prefill:
                 report.notes.append(f"{rt.title} generation: {loop.prefill}")
+            _note_ties(report, rt.title, result, atol)
             if not result["ok"]:
                 raise AssertionError(
                     f"{rt.runner} generation differs from eager: "
@@ -543,6 +545,17 @@ def validate(
                     stage(f"{rt.runner}_generate", None, rt.name, runtime_generate(rt))
         state.clear()
     return report
+
+
+def _note_ties(report: ValidationReport, who: str, result: dict[str, Any], atol: float) -> None:
+    """Say so in the row when a generated token differs only because of a tie."""
+    ties = result.get("ties") or []
+    if ties:
+        steps = ", ".join(f"step {t['step']} row {t['row']}" for t in ties)
+        report.notes.append(
+            f"{who} generation: {len(ties)} token(s) differ where the reference's two best "
+            f"logits are within {atol:g} of each other ({steps}): allowed"
+        )
 
 
 def _generation_failure(result: dict[str, Any], atol: float) -> str:
