@@ -29,7 +29,7 @@ def test_validate_tiny_llm_with_torch_export():
         "exported_generate",
     ]
     assert report.verdicts == {"exported_program": True}
-    assert len(report.runs) == 6 and all(r["runner"] == "exported" for r in report.runs)
+    assert len(report.runs) == 7 and all(r["runner"] == "exported" for r in report.runs)
     assert report.worst("exported") <= 1e-5
     data = json.loads(json.dumps(report.to_dict()))
     assert data["ok"] and data["failed_stage"] is None
@@ -62,7 +62,7 @@ def test_differences_beyond_the_tolerance_fail_the_run():
     assert failed["error_type"] == "AssertionError"
     assert "ort differs from eager beyond 1e-09" in failed["error"]
     ort_runs = [r for r in report.runs if r["runner"] == "ort"]
-    assert len(ort_runs) == 6 and any(not r["ok"] and r["abs"] > 1e-9 for r in ort_runs)
+    assert len(ort_runs) == 7 and any(not r["ok"] and r["abs"] > 1e-9 for r in ort_runs)
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,8 @@ _SIZES: dict[str, int] = {
     "expert_intermediate_size": 32,
     "shared_expert_intermediate_size": 32,
     "vocab_size": 1024,
+    # the logits width of models that pad their embedding table (inkling2)
+    "unpadded_vocab_size": 1024,
     "num_local_experts": 4,
     "num_experts": 4,
     "n_routed_experts": 4,
