@@ -1,4 +1,4 @@
-"""Sessions: tests, docs, recipes, lint. Run ``nox -l`` to list them."""
+"""Sessions: tests, docs, notebooks, browser, recipes, lint. Run ``nox -l`` to list them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ nox.options.sessions = ["lint", "tests"]
 ROOT = Path(__file__).resolve().parent
 CONSTRAINTS = str(ROOT / "constraints" / "ci.txt")
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+HTML = ROOT / "docs" / "_build" / "html"
+# Written after a build that succeeded; a build is fresh when it is newer than every source.
+BUILD_STAMP = ROOT / "docs" / "_build" / "built"
+# Tests that need the built docs and their own extras: run by the sessions notebooks and browser.
+BUILT_DOCS_TESTS = ["tests/test_notebooks.py", "tests/browser"]
+CHROMIUM = "/usr/bin/chromium"
 
 
 def _install(session: nox.Session, extras: str) -> None:
@@ -28,8 +34,9 @@ def _install(session: nox.Session, extras: str) -> None:
 def tests(session: nox.Session) -> None:
     """Unit tests, doctests and one smoke test per recipe."""
     _install(session, "test")
+    ignored = [f"--ignore={path}" for path in BUILT_DOCS_TESTS]
     # -n auto: one worker per core (pytest-xdist); worksteal balances the slow tests.
-    session.run("pytest", "-n", "auto", "--dist", "worksteal", *session.posargs, env=ENV)
+    session.run("pytest", "-n", "auto", "--dist", "worksteal", *ignored, *session.posargs, env=ENV)
 
 
 # The helpers (string_type, cache builders, pytrees, patches) also support the last
@@ -57,24 +64,90 @@ def compat(session: nox.Session) -> None:
     )
 
 
+def _build_docs(session: nox.Session, *args: str) -> None:
+    """Run every recipe and build the HTML into docs/_build/html (the docs extra installed)."""
+    for generated in ROOT.glob("docs/auto_*"):
+        shutil.rmtree(generated)
+    BUILD_STAMP.unlink(missing_ok=True)
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", str(HTML), *args, env=ENV
+    )
+    BUILD_STAMP.write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"), encoding="utf-8")
+    session.log(f"HTML: {HTML / 'index.html'}")
+
+
+def _docs_sources() -> list[Path]:
+    """What a docs build reads from the clone: a change in any of them makes the build stale."""
+    generated = {"_build", *(p.name for p in ROOT.glob("docs/auto_*"))}
+    docs = [
+        p
+        for p in (ROOT / "docs").rglob("*")
+        if p.relative_to(ROOT / "docs").parts[0] not in generated
+    ]
+    return [
+        p
+        for p in [
+            *docs,
+            *ROOT.glob("recipes/**/*"),
+            *ROOT.glob("onnx_recipes/**/*"),
+            *ROOT.glob("src/**/*"),
+        ]
+        if p.is_file() and "__pycache__" not in p.parts and p.name != "patches.rst"
+    ]
+
+
+def _docs_are_fresh() -> bool:
+    if not BUILD_STAMP.exists():
+        return False
+    built = BUILD_STAMP.stat().st_mtime
+    return all(p.stat().st_mtime < built for p in _docs_sources())
+
+
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the HTML docs, running every recipe: docs/_build/html/index.html."""
     _install(session, "docs")
-    for generated in ROOT.glob("docs/auto_*"):
-        shutil.rmtree(generated)
+    _build_docs(session, *session.posargs)
+
+
+@nox.session(default=False)
+def notebooks(session: nox.Session) -> None:
+    """Build the docs, then run every generated notebook in a fresh kernel and an empty folder.
+
+    Extra arguments go to pytest (``-- -k tiny_llm``).
+    """
+    _install(session, "docs,test,notebooks")
+    _build_docs(session)
+    session.run("pytest", "tests/test_notebooks.py", *session.posargs, env=ENV)
+
+
+@nox.session(default=False)
+def browser(session: nox.Session) -> None:
+    """Open the built docs in headless Chromium (Debian's, driven by Playwright) and check them.
+
+    Reuses docs/_build/html when it is newer than every source (after ``nox -s docs`` or
+    ``nox -s notebooks``), builds it otherwise. Screenshots: docs/_build/screenshots/.
+    Extra arguments go to pytest.
+    """
+    if _docs_are_fresh():
+        session.log(f"reusing the docs built at {BUILD_STAMP.read_text().strip()}")
+    else:
+        _install(session, "docs")
+        _build_docs(session)
+    if not Path(CHROMIUM).exists():
+        # Debian's chromium: Playwright's own browser download is not used.
+        session.run("apt-get", "update", external=True)
+        session.run("apt-get", "install", "-y", "chromium", external=True)
+    # The tests read HTML files and drive a browser: they need neither torch nor exportcheck.
+    session.install("-c", CONSTRAINTS, "pytest", "playwright")
     session.run(
-        "sphinx-build",
-        "-W",
-        "--keep-going",
-        "-b",
-        "html",
-        "docs",
-        "docs/_build/html",
+        "pytest",
+        "tests/browser",
+        "-p",
+        "no:cacheprovider",
         *session.posargs,
-        env=ENV,
+        env={**ENV, "EXPORTCHECK_CHROMIUM": CHROMIUM},
     )
-    session.log(f"HTML: {ROOT / 'docs' / '_build' / 'html' / 'index.html'}")
 
 
 @nox.session

@@ -27,8 +27,25 @@ extensions = [
     "sphinx_gallery.gen_gallery",
 ]
 exclude_patterns = ["_build", "auto_*/*.ipynb", "auto_*/*.py", "auto_*/*.zip"]
-html_theme = "alabaster"
+# A theme made for code-heavy docs; everything it needs ships with it (offline builds).
+html_theme = "pydata_sphinx_theme"
 html_title = "exportcheck"
+html_static_path = ["_static"]
+html_css_files = ["exportcheck.css"]
+# Sorts and filters the per-model tables of the status page; vanilla JS, no library.
+html_js_files = ["status_table.js"]
+html_theme_options = {
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+    "header_links_before_dropdown": 4,
+    "navbar_persistent": ["search-button"],
+    # The page's table of contents on the prose pages only: a recipe's code lines (up to
+    # about 120 characters) and the status page's tables need the width.
+    "secondary_sidebar_items": {
+        page: ["page-toc", "sourcelink"] for page in ["index", "architecture", "patches", "api"]
+    },
+}
+html_sidebars = {"status/index": []}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 intersphinx_mapping = {}  # offline builds: no inventories are fetched
