@@ -67,6 +67,14 @@ _CATEGORIES: list[tuple[str, str | None, str]] = [
         None,
         r"onnxruntime|ONNXRuntimeError|Fail|INVALID",
     ),
+    (
+        "eager decode step differs from a full forward (reference not trusted)",
+        "eager_consistent",
+        r".*",
+    ),
+    ("transformers' generate differs from the model's own decode steps", "eager_generate", r".*"),
+    ("ExportedProgram generation differs from eager", "exported_generate", r".*"),
+    ("onnxruntime generation differs from eager", "ort_generate", r".*"),
     ("tiny config does not build or run", "build", r".*"),
     ("eager forward fails on the input sets", "eager", r".*"),
     ("torch.export fails", "export", r".*"),
@@ -95,6 +103,11 @@ def categorize(row: dict[str, Any]) -> str | None:
 
 def _stage(row: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((s for s in row.get("stages", []) if s["stage"] == name), None)
+
+
+def _failed(row: dict[str, Any], name: str) -> bool:
+    st = _stage(row, name)
+    return bool(st and not st["ok"])
 
 
 def _passed(row: dict[str, Any], name: str) -> bool:
@@ -299,6 +312,16 @@ def _rst_cell(cell: str) -> str:
 
 
 def _rst_table(header: list[str], rows: list[list[str]]) -> str:
+    """A reST list-table; verdict cells become labels, spans of class ``verdict`` in HTML.
+
+    >>> from docutils.core import publish_parts
+    >>> rst = _rst_table(["model type", "onnxruntime"], [["llama", _verdict_label(False)]])
+    >>> print(rst.splitlines()[-1])
+         - :verdict-fail:`fail`
+    >>> html = publish_parts(rst, writer="html5")["body"]
+    >>> '<span class="verdict verdict-fail">fail</span>' in html
+    True
+    """
     labels = any(isinstance(cell, _Verdict) for cells in rows for cell in cells)
     lines = [*(_VERDICT_ROLES if labels else []), ".. list-table::", "   :header-rows: 1", ""]
     for i, cells in enumerate([header, *rows]):
@@ -320,17 +343,38 @@ def _plots(summary: dict[str, Any], out_dir: str) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    names = [stage_title(s) for s in summary["per_stage"]]
-    counts = list(summary["per_stage"].values())
-    ax.barh(names[::-1], counts[::-1], color="#4c72b0")
-    for y, c in enumerate(counts[::-1]):
-        ax.text(c, y, f" {c}", va="center", fontsize=8)
-    ax.set_xlim(0, max(summary["total"], 1) * 1.1)
-    ax.set_xlabel(f"model types that passed the stage (of {summary['total']})")
+    # Per stage: the model types that ran it and failed there (named when few), and
+    # those that never reached it because an earlier shared stage failed.
+    stages = list(summary["per_stage"])
+    failed = {s: [r["source"] for r in summary["rows"] if _failed(r, s)] for s in stages}
+    planned = {
+        s: [r for r in summary["rows"] if any(p[0] == s for p in r.get("plan", []))] for s in stages
+    }
+    unreached = {s: sum(_stage(r, s) is None for r in planned[s]) for s in stages}
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(stages) + 1.2))
+    ys = range(len(stages))[::-1]
+    ax.barh(ys, [len(failed[s]) for s in stages], color="#c44e52", label="failed at this stage")
+    ax.barh(
+        ys,
+        [unreached[s] for s in stages],
+        left=[len(failed[s]) for s in stages],
+        color="#bbbbbb",
+        label="not reached (an earlier stage failed)",
+    )
+    longest = max([len(failed[s]) + unreached[s] for s in stages] + [1])
+    for y, s in zip(ys, stages, strict=True):
+        names = failed[s]
+        text = ", ".join(names[:4]) + (f" +{len(names) - 4}" if len(names) > 4 else "")
+        ax.text(len(names) + unreached[s] + 0.2, y, f" {text}", va="center", fontsize=7)
+    ax.set_yticks(list(ys), [stage_title(s) for s in stages], fontsize=8)
+    ax.set_xlim(0, longest * 2.2)
+    ax.set_xlabel(f"model types (of {summary['total']})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Where models fail")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = os.path.join(out_dir, "stages.png")
     fig.savefig(path, dpi=110)
