@@ -414,3 +414,10 @@ def test_cli_inputs_of_a_shrunk_file(tmp_path, capsys):
     assert main(["inputs", str(_write(tmp_path, LLAMA)), "--shrink"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("model: LlamaForCausalLM (") and "task: text-generation" in out
+
+
+def test_a_path_source_is_named_by_its_path_in_the_report(tmp_path):
+    from exportcheck.validation import _source_name
+
+    path = _write(tmp_path, TINY_LLAMA, "tiny.json")
+    assert _source_name(Path(path)) == str(path)

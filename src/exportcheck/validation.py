@@ -181,8 +181,8 @@ def _first_line(error: BaseException) -> str:
 def _source_name(source: Any) -> str:
     if isinstance(source, UntrainedModel):
         return str(getattr(source.config, "model_type", "model"))
-    if isinstance(source, str):
-        return source
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
     if isinstance(source, dict):
         return str(source.get("model_type") or "dict")
     return str(getattr(source, "model_type", None) or type(source).__name__)

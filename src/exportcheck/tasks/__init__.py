@@ -175,9 +175,11 @@ def untrained_model(
 ) -> UntrainedModel:
     """Build a model with random weights, the input sets of a task and their dynamic shapes.
 
-    :param source: a hub id whose config ships with exportcheck (``arnir0/Tiny-LLM``),
-        a transformers ``model_type`` (``llama``: shrunk by
-        :func:`exportcheck.tiny_config`), a config object or a config dict
+    :param source: what :func:`exportcheck.models.resolve_config` reads: a transformers
+        ``model_type`` (``llama``: shrunk by :func:`exportcheck.tiny_config`), a hub id
+        whose config ships with exportcheck (``arnir0/Tiny-LLM``), a ``config.json``
+        path, a model folder, any other hub id (its ``config.json`` is downloaded when
+        the hub is reachable), a config object or a config dict
     :param task: a registered task (:data:`TASKS`); by default the first one whose
         transformers mapping has the model type
     :param seed: seeds the weights and the inputs
