@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from exportcheck import untrained_model, validate, verdict
+from exportcheck.tasks import get_task
 
 pytestmark = pytest.mark.models
 
@@ -20,10 +21,14 @@ def test_every_input_set_has_a_distinct_shape(model_type):
 
 def test_one_set_is_left_padded_as_generate_pads_a_batch():
     m = untrained_model("llama")
-    padded = m.input_sets[-1]["attention_mask"]
+    labels = get_task(m.task).components(m)[0].labels
+    which = [i for i, label in enumerate(labels) if "left-padded" in label]
+    assert which == [5], labels
+    padded = m.input_sets[5]["attention_mask"]
     assert padded[0, :5].eq(0).all() and padded[0, 5:].eq(1).all() and padded[1:].eq(1).all()
-    assert all(bool(f["attention_mask"].eq(1).all()) for f in m.input_sets[:-1])
-    assert m.prompt_masks[-1][0, :5].eq(0).all()
+    others = [f for i, f in enumerate(m.input_sets) if i != 5]
+    assert all(bool(f["attention_mask"].eq(1).all()) for f in others)
+    assert m.prompt_masks[5][0, :5].eq(0).all()
 
 
 def test_a_model_whose_eager_is_inconsistent_is_flagged():
