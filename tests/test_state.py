@@ -50,3 +50,33 @@ def test_checked_without_state_says_why(model_type):
     report = validate(model_type, exporter="onnx")
     assert report.model["cache_argument"] is None, report.table()
     assert f"no cache: {NO_CACHE[model_type]}" in report.model["notes"], report.model
+
+
+def _prefill(model_type):
+    import torch
+
+    from exportcheck import untrained_model
+
+    m = untrained_model(model_type)
+    ids = torch.randint(3, 100, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return m, m.model(input_ids=ids, use_cache=True)
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("model_type", ["recurrent_gemma", "xlm"])
+def test_a_prefill_still_returns_no_cache(model_type):
+    # what their ledger entry says; remove the entry once a cache comes out
+    _, out = _prefill(model_type)
+    assert getattr(out, "cache", None) is None and getattr(out, "past_key_values", None) is None
+
+
+@pytest.mark.models
+def test_cpmant_still_fails_on_new_tokens_with_its_cache():
+    import torch
+
+    m, out = _prefill("cpmant")
+    assert out.cache is not None
+    new = torch.randint(3, 100, (2, 3), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"size of tensor a \(62\) must match"):
+        m.model(input_ids=new, cache=out.cache, use_cache=True)
