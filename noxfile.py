@@ -182,7 +182,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def sweep(session: nox.Session) -> None:
-    """Validate every causal-LM architecture and render docs/status (44 minutes on 2 cores when last measured).
+    """Validate every causal-LM architecture and render docs/status (41 minutes on 2 cores when last measured).
 
     Extra arguments go to ``exportcheck sweep`` (``-- --only llama gemma3_text``). The
     results file is resumable: delete it to start over.

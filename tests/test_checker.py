@@ -311,3 +311,24 @@ def test_diff_lists_verdict_changes_and_reads_rows_of_earlier_versions(tmp_path)
     assert lines[-1].startswith("2 verdicts changed")
     same = subprocess.run([*cmd[:-1], str(old)], capture_output=True, text=True, timeout=300)
     assert same.returncode == 0 and same.stdout.startswith("0 verdicts changed")
+
+
+def test_a_sweep_resumed_later_counts_each_run_not_the_time_between():
+    from exportcheck.report import sweep_runs
+
+    first = [_row("a"), _row("b")]  # 100 -> 160
+    later = _row("c")
+    later["started_at"], later["finished_at"] = 5000.0, 5030.0
+    assert sweep_runs([*first, later]) == [60.0, 30.0]
+    summary = summarize_results([*first, later])
+    assert summary["elapsed"] == 90.0 and summary["runs"] == [60.0, 30.0]
+
+
+def test_the_page_says_a_sweep_ran_in_several_runs(tmp_path):
+    later = _row("c")
+    later["started_at"], later["finished_at"] = 5000.0, 5030.0
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [_row("a"), later]) + "\n")
+    write_report(str(path), str(tmp_path / "page"))
+    page = (tmp_path / "page" / "index.rst").read_text()
+    assert "took 1.5 minutes with 1 worker(s) in 2 runs (1.0 + 0.5 minutes" in page

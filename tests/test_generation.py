@@ -209,3 +209,24 @@ def test_a_row_says_when_a_token_differs_by_a_tie():
         "onnxruntime generation: 1 token(s) differ where the reference's two best logits "
         "are within 0.0001 of each other (step 3 row 1): allowed"
     ]
+
+
+def test_a_model_that_numbers_positions_unlike_generate_takes_them_as_input():
+    """RoBERTa counts positions from its padding index when not given any, generate
+    feeds cumsum(mask) - 1: the decode step takes position_ids, so the loop through the
+    export equals generate, and its padded set still matches eager."""
+    m = untrained_model("roberta")
+    assert "position_ids" in m.inputs and m.dynamic_shapes["position_ids"][1] is not None
+    assert any(note.startswith("position_ids as an input") for note in m.notes)
+    # the left-padded set's positions skip the padding, as generate's do
+    padded = m.input_sets[5]
+    full_mask = padded["attention_mask"]
+    assert full_mask[0, 0] == 0
+    expected = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -padded["input_ids"].shape[1] :]
+    assert torch.equal(padded["position_ids"], expected)
+    report = validate(m, exporter="onnx")
+    assert report.ok, report.table()
+    assert report.generation["ort"]["tokens_equal_generate"]
+    assert all(check["ok"] for check in report.model["eager_consistency"])
+    # a model that numbers from 0 itself gets no extra input
+    assert "position_ids" not in untrained_model("llama").inputs

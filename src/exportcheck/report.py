@@ -145,8 +145,7 @@ def summarize_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
     verdicts = [verdict(r) for r in rows]
     categories = collections.Counter(c for r in rows if (c := categorize(r)) is not None)
     failed_at = collections.Counter(r.get("failed_stage") or "none" for r in rows)
-    begins = [r["started_at"] for r in rows if "started_at" in r]
-    ends = [r["finished_at"] for r in rows if "finished_at" in r]
+    runs = sweep_runs(rows)
     versions = next((r["versions"] for r in rows if r.get("versions")), {})
     return {
         "rows": rows,
@@ -162,11 +161,33 @@ def summarize_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "per_stage": per_stage,
         "categories": categories,
         "failed_at": failed_at,
-        "elapsed": (max(ends) - min(begins)) if begins and ends else None,
+        # wall time: the sum of the runs' (a resumed sweep or a rerun of a few rows
+        # is a run of its own: the time between runs is not sweep time)
+        "elapsed": sum(runs) if runs else None,
+        "runs": runs,
         "workers": max((r.get("workers", 1) for r in rows), default=1),
         "cpus": max((r["cpus"] for r in rows if r.get("cpus")), default=None),
         "versions": versions,
     }
+
+
+def sweep_runs(rows: list[dict[str, Any]], gap: float = 60.0) -> list[float]:
+    """The wall time of each run that wrote ``rows``, in seconds: rows whose process
+    started more than ``gap`` seconds after every earlier one finished begin a new run
+    (a resumed sweep, a rerun of some rows), and each run is measured from its first
+    start to its last finish."""
+    spans = sorted(
+        (r["started_at"], r["finished_at"])
+        for r in rows
+        if "started_at" in r and "finished_at" in r
+    )
+    runs: list[list[float]] = []
+    for begin, end in spans:
+        if runs and begin <= runs[-1][1] + gap:
+            runs[-1][1] = max(runs[-1][1], end)
+        else:
+            runs.append([begin, end])
+    return [end - begin for begin, end in runs]
 
 
 def _fmt_diff(value: Any) -> str:
@@ -453,7 +474,13 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
         lines.append(
             f"* The sweep took {elapsed / 60:.1f} minutes with {summary['workers']} worker(s)"
             + (f" on {summary['cpus']} CPU cores" if summary["cpus"] else "")
-            + " (measured from the first start to the last finish)."
+            + (
+                " (measured from the first start to the last finish)."
+                if len(summary["runs"]) == 1
+                else f" in {len(summary['runs'])} runs ("
+                + " + ".join(f"{run / 60:.1f}" for run in summary["runs"])
+                + " minutes, each measured from its first start to its last finish)."
+            )
         )
     lines += [
         f"* Results file: :download:`{os.path.basename(results)} <{os.path.basename(results)}>`.",

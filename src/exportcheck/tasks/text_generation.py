@@ -104,6 +104,33 @@ def _has_attention(cache: Any) -> bool:
     return any(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers)
 
 
+def _positions_differ(model: Any, config: Any) -> bool:
+    """True when the forward, called without ``position_ids``, numbers the tokens of an
+    unpadded prompt otherwise than ``generate`` does (``cumsum(attention_mask) - 1``,
+    so 0, 1, 2, ...): RoBERTa-like embeddings count from the padding index instead.
+    Such a model gets ``position_ids`` as an input of its decode step, fed as
+    ``generate`` feeds them, so that the exported loop can equal ``generate``."""
+    import torch
+
+    params = inspect.signature(model.forward).parameters
+    if "position_ids" not in params:
+        return False
+    ids = _random_ids(config, (1, 4), torch.Generator().manual_seed(7))
+    extra = {"use_cache": False} if "use_cache" in params else {}
+    try:
+        with torch.no_grad():
+            plain = model(input_ids=ids, **extra).logits
+            given = model(input_ids=ids, position_ids=torch.arange(4)[None], **extra).logits
+    except Exception:  # a forward that takes position_ids of another layout (3D rotary)
+        return False
+    return not torch.allclose(plain, given, atol=1e-6, rtol=0)
+
+
+def _positions(mask: Any, length: int) -> Any:
+    """``generate``'s positions of the last ``length`` tokens of ``mask``."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
+
 def _decode_inputs(
     model: Any,
     config: Any,
@@ -113,10 +140,12 @@ def _decode_inputs(
     cache_length: int,
     generator: Any,
     pad: int = 0,
+    positions: bool = False,
 ) -> tuple[dict[str, Any], Any, Any]:
     """One input set, the prompt whose prefill filled its cache and the prompt's mask
     (both None without cache). ``pad``: the first row is left-padded by that many tokens,
-    as ``generate`` pads the shorter prompts of a batch."""
+    as ``generate`` pads the shorter prompts of a batch. ``positions``: the prefill and
+    the set get ``position_ids`` as ``generate`` computes them from the mask."""
     import torch
 
     feeds: dict[str, Any] = {}
@@ -125,8 +154,9 @@ def _decode_inputs(
     prefill_mask[0, :pad] = 0
     if cache_argument is not None:
         prefill_ids = _random_ids(config, (batch, cache_length), generator)
+        given = {"position_ids": _positions(prefill_mask, cache_length)} if positions else {}
         with torch.no_grad():
-            out = model(input_ids=prefill_ids, attention_mask=prefill_mask, use_cache=True)
+            out = model(input_ids=prefill_ids, attention_mask=prefill_mask, use_cache=True, **given)
         cache = getattr(out, cache_argument, None)
         if cache is None:
             cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -147,6 +177,11 @@ def _decode_inputs(
         if "use_cache" in inspect.signature(model.forward).parameters:
             # Without a cache in, no cache out: some models return one torch cannot flatten.
             feeds["use_cache"] = False
+    if positions:
+        full_mask = feeds["attention_mask"]
+        if full_mask.shape[1] == seq_length and cache is not None:
+            full_mask = torch.cat([prefill_mask, full_mask], 1)
+        feeds["position_ids"] = _positions(full_mask, seq_length)
     if "attention_mask" not in inspect.signature(model.forward).parameters:
         del feeds["attention_mask"]  # the model takes no mask (xLSTM)
     with_cache = cache_argument is not None and cache is not None
@@ -240,17 +275,24 @@ def _build(config: Any, seed: int) -> UntrainedModel:
     one_token = model_type in ONE_TOKEN_DECODE
     if one_token:
         notes.append(f"one new token: {ONE_TOKEN_DECODE[model_type]}")
+    positions = _positions_differ(model, config)
+    if positions:
+        notes.append(
+            "position_ids as an input: without them the forward numbers positions otherwise "
+            "than generate (cumsum(attention_mask) - 1), so the decode step takes them as "
+            "generate computes them"
+        )
     seq_max, cache_max = length_bounds(config)
     bounds = (seq_max, cache_max)
     shapes = _shapes(one_token, cache_argument is not None, bounds)
-    built = _input_sets(model, config, cache_argument, shapes, generator)
+    built = _input_sets(model, config, cache_argument, shapes, generator, positions)
     sets, prompts, prompt_masks = built
     if cache_argument is not None and cache_argument not in sets[0]:
         notes.append(f"no cache: {type(model).__name__} returned none after a prefill")
         cache_argument = None
         generator = torch.Generator().manual_seed(seed)
         shapes = _shapes(one_token, False, bounds)
-        sets, prompts, prompt_masks = _input_sets(model, config, None, shapes, generator)
+        sets, prompts, prompt_masks = _input_sets(model, config, None, shapes, generator, positions)
     batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
     seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
     cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
@@ -271,7 +313,9 @@ def _build(config: Any, seed: int) -> UntrainedModel:
             cache_argument = None
             generator = torch.Generator().manual_seed(seed)
             shapes = _shapes(one_token, False, bounds)
-            sets, prompts, prompt_masks = _input_sets(model, config, None, shapes, generator)
+            sets, prompts, prompt_masks = _input_sets(
+                model, config, None, shapes, generator, positions
+            )
     if cache_argument is not None and _has_attention(sets[0][cache_argument]):
         # The mask covers cache and new tokens: its length is their sum, which a Dim
         # cannot express, so it gets a dimension of its own.
@@ -284,6 +328,8 @@ def _build(config: Any, seed: int) -> UntrainedModel:
         dynamic_shapes["attention_mask"] = {0: batch, 1: seq_length}
     if "attention_mask" not in sets[0]:
         del dynamic_shapes["attention_mask"]
+    if "position_ids" in sets[0]:
+        dynamic_shapes["position_ids"] = {0: batch, 1: seq_length}
     if "use_cache" in sets[0]:
         dynamic_shapes["use_cache"] = None
     return UntrainedModel(
@@ -342,10 +388,15 @@ def _shapes(
 
 
 def _input_sets(
-    model: Any, config: Any, cache_argument: str | None, shapes: list[Any], generator: Any
+    model: Any,
+    config: Any,
+    cache_argument: str | None,
+    shapes: list[Any],
+    generator: Any,
+    positions: bool = False,
 ) -> tuple[list[Any], list[Any], list[Any]]:
     built = [
-        _decode_inputs(model, config, cache_argument, b, s, c, generator, pad=p)
+        _decode_inputs(model, config, cache_argument, b, s, c, generator, p, positions)
         for b, s, c, p in shapes
     ]
     return [b[0] for b in built], [b[1] for b in built], [b[2] for b in built]
@@ -370,6 +421,8 @@ def _check_eager(m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
             if mask.shape[1] != full["input_ids"].shape[1]:  # the mask covers new tokens only
                 mask = torch.cat([m.prompt_masks[i], mask], 1)
             full["attention_mask"] = mask
+        if "position_ids" in feeds:
+            full["position_ids"] = _positions(full["attention_mask"], full["input_ids"].shape[1])
         if takes_use_cache:
             full["use_cache"] = False
         with torch.no_grad():
@@ -477,6 +530,8 @@ def _positions_note(m: UntrainedModel, ids: Any, mask: Any, first: Any) -> str:
 
     if "position_ids" not in inspect.signature(m.model.forward).parameters:
         return ""
+    if "position_ids" in m.inputs:
+        return ""  # the decode step takes the positions generate feeds
     extra = {"use_cache": False} if m.cache_argument is not None else {}
     with torch.no_grad():
         plain = m.model(input_ids=ids, attention_mask=mask, **extra).logits[:, -1]
@@ -508,22 +563,27 @@ def _generate(m: UntrainedModel, call: Any, forced: Any, new_tokens: int) -> Gen
 
     ids, mask = generation_prompt(m)
     takes_mask = "attention_mask" in m.inputs
+    takes_positions = "position_ids" in m.inputs
     extra = {"use_cache": m.inputs["use_cache"]} if "use_cache" in m.inputs else {}
     logits: list[Any] = []
     calls = 0
 
-    def feeds_of(tokens: Any, full_mask: Any, state: Any) -> dict[str, Any]:
+    def feeds_of(tokens: Any, full_mask: Any, state: Any, seen: int) -> dict[str, Any]:
+        """The inputs of one call: ``tokens``, the last of ``seen`` tokens so far."""
         feeds: dict[str, Any] = {"input_ids": tokens}
         if takes_mask:
             feeds["attention_mask"] = full_mask
         if state is not None:
             feeds[m.cache_argument] = state
+        if takes_positions:
+            every = torch.ones((tokens.shape[0], seen), dtype=torch.int64)
+            feeds["position_ids"] = _positions(every, tokens.shape[1])
         feeds.update(extra)
         return feeds
 
     if m.cache_argument is None:
         for t in range(new_tokens):
-            out = call("model", feeds_of(ids, mask, None))
+            out = call("model", feeds_of(ids, mask, None, ids.shape[1]))
             calls += 1
             logits.append(out.logits[:, -1].detach().float())
             ids = torch.cat([ids, forced[:, t : t + 1]], 1)
@@ -564,9 +624,13 @@ def _decode_loop(
     step through ``call``; the logits of each generated token and the number of calls."""
     import torch
 
+    given = {"position_ids": torch.arange(eager)[None]} if "position_ids" in m.inputs else {}
     with torch.no_grad():
         first = m.model(
-            input_ids=ids[:, :eager], attention_mask=torch.ones_like(ids[:, :eager]), use_cache=True
+            input_ids=ids[:, :eager],
+            attention_mask=torch.ones_like(ids[:, :eager]),
+            use_cache=True,
+            **given,
         )
     state = _contiguous(_state_of(first, m.cache_argument))
     attention = _has_attention(state)
@@ -583,7 +647,7 @@ def _decode_loop(
             if attention
             else torch.ones_like(chunk)
         )
-        out = call("model", feeds_of(chunk, step_mask, state))
+        out = call("model", feeds_of(chunk, step_mask, state, seen))
         state = _state_of(out, m.cache_argument)
         if i >= len(chunks) - new_tokens:
             logits.append(out.logits[:, -1].detach().float())
