@@ -242,11 +242,15 @@ def depth(result: Any) -> dict[str, bool]:
       drafter's key-value states): a decode step, not a forward from scratch
     * ``distinct_shapes``: every input set has a shape of its own, five or more, so at
       least four the export did not see
-    * ``padded``: one input set is left-padded, as ``generate`` pads a batch
+    * ``padded``: one input set is padded (left-padded, as ``generate`` pads a batch;
+      right-padded, as a tokenizer pads an encoder's)
     * ``eager_consistent``: eager's decode step equals a full forward over prompt + new
       tokens, so the reference can be trusted
     * ``generation``: greedy generation was planned and passed, eagerly against
       ``generate`` and through every runtime (stages ending in ``_generate``)
+
+    Only the columns that apply to the row's task are returned (``model.columns``, which
+    validation records; all five for a row without it).
 
     >>> depth({"model": {"cache_argument": "cache", "distinct_shapes": 6,
     ...     "input_sets": ["a", "b", "c", "d", "e", "f left-padded"]},
@@ -261,13 +265,15 @@ def depth(result: Any) -> dict[str, bool]:
     planned = [p for p in _field(result, "plan", None) or [] if str(p[0]).endswith("_generate")]
     done = {(s["stage"], s.get("runtime")) for s in _stages(result) if s["ok"]}
     generation = bool(planned) and all((p[0], p[2]) in done for p in planned)
-    return {
+    marks = {
         "state": model.get("cache_argument") is not None,
         "distinct_shapes": len(labels) >= 5 and model.get("distinct_shapes") == len(labels),
-        "padded": any("left-padded" in label for label in labels),
+        "padded": any("padded" in label for label in labels),
         "eager_consistent": consistent,
         "generation": generation,
     }
+    columns = model.get("columns") or list(marks)
+    return {column: marks[column] for column in columns if column in marks}
 
 
 def green_everywhere(result: Any) -> bool:

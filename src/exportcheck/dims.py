@@ -11,6 +11,7 @@ from .describe import string_type
 __all__ = [
     "BATCH_MAX",
     "CACHE_MAX",
+    "ENCODER_SEQ_MAX",
     "describe_shapes",
     "length_bounds",
     "map_dims",
@@ -76,6 +77,25 @@ def length_bounds(config: Any) -> tuple[int, int]:
 
 REFINEMENTS = 2  # how many times validation refines the dynamic shapes
 _SUGGESTION = re.compile(r"^\s*(\w+) = Dim\('(\w+)'(?:, min=(\d+))?(?:, max=(\d+))?\)\s*$")
+
+
+#: the longest sequence a text encoder is declared and checked for, when its position
+#: table allows it
+ENCODER_SEQ_MAX = 512
+
+
+def sequence_bound(config: Any) -> int:
+    """Upper bound of seq_length for an encoder: :data:`ENCODER_SEQ_MAX`, or less where
+    a learned position table is shorter (2 less for the padding offset of RoBERTa-like
+    tables).
+
+    >>> sequence_bound(type("Config", (), {"max_position_embeddings": 128})())
+    126
+    """
+    positions = _smallest(config, "max_position_embeddings")
+    if positions is None:
+        return ENCODER_SEQ_MAX
+    return max(8, min(ENCODER_SEQ_MAX, positions - 2))
 
 
 def map_dims(spec: Any, fn: Callable[[Any], Any]) -> Any:

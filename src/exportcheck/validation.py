@@ -302,6 +302,8 @@ def validate(
             "cache_argument": m.cache_argument,
             "components": [c.name for c in state["components"]],
             "input_sets": [label for c in state["components"] for label in c.labels],
+            # the columns of compare.depth that apply to the task
+            "columns": list(state["task"].columns),
             # how these inputs differ from the usual ones (the task's notes)
             "notes": list(m.notes),
         }
@@ -503,7 +505,7 @@ def validate(
             # An inconsistent eager makes every verdict red, but the export still runs:
             # the row then says what the export does against that reference.
             stage("eager_consistent", None, None, eager_consistent)
-        else:
+        elif "eager_consistent" in state["task"].columns:
             report.notes.append(
                 "eager consistency not checked: no input set has a prompt (no cache)"
             )

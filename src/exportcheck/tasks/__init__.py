@@ -82,6 +82,20 @@ class Task:
     name: str = ""
     #: the name of the transformers auto mapping of model types to model classes
     mapping: str = ""
+    #: which task a model type gets when none is asked for: the lowest rank whose
+    #: mapping has it (a model type with a causal LM is validated as one by default)
+    rank: int = 100
+    #: the columns of :func:`exportcheck.compare.depth` that apply to this task
+    columns: tuple[str, ...] = (
+        "state",
+        "distinct_shapes",
+        "padded",
+        "eager_consistent",
+        "generation",
+    )
+
+    #: what a sweep of this task checks, one paragraph for its status page
+    status_intro: str = ""
 
     def model_types(self) -> list[str]:
         """The model types of the installed transformers' mapping of this task."""
@@ -161,8 +175,9 @@ def get_task(name: str) -> Task:
 
 
 def tasks_of(model_type: str) -> list[str]:
-    """The registered tasks whose mapping has ``model_type``, in registration order."""
-    return [name for name, task in TASKS.items() if model_type in task.model_types()]
+    """The registered tasks whose mapping has ``model_type``, the default one first."""
+    having = [task for task in TASKS.values() if model_type in task.model_types()]
+    return [task.name for task in sorted(having, key=lambda t: t.rank)]
 
 
 def untrained_model(

@@ -23,6 +23,7 @@ from ..dims import BATCH_MAX, length_bounds
 from ..families import INPUT_BUILDERS, NO_CACHE, NO_GENERATION, ONE_TOKEN_DECODE
 from ..models import UntrainedModel, randomize_zero_weights
 from . import Generation, Task, register
+from ._tokens import random_ids as _random_ids
 
 __all__ = ["TextGeneration"]
 
@@ -54,25 +55,6 @@ def _cache_argument(model: Any) -> str | None:
         if name in params:
             return name
     return None
-
-
-def _vocab(config: Any) -> int:
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    return int(getattr(text, "vocab_size", None) or getattr(config, "vocab_size", 1024))
-
-
-def _random_ids(config: Any, shape: tuple[int, ...], generator: Any) -> Any:
-    """Random token ids without the padding token: models that derive positions from
-    the ids (RoBERTa-like tables skip padding tokens) would see a padded sequence."""
-    import torch
-
-    vocab = _vocab(config)
-    ids = torch.randint(0, vocab, shape, generator=generator)
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    pad = getattr(text, "pad_token_id", None)
-    if isinstance(pad, int) and 0 <= pad < vocab and vocab > 1:
-        ids[ids == pad] = (pad + 1) % vocab
-    return ids
 
 
 def _contiguous(state: Any) -> Any:
@@ -196,6 +178,16 @@ class TextGeneration(Task):
 
     name = TASK_NAME
     mapping = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
+    rank = 0
+    status_intro = (
+        "Every causal-LM architecture of the installed transformers, built untrained from "
+        "a tiny config, exported with ``torch.export`` and converted to ONNX, then run on "
+        "seven input sets of distinct shapes (six the export did not see: one left-padded, "
+        "one at the upper bounds the export declares) and compared with eager PyTorch, "
+        "itself first checked against a full forward. Then 8 tokens are generated "
+        "greedily through each runtime, each step's cache fed back, and compared with "
+        "eager ``generate(do_sample=False)``."
+    )
 
     def build(self, config: Any, *, seed: int = 0) -> UntrainedModel:
         """The causal LM of ``config``, five decode-step input sets, their dynamic shapes."""
