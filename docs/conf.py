@@ -45,7 +45,7 @@ html_theme_options = {
         page: ["page-toc", "sourcelink"] for page in ["index", "architecture", "patches", "api"]
     },
 }
-html_sidebars = {"status/index": []}
+html_sidebars = {"status/**": []}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 intersphinx_mapping = {}  # offline builds: no inventories are fetched

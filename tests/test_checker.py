@@ -332,3 +332,56 @@ def test_the_page_says_a_sweep_ran_in_several_runs(tmp_path):
     write_report(str(path), str(tmp_path / "page"))
     page = (tmp_path / "page" / "index.rst").read_text()
     assert "took 1.5 minutes with 1 worker(s) in 2 runs (1.0 + 0.5 minutes" in page
+
+
+def test_a_status_folder_gets_one_page_per_task_and_an_overview(tmp_path):
+    from exportcheck.report import summaries_markdown, task_summaries, write_status
+
+    for task, rows in [
+        ("text-generation", [_row("a"), _row("b", "export", "Constraints violated")]),
+        ("fill-mask", [_row("c")]),
+    ]:
+        for row in rows:
+            row["task"] = task
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    written = write_status(str(tmp_path))
+    assert str(tmp_path / "fill-mask" / "index.rst") in written
+    overview = (tmp_path / "index.rst").read_text()
+    # the default task first, each linked, with its own counts
+    assert overview.index("text-generation/index") < overview.index("fill-mask/index")
+    assert "   text-generation/index\n   fill-mask/index" in overview
+    assert (tmp_path / "tasks.png").exists()
+    page = (tmp_path / "fill-mask" / "index.rst").read_text()
+    assert (
+        page.startswith("Status: fill-mask\n") and "``MODEL_FOR_MASKED_LM_MAPPING_NAMES``" in page
+    )
+    table = summaries_markdown(task_summaries(str(tmp_path)))
+    assert (
+        "| text-generation | 2 | 1 (50.0 %) |" in table
+        and "| fill-mask | 1 | 1 (100.0 %) |" in table
+    )
+
+
+def test_report_of_an_empty_folder_says_to_sweep_first(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "exportcheck", "report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert (
+        f"{tmp_path} has no <task>/results.jsonl; run 'exportcheck sweep --task all" in out.stderr
+    )
+
+
+def test_sweep_of_every_task_wants_a_folder(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "exportcheck", "sweep", "--task", "all", "--out", "r.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2 and "--task all writes one results file per task" in out.stderr

@@ -125,49 +125,76 @@ def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .sweep import sweep
-    from .tasks import get_task
+    from .tasks import TASKS, get_task
 
-    task = get_task(args.task)
-    known = task.model_types()
-    sources = args.only or known
-    unknown = [s for s in sources if "/" not in s and s not in known]
-    if unknown:
-        parser.error(
-            f"not model types of the {task.name} mapping ({task.mapping}) of this "
-            f"transformers: {', '.join(unknown)}"
+    if args.task == "all":
+        if args.only:
+            parser.error("--only names model types of one task: give --task TASK with it")
+        if args.out.endswith(".jsonl"):
+            parser.error(
+                f"--task all writes one results file per task under a folder: "
+                f"--out {args.out!r} names a file (give a folder, such as docs/status)"
+            )
+        names = sorted(TASKS, key=lambda n: TASKS[n].rank)
+        targets = [(n, os.path.join(args.out, n, "results.jsonl")) for n in names]
+    else:
+        targets = [(get_task(args.task).name, args.out)]
+    for name, out in targets:
+        task = get_task(name)
+        known = task.model_types()
+        sources = args.only or known
+        unknown = [s for s in sources if "/" not in s and s not in known]
+        if unknown:
+            parser.error(
+                f"not model types of the {task.name} mapping ({task.mapping}) of this "
+                f"transformers: {', '.join(unknown)}"
+            )
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        rows = sweep(
+            sources,
+            out,
+            exporter=args.exporter,
+            task=task.name,
+            workers=args.workers,
+            timeout=args.timeout,
+            memory_gib=args.memory_gib,
+            retry_failed=args.retry_failed,
         )
-    rows = sweep(
-        sources,
-        args.out,
-        exporter=args.exporter,
-        task=task.name,
-        workers=args.workers,
-        timeout=args.timeout,
-        memory_gib=args.memory_gib,
-        retry_failed=args.retry_failed,
-    )
-    ok = sum(1 for r in rows if r.get("ok"))
-    print(f"{ok} of {len(rows)} new rows ok; results in {args.out}")
+        ok = sum(1 for r in rows if r.get("ok"))
+        print(f"{task.name}: {ok} of {len(rows)} new rows ok; results in {out}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .report import write_report
+    from .report import summaries_markdown, task_summaries, write_report, write_status
 
+    if os.path.isdir(args.results):
+        for path in write_status(args.results):
+            print(path)
+        print()
+        print(summaries_markdown(task_summaries(args.results)))
+        return 0
     if not os.path.exists(args.results):
-        parser.error(f"no results file {args.results!r}; run 'exportcheck sweep --out FILE' first")
+        parser.error(
+            f"no results file or folder {args.results!r}; run 'exportcheck sweep --out FILE' "
+            "(or '--task all --out FOLDER') first"
+        )
+    if args.out is None:
+        parser.error("--out is required with a results file: the folder for its page")
     written = write_report(args.results, args.out, title=args.title)
     for path in written:
         print(path)
     return 0
 
 
-def _add_task(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+def _add_task(
+    parser: argparse.ArgumentParser, default: str | None = None, every: bool = False
+) -> None:
     from .tasks import TASKS
 
     parser.add_argument(
         "--task",
-        choices=list(TASKS),
+        choices=sorted(TASKS, key=lambda n: TASKS[n].rank) + (["all"] if every else []),
         default=default,
         help="the task to build the model for"
         + (
@@ -245,8 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "sweep", help="validate every model type of a task's mapping, one process each"
     )
-    _add_task(p, default="text-generation")
-    p.add_argument("--out", required=True, help="JSONL results file, appended to (resumable)")
+    _add_task(p, default="text-generation", every=True)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="JSONL results file, appended to (resumable); with --task all, a folder that "
+        "gets <task>/results.jsonl",
+    )
     p.add_argument("--only", nargs="+", help="model types or hub ids to run instead of all")
     p.add_argument("--exporter", choices=list(EXPORTERS), default="onnx")
     p.add_argument("--workers", type=int, default=1, help="models validated at once")
@@ -260,10 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_sweep)
 
-    p = commands.add_parser("report", help="render sweep results as the docs status page")
-    p.add_argument("results", help="JSONL file written by sweep")
-    p.add_argument("--out", required=True, help="folder for the page and its plots")
-    p.add_argument("--title", default="Exporter status")
+    p = commands.add_parser("report", help="render sweep results as the docs status pages")
+    p.add_argument(
+        "results",
+        help="JSONL file written by sweep, or a folder of <task>/results.jsonl (sweep "
+        "--task all): each task's page is written next to its results, and an overview",
+    )
+    p.add_argument("--out", help="with a results file: the folder for its page and plots")
+    p.add_argument("--title", default=None, help="the page title (default: the task's)")
     p.set_defaults(run=_cmd_report)
 
     p = commands.add_parser(

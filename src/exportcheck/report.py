@@ -13,7 +13,7 @@ from .compare import depth, green_everywhere, verdict
 from .runtimes import RUNTIMES
 from .sweep import read_results, upgrade_row
 
-__all__ = ["categorize", "summarize_results", "write_report"]
+__all__ = ["categorize", "summarize_results", "task_summaries", "write_report", "write_status"]
 
 # Titles of the stages every validation has; each runtime titles its own stages.
 _SHARED_TITLES = {
@@ -156,7 +156,12 @@ def summarize_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "all_green": sum(bool(v) and all(v.values()) for v in verdicts),
         # per column of compare.depth, the rows that have it; everywhere: green on every
         # runtime and every column
-        "depth": {column: sum(depth(r)[column] for r in rows) for column in _DEPTH_TITLES},
+        # (only the columns that apply to the rows' task)
+        "depth": {
+            column: sum(depth(r).get(column, False) for r in rows)
+            for column in _DEPTH_TITLES
+            if any(column in depth(r) for r in rows)
+        },
         "everywhere": sum(green_everywhere(r) for r in rows),
         "per_stage": per_stage,
         "categories": categories,
@@ -239,7 +244,7 @@ def _header(summary: dict[str, Any]) -> list[str]:
 _DEPTH_TITLES = {
     "state": "decode step with the model's state (cache)",
     "distinct_shapes": "every input set a distinct shape (4 or more unseen)",
-    "padded": "a left-padded batch among the input sets",
+    "padded": "a padded batch among the input sets",
     "eager_consistent": "eager decode step equals a full forward (reference trusted)",
     "generation": "8 greedy tokens through every runtime equal eager generate()",
 }
@@ -431,7 +436,19 @@ def _plots(summary: dict[str, Any], out_dir: str) -> list[str]:
     return written
 
 
-def write_report(results: str, out_dir: str, title: str = "Exporter status") -> list[str]:
+def _intro(rows: list[dict[str, Any]]) -> str:
+    """What the rows' task checks, from the task itself, and the tolerance."""
+    from .tasks import TASKS
+
+    names = sorted({r.get("task") or "text-generation" for r in rows})
+    checks = " ".join(TASKS[n].status_intro for n in names if n in TASKS)
+    return (
+        f"{checks} A model is green when every stage passes and every max abs difference is "
+        f"at most {rows[0].get('atol', 1e-4):g}."
+    )
+
+
+def write_report(results: str, out_dir: str, title: str | None = None) -> list[str]:
     """Render ``results`` (a sweep's JSONL) as ``out_dir/index.rst`` with plots.
 
     :return: the paths written
@@ -439,6 +456,8 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
     rows = read_results(results)
     if not rows:
         raise ValueError(f"write_report: {results} holds no result rows.")
+    if title is None:
+        title = f"Status: {rows[0].get('task') or 'text-generation'}"
     os.makedirs(out_dir, exist_ok=True)
     # The page links the results file: keep a copy next to it.
     local = os.path.join(out_dir, os.path.basename(results))
@@ -455,14 +474,7 @@ def write_report(results: str, out_dir: str, title: str = "Exporter status") -> 
         title,
         "=" * len(title),
         "",
-        f"Every causal-LM architecture of the installed transformers, built untrained from "
-        f"a tiny config, exported with ``torch.export`` and converted to ONNX, then run on "
-        f"seven input sets of distinct shapes (six the export did not see: one left-padded, "
-        f"one at the upper bounds the export declares) and compared with eager PyTorch, "
-        f"itself first checked against a full forward. Then 8 tokens are generated "
-        f"greedily through each runtime, each step's cache fed back, and compared with "
-        f"eager ``generate(do_sample=False)``. A model is green when every stage passes and "
-        f"every max abs difference is at most {rows[0].get('atol', 1e-4):g}.",
+        _intro(rows),
         "",
         f"* Swept on {when} with {versions}.",
         f"* **{summary['all_green']} of {total}** model types are green on every runtime "
@@ -583,3 +595,159 @@ def verdict_changes(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> lis
                 }
             )
     return changes
+
+
+def _task_folders(status_dir: str) -> list[tuple[str, str]]:
+    """(task, results file) of every ``<task>/results.jsonl`` under ``status_dir``, the
+    default task first (:attr:`exportcheck.tasks.Task.rank`)."""
+    from .tasks import TASKS
+
+    found = [
+        (name, os.path.join(status_dir, name, "results.jsonl"))
+        for name in sorted(os.listdir(status_dir))
+        if os.path.isfile(os.path.join(status_dir, name, "results.jsonl"))
+    ]
+    return sorted(found, key=lambda f: (TASKS[f[0]].rank if f[0] in TASKS else 1000, f[0]))
+
+
+def task_summaries(status_dir: str) -> list[dict[str, Any]]:
+    """One line per task swept under ``status_dir``: its mapping, model types, how many
+    are green on every runtime and on every column, the columns that apply, sweep time."""
+    from .tasks import TASKS
+
+    out = []
+    for name, path in _task_folders(status_dir):
+        summary = summarize_results(read_results(path))
+        task = TASKS.get(name)
+        out.append(
+            {
+                "task": name,
+                "mapping": task.mapping if task else "",
+                "types": len(task.model_types()) if task else summary["total"],
+                "swept": summary["total"],
+                "green": summary["all_green"],
+                "everywhere": summary["everywhere"],
+                "columns": list(summary["depth"]),
+                "minutes": None if summary["elapsed"] is None else summary["elapsed"] / 60,
+            }
+        )
+    return out
+
+
+def summaries_markdown(summaries: list[dict[str, Any]]) -> str:
+    """The per-task table of :func:`task_summaries` in Markdown (the README's)."""
+    lines = [
+        "| task | model types | green on both runtimes | green on every column | sweep |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for t in summaries:
+        lines.append(
+            f"| {t['task']} | {t['swept']} | {t['green']} ({100 * t['green'] / t['swept']:.1f} %)"
+            f" | {t['everywhere']} ({100 * t['everywhere'] / t['swept']:.1f} %) | "
+            + ("" if t["minutes"] is None else f"{t['minutes']:.1f} min")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_status(status_dir: str) -> list[str]:
+    """Render every ``<task>/results.jsonl`` under ``status_dir`` as its task's page,
+    and ``status_dir/index.rst``: the tasks side by side, with a plot.
+
+    :return: the paths written
+    """
+    folders = _task_folders(status_dir)
+    if not folders:
+        raise ValueError(
+            f"write_status: {status_dir} has no <task>/results.jsonl; run "
+            f"'exportcheck sweep --task all --out {status_dir}' first."
+        )
+    written = []
+    for _name, path in folders:
+        written += write_report(path, os.path.dirname(path))
+    summaries = task_summaries(status_dir)
+    written.append(_tasks_plot(summaries, status_dir))
+    rows = [
+        [
+            f":doc:`{t['task']} <{t['task']}/index>`",
+            f"``{t['mapping']}``",
+            str(t["swept"]),
+            f"{t['green']} ({100 * t['green'] / t['swept']:.1f} %)",
+            f"{t['everywhere']} ({100 * t['everywhere'] / t['swept']:.1f} %)",
+            ", ".join(_DEPTH_SHORT[c] for c in t["columns"]),
+            "" if t["minutes"] is None else f"{t['minutes']:.1f}",
+        ]
+        for t in summaries
+    ]
+    lines = [
+        "Exporter status",
+        "===============",
+        "",
+        "Every model type of the installed transformers, for each task exportcheck "
+        "supports: built untrained from a tiny config, exported with ``torch.export``, "
+        "converted to ONNX and checked in both runtimes against eager PyTorch on input "
+        "sets the export did not see. *Green everywhere* adds every column that applies "
+        "to the task (a decode step with the model's state, distinct shapes, padded "
+        "batches, eager consistent, greedy generation equal to ``generate``). Each task "
+        "has a page with every model type, its first error and its notes.",
+        "",
+        _rst_table(
+            [
+                "task",
+                "transformers mapping",
+                "model types",
+                "green on every runtime",
+                "green everywhere",
+                "columns checked",
+                "sweep minutes",
+            ],
+            rows,
+        ),
+        "",
+        ".. image:: tasks.png",
+        "",
+        ".. toctree::",
+        "   :maxdepth: 1",
+        "",
+        *(f"   {t['task']}/index" for t in summaries),
+        "",
+    ]
+    index = os.path.join(status_dir, "index.rst")
+    with open(index, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    written.append(index)
+    return written
+
+
+def _tasks_plot(summaries: list[dict[str, Any]], out_dir: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(summaries) + 1.6))
+    ys = list(range(len(summaries)))[::-1]
+    share = [lambda t, k=k: 100 * t[k] / t["swept"] for k in ("everywhere", "green")]
+    everywhere = [share[0](t) for t in summaries]
+    runtimes_only = [share[1](t) - share[0](t) for t in summaries]
+    red = [100 - share[1](t) for t in summaries]
+    ax.barh(ys, everywhere, color="#55a868", label="green everywhere")
+    ax.barh(
+        ys,
+        runtimes_only,
+        left=everywhere,
+        color="#a1d99b",
+        label="green on both runtimes, a column missing",
+    )
+    left = [a + b for a, b in zip(everywhere, runtimes_only, strict=True)]
+    ax.barh(ys, red, left=left, color="#c44e52", label="red")
+    ax.set_yticks(ys, [f"{t['task']} ({t['swept']})" for t in summaries], fontsize=9)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of the task's model types")
+    ax.set_title("Model types green per task")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "tasks.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -83,7 +83,7 @@ def _model_table(page):
 
 
 def test_status_filter_finds_llama(visit, screenshots):
-    page = visit.open("status/index.html")
+    page = visit.open("status/text-generation/index.html")
     controls, table = _model_table(page)
     controls.scroll_into_view_if_needed()
     page.evaluate("window.scrollBy(0, -80)")
@@ -110,7 +110,7 @@ def test_status_filter_finds_llama(visit, screenshots):
 
 
 def test_status_verdict_select_and_sorting(visit):
-    page = visit.open("status/index.html")
+    page = visit.open("status/text-generation/index.html")
     controls, table = _model_table(page)
     rows = table.locator("tbody tr")
     total = rows.count()
