@@ -31,6 +31,9 @@ class UntrainedModel:
       gives the same last logits as the decode step
     * ``prompt_masks``: the attention mask of each prompt (zeros where a row is
       left-padded), None for a set without cache
+    * ``components``: for a task that exports several graphs (an encoder and decoder
+      steps), each graph with its own input sets (:class:`exportcheck.tasks.Component`);
+      ``inputs`` are then the main graph's (the decoder step). Empty for one graph.
     """
 
     model: Any
@@ -44,6 +47,7 @@ class UntrainedModel:
     prompts: list[Any] = dataclasses.field(default_factory=list)
     prompt_masks: list[Any] = dataclasses.field(default_factory=list)
     task: str = "text-generation"
+    components: list[Any] = dataclasses.field(default_factory=list)
 
     @property
     def input_sets(self) -> list[dict[str, Any]]:
@@ -51,13 +55,20 @@ class UntrainedModel:
         return [self.inputs, *self.other_inputs]
 
     def describe(self) -> str:
-        """One line per input set: its shapes."""
+        """One line per input set: its shapes (per graph for a task that exports several)."""
         from ..describe import string_type
 
-        lines = [f"inputs: {string_type(self.inputs, with_shape=True)}"]
-        for i, feeds in enumerate(self.other_inputs):
-            lines.append(f"other_inputs[{i}]: {string_type(feeds, with_shape=True)}")
-        lines.append(f"dynamic_shapes: {string_type(self.dynamic_shapes)}")
+        if self.components:
+            lines = []
+            for c in self.components:
+                for label, feeds in zip(c.labels, c.input_sets, strict=True):
+                    lines.append(f"{c.name} {label}: {string_type(feeds, with_shape=True)}")
+                lines.append(f"{c.name} dynamic_shapes: {string_type(c.dynamic_shapes)}")
+        else:
+            lines = [f"inputs: {string_type(self.inputs, with_shape=True)}"]
+            for i, feeds in enumerate(self.other_inputs):
+                lines.append(f"other_inputs[{i}]: {string_type(feeds, with_shape=True)}")
+            lines.append(f"dynamic_shapes: {string_type(self.dynamic_shapes)}")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 

@@ -1,0 +1,399 @@
+"""Encoder-decoder models exported as deployed: encoder, first decoder step, decoder step.
+
+Three graphs, as a runtime drives them:
+
+* ``encoder``: the encoder's inputs (token ids and mask) -> ``encoder_hidden_states``;
+* ``decoder_init``: the first decoder step, without a cache: ``decoder_input_ids``, the
+  encoder's states and mask -> logits and an ``EncoderDecoderCache`` (self-attention of
+  the decoder tokens, cross-attention keys and values computed from the encoder states);
+* ``decoder``: one decoder step with that cache -> logits and the grown cache. The
+  cross-attention part keeps the encoder's length; the self-attention part grows.
+
+Dynamic dimensions: ``batch``, ``encoder_length``, ``seq_length`` (new decoder tokens)
+and ``cache_length`` (decoder tokens already cached). The input sets of the three graphs
+have distinct shapes; two are right-padded on the encoder side, as a tokenizer pads a
+batch, so the cross-attention mask has zeros. The decoder step is checked against a full
+decoder forward over its prefix and new tokens (eager consistency), and greedy
+generation runs the three graphs (encoder once, the first step, then one call per token)
+against eager ``generate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from typing import Any
+
+from ..dims import BATCH_MAX, length_bounds, sequence_bound
+from ..models import UntrainedModel, randomize_zero_weights
+from . import Component, Generation, Task
+from ._encoder import token_inputs
+from ._tokens import random_ids
+
+#: (batch, encoder length, padding of each encoder row, decoder tokens cached, new
+#: decoder tokens) of each input set but the last, which is at the declared bounds
+SHAPES = [
+    (2, 12, (), 5, 3),
+    (1, 7, (), 4, 2),
+    (3, 16, (), 6, 1),
+    (4, 10, (), 3, 4),
+    (2, 14, (5,), 8, 2),
+    (3, 9, (2, 4), 2, 3),
+]
+#: decoder tokens of the first step of each input set (a decoder prompt can be longer
+#: than the start token: forced language and task tokens)
+#: The export's first set has 2: a size of 1 would specialize the dimension.
+INIT_TOKENS = [2, 1, 1, 3, 1, 2]
+
+
+@functools.cache
+def _parts() -> tuple[type, type, type]:
+    """The three wrapper modules (built on first use: torch is imported lazily)."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
+
+    class Encoder(torch.nn.Module):
+        """The encoder of ``model``: token ids and mask -> its last hidden states."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            encoder = self.model.get_encoder()
+            return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    class DecoderInit(torch.nn.Module):
+        """The first decoder step: no cache in, logits and the filled cache out."""
+
+        def __init__(self, model: Any, cache_argument: str) -> None:
+            super().__init__()
+            self.model = model
+            self.cache_argument = cache_argument
+
+        def forward(
+            self, decoder_input_ids: Any, encoder_hidden_states: Any, attention_mask: Any
+        ) -> dict[str, Any]:
+            out = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
+                attention_mask=attention_mask,
+                decoder_input_ids=decoder_input_ids,
+                use_cache=True,
+            )
+            return {"logits": out.logits, "cache": _cache_of(out, self.cache_argument)}
+
+    class DecoderStep(torch.nn.Module):
+        """One decoder step with the cache of the steps before."""
+
+        def __init__(self, model: Any, cache_argument: str) -> None:
+            super().__init__()
+            self.model = model
+            self.cache_argument = cache_argument
+
+        def forward(
+            self,
+            decoder_input_ids: Any,
+            encoder_hidden_states: Any,
+            attention_mask: Any,
+            cache: Any,
+        ) -> dict[str, Any]:
+            out = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
+                attention_mask=attention_mask,
+                decoder_input_ids=decoder_input_ids,
+                use_cache=True,
+                **{self.cache_argument: cache},
+            )
+            return {"logits": out.logits, "cache": _cache_of(out, self.cache_argument)}
+
+    return Encoder, DecoderInit, DecoderStep
+
+
+def _cache_of(out: Any, cache_argument: str) -> Any:
+    cache = getattr(out, cache_argument, None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+    return cache
+
+
+def _cache_argument(model: Any) -> str:
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise ValueError(
+        f"{type(model).__name__}.forward takes neither 'cache' nor 'past_key_values': "
+        "its decoder step cannot be given a cache"
+    )
+
+
+def _contiguous(cache: Any) -> Any:
+    """A deep copy of ``cache`` with contiguous tensors, as a runtime returns them."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    from ..caches.pytrees import cache_pytrees
+
+    with cache_pytrees():
+        return pytree.tree_map(
+            lambda t: t.contiguous().clone() if isinstance(t, torch.Tensor) else t, cache
+        )
+
+
+def _decoder_config(config: Any) -> Any:
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def decoder_start(model: Any, config: Any) -> int:
+    """The token every decoder sequence starts with."""
+    for holder in (getattr(model, "generation_config", None), _decoder_config(config), config):
+        start = getattr(holder, "decoder_start_token_id", None)
+        if isinstance(start, int):
+            return start
+    pad = getattr(_decoder_config(config), "pad_token_id", None)
+    return pad if isinstance(pad, int) else 0
+
+
+class Seq2Seq(Task):
+    """The base of encoder-decoder tasks; a subclass names its auto class and builds the
+    encoder's inputs (:meth:`encoder_inputs`)."""
+
+    auto_class: str = ""
+    new_tokens = 8
+
+    def encoder_inputs(
+        self, config: Any, batch: int, length: int, padding: tuple[int, ...], generator: Any
+    ) -> dict[str, Any]:
+        """The encoder's inputs for one batch; the mask is ``attention_mask``."""
+        return token_inputs(config, batch, length, padding, generator)
+
+    def encoder_dims(self, batch: Any, encoder_length: Any) -> dict[str, Any]:
+        """Dynamic shapes of :meth:`encoder_inputs`."""
+        return {
+            "input_ids": {0: batch, 1: encoder_length},
+            "attention_mask": {0: batch, 1: encoder_length},
+        }
+
+    def encoder_bound(self, config: Any) -> int:
+        """The largest encoder length declared and checked."""
+        return sequence_bound(config)
+
+    def build(self, config: Any, *, seed: int = 0) -> UntrainedModel:
+        import torch
+        import transformers
+
+        from ..caches import cache_dynamic_shapes
+
+        torch.manual_seed(seed)
+        auto = getattr(transformers, self.auto_class)
+        model = auto.from_config(config).to(torch.float32).eval()
+        randomize_zero_weights(model, getattr(config, "initializer_range", None) or 0.02)
+        if not hasattr(model, "get_encoder"):
+            raise ValueError(
+                f"{type(model).__name__} has no get_encoder(): not an encoder-decoder model"
+            )
+        cache_argument = _cache_argument(model)
+        Encoder, DecoderInit, DecoderStep = _parts()
+        encoder = Encoder(model)
+        generator = torch.Generator().manual_seed(seed)
+        enc_max = self.encoder_bound(config)
+        seq_max, cache_max = length_bounds(_decoder_config(config))
+        shapes = [*SHAPES, (BATCH_MAX, enc_max, (), cache_max, seq_max)]
+        init_tokens = [*INIT_TOKENS, seq_max]
+        enc_sets, init_sets, step_sets, prompts = [], [], [], []
+        for (batch, length, padding, cached, new), first in zip(shapes, init_tokens, strict=True):
+            feeds = self.encoder_inputs(config, batch, length, padding, generator)
+            enc_sets.append(feeds)
+            with torch.no_grad():
+                states = encoder(**copy.deepcopy(feeds))
+            mask = feeds["attention_mask"]
+            decoder_config = _decoder_config(config)
+            init_sets.append(
+                {
+                    "decoder_input_ids": random_ids(decoder_config, (batch, first), generator),
+                    "encoder_hidden_states": states,
+                    "attention_mask": mask,
+                }
+            )
+            prefix = random_ids(decoder_config, (batch, cached), generator)
+            with torch.no_grad():
+                prefill = DecoderInit(model, cache_argument)(prefix, states, mask)
+            step_sets.append(
+                {
+                    "decoder_input_ids": random_ids(decoder_config, (batch, new), generator),
+                    "encoder_hidden_states": states,
+                    "attention_mask": mask,
+                    "cache": _contiguous(prefill["cache"]),
+                }
+            )
+            prompts.append(prefix)
+        batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
+        encoder_length = torch.export.Dim("encoder_length", min=1, max=enc_max)
+        seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
+        cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
+        cache = step_sets[0]["cache"]
+        cross = {0: batch, 1: encoder_length}
+        step_shapes = {
+            "decoder_input_ids": {0: batch, 1: seq_length},
+            "encoder_hidden_states": cross,
+            "attention_mask": cross,
+            "cache": [
+                cache_dynamic_shapes(cache.self_attention_cache, batch, cache_length),
+                cache_dynamic_shapes(cache.cross_attention_cache, batch, encoder_length),
+            ],
+        }
+        init_shapes = {k: v for k, v in step_shapes.items() if k != "cache"}
+        enc_labels = [_label(shape, "encoder") for shape in shapes]
+        init_labels = [
+            _label((*shape[:4], n), "decoder_init")
+            for shape, n in zip(shapes, init_tokens, strict=True)
+        ]
+        step_labels = [_label(shape, "decoder") for shape in shapes]
+        m = UntrainedModel(
+            model=model,
+            config=config,
+            inputs=step_sets[0],
+            other_inputs=step_sets[1:],
+            dynamic_shapes=step_shapes,
+            cache_argument=cache_argument,
+            shapes=[(b, n, s, c) for b, n, _, c, s in shapes],
+            prompts=prompts,
+            task=self.name,
+            components=[
+                Component(
+                    "encoder",
+                    encoder,
+                    enc_sets,
+                    self.encoder_dims(batch, encoder_length),
+                    enc_labels,
+                ),
+                Component(
+                    "decoder_init",
+                    DecoderInit(model, cache_argument),
+                    init_sets,
+                    init_shapes,
+                    init_labels,
+                ),
+                Component(
+                    "decoder",
+                    DecoderStep(model, cache_argument),
+                    step_sets,
+                    step_shapes,
+                    step_labels,
+                ),
+            ],
+        )
+        return m
+
+    def components(self, m: UntrainedModel) -> list[Component]:
+        return list(m.components)
+
+    def check_eager(self, m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
+        """The decoder step's logits equal a full decoder forward (no cache) over its
+        prefix and new tokens, with the same encoder states."""
+        import torch
+
+        step = next(c for c in m.components if c.name == "decoder")
+        init = next(c for c in m.components if c.name == "decoder_init")
+        out = []
+        for i, feeds in enumerate(step.input_sets):
+            new = feeds["decoder_input_ids"]
+            with torch.no_grad():
+                got = step.module(**copy.deepcopy(feeds))["logits"]
+                whole = init.module(
+                    torch.cat([m.prompts[i], new], 1),
+                    feeds["encoder_hidden_states"],
+                    feeds["attention_mask"],
+                )["logits"][:, -new.shape[1] :]
+            diff = float((got.double() - whole.double()).abs().max())
+            out.append({"input_set": i, "abs": diff, "ok": diff <= atol})
+        return out
+
+    def generation_inputs(self, m: UntrainedModel) -> dict[str, Any]:
+        """The encoder inputs generation starts from (batch 2, seeded)."""
+        import torch
+
+        generator = torch.Generator().manual_seed(1234)
+        return self.encoder_inputs(m.config, 2, 11, (3,), generator)
+
+    def generate_eager(self, m: UntrainedModel) -> Generation:
+        import torch
+
+        from .text_generation import _greedy_config
+
+        feeds = self.generation_inputs(m)
+        model = m.model
+        saved = model.generation_config
+        model.generation_config = _greedy_config(saved)
+        model.generation_config.decoder_start_token_id = decoder_start(model, m.config)
+        try:
+            with torch.no_grad():
+                out = model.generate(
+                    **feeds,
+                    max_new_tokens=self.new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                )
+        finally:
+            model.generation_config = saved
+        tokens = out.sequences[:, -self.new_tokens :]
+        if len(out.logits) != self.new_tokens:
+            raise AssertionError(
+                f"generate returned {len(out.logits)} new tokens instead of {self.new_tokens}"
+            )
+        return Generation(
+            tokens=tokens,
+            logits=[step.detach().float() for step in out.logits],
+            calls=self.new_tokens,
+            prefill="generate",
+        )
+
+    def generate(self, m: UntrainedModel, call: Any, forced: Any) -> Generation:
+        """The encoder once, the first decoder step on the start token, then one decoder
+        step per token with the cache the step before returned."""
+        import torch
+
+        feeds = self.generation_inputs(m)
+        states = call("encoder", feeds)
+        mask = feeds["attention_mask"]
+        start = torch.full((mask.shape[0], 1), decoder_start(m.model, m.config))
+        out = call(
+            "decoder_init",
+            {"decoder_input_ids": start, "encoder_hidden_states": states, "attention_mask": mask},
+        )
+        logits = [out["logits"][:, -1].detach().float()]
+        for t in range(self.new_tokens - 1):
+            out = call(
+                "decoder",
+                {
+                    "decoder_input_ids": forced[:, t : t + 1],
+                    "encoder_hidden_states": states,
+                    "attention_mask": mask,
+                    "cache": out["cache"],
+                },
+            )
+            logits.append(out["logits"][:, -1].detach().float())
+        tokens = torch.stack([step.argmax(-1) for step in logits], 1)
+        return Generation(
+            tokens=tokens,
+            logits=logits,
+            calls=1 + self.new_tokens,
+            prefill="encoder once, the first decoder step on the start token, then the step",
+        )
+
+
+def _label(shape: tuple[Any, ...], part: str) -> str:
+    batch, length, padding, cached, new = shape
+    text = f"batch={batch} encoder={length}"
+    if part != "encoder":
+        text += f" seq={new}"
+    if part == "decoder":
+        text += f" cache={cached}"
+    if any(padding):
+        text += " padded"
+    if batch == BATCH_MAX:
+        text += " at bounds"
+    return text
