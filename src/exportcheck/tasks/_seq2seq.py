@@ -72,40 +72,33 @@ def _parts() -> tuple[type, type, type]:
             self.model = model
             self.cache_argument = cache_argument
 
-        def forward(
-            self, decoder_input_ids: Any, encoder_hidden_states: Any, attention_mask: Any
-        ) -> dict[str, Any]:
+        def decode(self, ids: Any, states: Any, mask: Any, **cache: Any) -> dict[str, Any]:
             out = self.model(
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
-                attention_mask=attention_mask,
-                decoder_input_ids=decoder_input_ids,
+                encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                attention_mask=mask,
+                decoder_input_ids=ids,
                 use_cache=True,
+                **cache,
             )
             return {"logits": out.logits, "cache": _cache_of(out, self.cache_argument)}
 
-    class DecoderStep(torch.nn.Module):
+        def forward(
+            self, decoder_input_ids: Any, encoder_hidden_states: Any, attention_mask: Any
+        ) -> dict[str, Any]:
+            return self.decode(decoder_input_ids, encoder_hidden_states, attention_mask)
+
+    class DecoderStep(DecoderInit):
         """One decoder step with the cache of the steps before."""
 
-        def __init__(self, model: Any, cache_argument: str) -> None:
-            super().__init__()
-            self.model = model
-            self.cache_argument = cache_argument
-
-        def forward(
+        def forward(  # type: ignore[override]
             self,
             decoder_input_ids: Any,
             encoder_hidden_states: Any,
             attention_mask: Any,
             cache: Any,
         ) -> dict[str, Any]:
-            out = self.model(
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
-                attention_mask=attention_mask,
-                decoder_input_ids=decoder_input_ids,
-                use_cache=True,
-                **{self.cache_argument: cache},
-            )
-            return {"logits": out.logits, "cache": _cache_of(out, self.cache_argument)}
+            feeds = {self.cache_argument: cache}
+            return self.decode(decoder_input_ids, encoder_hidden_states, attention_mask, **feeds)
 
     return Encoder, DecoderInit, DecoderStep
 
