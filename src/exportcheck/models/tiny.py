@@ -49,6 +49,8 @@ _SIZES: dict[str, int] = {
     "vocab_size": 1024,
     # the logits width of models that pad their embedding table (inkling2)
     "unpadded_vocab_size": 1024,
+    # the decoder's own vocabulary of encoder-decoders that may embed two (marian)
+    "decoder_vocab_size": 1024,
     "num_local_experts": 4,
     "num_experts": 4,
     "n_routed_experts": 4,
@@ -123,7 +125,14 @@ _KEEP_KEYS = {
     "transformers_version",
     "per_layer_config",
 }
-_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
+_TOKEN_IDS = (
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "sep_token_id",
+    "cls_token_id",
+    "decoder_start_token_id",
+)
 # Per-layer lists that say what kind each layer is: the layers kept cover every kind.
 _LAYER_KINDS = ("layer_types", "layers_block_type", "block_types", "layers_type")
 

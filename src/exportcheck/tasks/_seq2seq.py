@@ -51,7 +51,10 @@ INIT_TOKENS = [2, 1, 1, 3, 1, 2]
 def _parts() -> tuple[type, type, type]:
     """The three wrapper modules (built on first use: torch is imported lazily)."""
     import torch
-    from transformers.modeling_outputs import BaseModelOutput
+
+    # MoEModelOutput: a BaseModelOutput with the router fields that mixture-of-experts
+    # encoder-decoders (switch_transformers, nllb-moe) read from their encoder's output
+    from transformers.modeling_outputs import MoEModelOutput
 
     class Encoder(torch.nn.Module):
         """The encoder of ``model``: token ids and mask -> its last hidden states."""
@@ -74,7 +77,7 @@ def _parts() -> tuple[type, type, type]:
 
         def decode(self, ids: Any, states: Any, mask: Any, **cache: Any) -> dict[str, Any]:
             out = self.model(
-                encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                encoder_outputs=MoEModelOutput(last_hidden_state=states),
                 attention_mask=mask,
                 decoder_input_ids=ids,
                 use_cache=True,
@@ -178,6 +181,14 @@ class Seq2Seq(Task):
 
         from ..caches import cache_dynamic_shapes
 
+        if not getattr(config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"{type(config).__name__} is not an encoder-decoder (is_encoder_decoder is "
+                f"not set): {config.model_type!r} is in {self.mapping} but its model feeds "
+                "an encoder's states into a causal LM as input embeddings; the "
+                f"{self.name} task exports encoder-decoders (encoder, decoder steps with "
+                "an EncoderDecoderCache)"
+            )
         torch.manual_seed(seed)
         auto = getattr(transformers, self.auto_class)
         model = auto.from_config(config).to(torch.float32).eval()
