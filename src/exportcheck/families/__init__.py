@@ -10,6 +10,12 @@ exportcheck get wrong for its model types, and nothing else does:
 * ``known_failures``: model types that cannot be built or run here, with a regular
   expression of the error they must still raise (the tests check it, so a fix upstream
   shows up);
+* ``task_config_fixes``: like ``config_fixes``, for one task only, keyed by task then
+  model type: what the model class of that task needs and another task's must not have
+  (``is_decoder=False`` for a masked LM whose causal LM needs ``True``); the task applies
+  them to the config before it builds the model;
+* ``task_known_failures``: like ``known_failures``, for one task only, keyed by task then
+  model type: the regular expression of the error its validation still ends with;
 * ``one_token_decode`` / ``no_cache``: decode steps that take one new token, or that
   cannot be checked with a cache, and why;
 * ``no_generation``: model types whose ``generate`` is not a loop of plain decode
@@ -47,6 +53,8 @@ __all__ = [
     "NO_CACHE",
     "NO_GENERATION",
     "ONE_TOKEN_DECODE",
+    "TASK_CONFIG_FIXES",
+    "TASK_KNOWN_FAILURES",
     "Family",
     "family_of",
     "register",
@@ -64,6 +72,12 @@ class Family:
     )
     config_fixes: dict[str, tuple[dict[str, Any], str]] = dataclasses.field(default_factory=dict)
     known_failures: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    task_config_fixes: dict[str, dict[str, tuple[dict[str, Any], str]]] = dataclasses.field(
+        default_factory=dict
+    )
+    task_known_failures: dict[str, dict[str, tuple[str, str]]] = dataclasses.field(
+        default_factory=dict
+    )
     one_token_decode: dict[str, str] = dataclasses.field(default_factory=dict)
     no_cache: dict[str, str] = dataclasses.field(default_factory=dict)
     no_generation: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -88,6 +102,10 @@ NO_CACHE: dict[str, str] = {}
 NO_GENERATION: dict[str, str] = {}
 #: model_type -> a function building its input sets instead of the task's
 INPUT_BUILDERS: dict[str, Callable[..., Any]] = {}
+#: task -> model_type -> (overrides the task applies before building the model, reason)
+TASK_CONFIG_FIXES: dict[str, dict[str, tuple[dict[str, Any], str]]] = {}
+#: task -> model_type -> (regular expression of the error, reason)
+TASK_KNOWN_FAILURES: dict[str, dict[str, tuple[str, str]]] = {}
 
 _TABLES = {
     "config_arguments": CONFIG_ARGUMENTS,
@@ -98,6 +116,11 @@ _TABLES = {
     "no_generation": NO_GENERATION,
     "input_builders": INPUT_BUILDERS,
 }
+#: the tables keyed by task, then by model type
+_TASK_TABLES = {
+    "task_config_fixes": TASK_CONFIG_FIXES,
+    "task_known_failures": TASK_KNOWN_FAILURES,
+}
 _OWNER: dict[str, str] = {}
 
 
@@ -105,9 +128,12 @@ def register(family: Family) -> Family:
     """Merge ``family`` into the tables and its patches into :mod:`exportcheck.patches`."""
     if family.name in FAMILIES:
         raise ValueError(f"register: a family named {family.name!r} is already registered.")
-    for table_name, table in _TABLES.items():
-        entries = getattr(family, table_name)
-        for model_type, value in entries.items():
+    merges = [(name, table, getattr(family, name)) for name, table in _TABLES.items()]
+    for name, by_task in _TASK_TABLES.items():
+        for task, entries in getattr(family, name).items():
+            merges.append((f"{name}[{task!r}]", by_task.setdefault(task, {}), entries))
+    for table_name, table, entries in merges:
+        for model_type in entries:
             if model_type not in family.model_types:
                 raise ValueError(
                     f"register: family {family.name!r} has a {table_name} entry for "
@@ -118,6 +144,8 @@ def register(family: Family) -> Family:
                     f"register: {table_name} of {model_type!r} is given by both "
                     f"{_OWNER[f'{table_name}:{model_type}']!r} and {family.name!r}."
                 )
+    for table_name, table, entries in merges:
+        for model_type, value in entries.items():
             table[model_type] = value
             _OWNER[f"{table_name}:{model_type}"] = family.name
     for patch in family.patches:

@@ -14,7 +14,8 @@ import inspect
 from typing import Any
 
 from ..dims import BATCH_MAX, sequence_bound
-from ..models import UntrainedModel, randomize_zero_weights
+from ..families import TASK_CONFIG_FIXES
+from ..models import UntrainedModel, randomize_zero_weights, set_attributes
 from . import Task
 from ._tokens import pad_token, random_ids
 
@@ -48,6 +49,24 @@ def token_inputs(
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def task_config(config: Any, task: str) -> tuple[Any, list[str]]:
+    """``config`` with the ``task_config_fixes`` of its model type for ``task``
+    (:data:`exportcheck.families.TASK_CONFIG_FIXES`) set on a copy, and a note saying
+    which attributes they changed and why (none when they changed nothing)."""
+    import copy
+
+    overrides, reason = TASK_CONFIG_FIXES.get(task, {}).get(
+        getattr(config, "model_type", None), ({}, "")
+    )
+    missing = object()
+    changed = {k: v for k, v in overrides.items() if "." in k or getattr(config, k, missing) != v}
+    if not changed:
+        return config, []
+    config = set_attributes(copy.deepcopy(config), changed)
+    listed = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+    return config, [f"{task} config: {listed}: {reason}"]
+
+
 class TextEncoder(Task):
     """The base of one-graph text tasks; a subclass names its auto class."""
 
@@ -74,6 +93,7 @@ class TextEncoder(Task):
         import transformers
 
         torch.manual_seed(seed)
+        config, fixed = task_config(config, self.name)
         auto = getattr(transformers, self.auto_class)
         # float32 whatever dtype the config declares: exports are checked on CPU.
         model = auto.from_config(config).to(torch.float32).eval()
@@ -104,7 +124,7 @@ class TextEncoder(Task):
             dynamic_shapes=dynamic_shapes,
             cache_argument=None,
             shapes=[(b, s) for b, s, _ in shapes],
-            notes=notes,
+            notes=[*fixed, *notes],
             task=self.name,
         )
 
