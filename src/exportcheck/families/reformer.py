@@ -106,6 +106,19 @@ def _setup() -> None:
     )
 
 
+# The encoder tasks: both ways, and chunks longer than their longest checked length.
+_ENCODER_FIX = (
+    {"is_decoder": False, "lsh_attn_chunk_length": 1024, "local_attn_chunk_length": 1024},
+    "a masked LM and an encoder attend both ways (ReformerForMaskedLM asserts "
+    "'config.is_decoder=False', while the causal LM of text-generation needs True); these "
+    "tasks check lengths up to 512, and with chunks of 128 ReformerModel.forward pads a "
+    "longer input to a multiple of 128 and chunks its attention, another graph than the "
+    "one traced at length 8 (the export is valid up to 128 only: 'Guard failed: "
+    "input_ids.size()[1] <= 128' at 512); chunks of 1024, longer than any checked length, "
+    "run the unchunked attention on every length, as the chunks of 128 do for "
+    "text-generation's lengths",
+)
+
 register(
     Family(
         name="reformer",
@@ -122,6 +135,9 @@ register(
                 "unchunked attention as chunks of 64 without the guard 'length % 64 != 0' "
                 "that is false at 64",
             )
+        },
+        task_config_fixes={
+            task: {"reformer": _ENCODER_FIX} for task in ("fill-mask", "feature-extraction")
         },
         no_cache={
             "reformer": "its state (ReformerDynamicCache in past_buckets_states, flattened "
