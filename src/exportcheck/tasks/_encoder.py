@@ -38,9 +38,9 @@ def token_inputs(
     ``padding`` (row i by ``padding[i]`` tokens) with the padding token."""
     import torch
 
-    ids = random_ids(config, (batch, length), generator)
+    ids = random_ids(config, (batch, length), generator, encoder=True)
     mask = torch.ones((batch, length), dtype=torch.int64)
-    pad = pad_token(config)
+    pad = pad_token(config, encoder=True)
     for row, count in enumerate(padding):
         if count:
             mask[row, -count:] = 0
@@ -89,9 +89,18 @@ class TextEncoder(Task):
         )
 
     def build(self, config: Any, *, seed: int = 0) -> UntrainedModel:
+        import copy
+
         import torch
         import transformers
 
+        notes = []
+        if getattr(config, "is_decoder", False):
+            # An encoder attends both ways; the tiny config of a model type that also
+            # has a causal LM makes it a decoder (causal attention, a cache).
+            config = copy.deepcopy(config)
+            config.is_decoder = False
+            notes.append("is_decoder set to False: an encoder attends both ways")
         torch.manual_seed(seed)
         config, fixed = task_config(config, self.name)
         auto = getattr(transformers, self.auto_class)
@@ -108,7 +117,6 @@ class TextEncoder(Task):
         seq_max = sequence_bound(config)
         shapes = [*SHAPES, (BATCH_MAX, seq_max, ())]
         sets = [token_inputs(config, b, s, p, generator) for b, s, p in shapes]
-        notes = []
         if "attention_mask" not in params:
             for feeds in sets:
                 del feeds["attention_mask"]
