@@ -1,6 +1,6 @@
 """
 An encoder-decoder in onnxruntime: T5 as three graphs and a greedy loop
-======================================================================
+=======================================================================
 
 An encoder-decoder such as T5 is not one graph for a runtime: the encoder runs once per
 input, then the decoder runs once per generated token. The first decoder step has no

@@ -1,6 +1,6 @@
 """
 A trained sentence encoder to ONNX: embeddings and their ranking match eager
-==========================================================================
+============================================================================
 
 Untrained models show that an export computes what eager computes; a trained one shows
 that it keeps what the model *means*. This recipe exports the trained

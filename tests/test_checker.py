@@ -385,3 +385,15 @@ def test_sweep_of_every_task_wants_a_folder(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 2 and "--task all writes one results file per task" in out.stderr
+
+
+def test_an_error_cut_after_an_underscore_is_not_a_rest_reference():
+    from docutils.core import publish_parts
+
+    from exportcheck.report import _rst_table
+
+    rst = _rst_table(["first error"], [["build: it is in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_"]])
+    html = publish_parts(
+        rst, writer="html5", settings_overrides={"report_level": 2, "halt_level": 2}
+    )
+    assert "MAPPING_" in html["body"]

@@ -308,7 +308,10 @@ def _note_rows(summary: dict[str, Any]) -> list[list[str]]:
 
 
 def _rst_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("`", "'").replace("*", "\\*").replace("|", "/")
+    """``text`` as plain reST: no roles, emphasis or references (a word ending in ``_``,
+    as a truncated ``MAPPING_`` does, would be a link target)."""
+    text = text.replace("\\", "\\\\").replace("`", "'").replace("*", "\\*").replace("|", "/")
+    return re.sub(r"_(?=\W|$)", r"\\_", text)
 
 
 class _Verdict(str):
