@@ -13,6 +13,8 @@ Generic rules:
   the model has no grouped-query attention), intermediate size 128, vocabulary 1024.
   Special token ids beyond the vocabulary are moved inside it.
 * **Experts.** 4 experts, 2 per token, expert width 32, one shared expert.
+* **Speech.** 32 channels per feature-encoder convolution, adapters and speech
+  encoders as wide and as deep as the rest.
 * **Other dimensions** (multi-head latent attention, state-space and linear-attention
   heads, convolution kernels) shrink to small values with the same ratios.
 * Everything else (windows, rope, norms, activation) keeps the model's default.
@@ -97,6 +99,11 @@ _SIZES: dict[str, int] = {
     "backbone_hidden_size": 64,  # a drafter's main model, shrunk to hidden size 64 too
     "max_position_embeddings": 4096,
     "n_positions": 4096,
+    # speech: the channels of each convolution of a raw-audio feature encoder, the
+    # width of an adapter after it, and the encoder width of speech-to-text models
+    "conv_dim": 32,
+    "output_hidden_size": 64,
+    "speech_encoder_intermediate_size": 128,
 }
 _LAYER_COUNTS = (
     "num_hidden_layers",
@@ -107,6 +114,9 @@ _LAYER_COUNTS = (
     "encoder_layers",
     "num_decoder_layers",
     "num_encoder_layers",
+    "encoder_num_hidden_layers",
+    "decoder_num_hidden_layers",
+    "speech_encoder_layers",
 )
 _HEADS = (
     "num_attention_heads",
@@ -115,6 +125,7 @@ _HEADS = (
     "n_heads",
     "decoder_attention_heads",
     "encoder_attention_heads",
+    "speech_encoder_attention_heads",
 )
 _WIDTH_RATIOS = ("attention_hidden_size", "lru_width", "embedding_dim")
 _EXPERT_COUNTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
