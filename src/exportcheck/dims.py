@@ -77,6 +77,8 @@ def length_bounds(config: Any) -> tuple[int, int]:
 
 REFINEMENTS = 2  # how many times validation refines the dynamic shapes
 _SUGGESTION = re.compile(r"^\s*(\w+) = Dim\('(\w+)'(?:, min=(\d+))?(?:, max=(\d+))?\)\s*$")
+#: ``audio_length = 384*_audio_length - 288``: a dimension on a lattice of a new one
+_DERIVED = re.compile(r"^\s*(\w+) = \d+\*_\1(?: [+-] \d+)?\s*$")
 
 
 #: the longest sequence a text encoder is declared and checked for, when its position
@@ -144,6 +146,12 @@ def refine_dynamic_shapes(dynamic_shapes: Any, error: BaseException) -> tuple[An
                     int(low) if low else None,
                     int(high) if high else None,
                 )
+            elif _DERIVED.match(line) and "Not all values" in text:
+                # ``length = 384*_length - 288``: a lattice the solver proposes for a
+                # guard it cannot prove on the range (a floor division), not a
+                # relation between two inputs: relaxed below, the runs check the rest.
+                bounds.clear()
+                break
             elif line.strip() and "=" in line and not line.startswith("The error"):
                 return None  # a specialization or a relation between dimensions
     if bounds:
