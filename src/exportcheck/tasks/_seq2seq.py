@@ -21,6 +21,7 @@ against eager ``generate``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 from typing import Any
@@ -33,13 +34,15 @@ from ._tokens import random_ids
 
 #: (batch, encoder length, padding of each encoder row, decoder tokens cached, new
 #: decoder tokens) of each input set but the last, which is at the declared bounds
+#: Every batch size differs, so that an encoder of one accepted length (Whisper) still
+#: sees a shape of its own in each set.
 SHAPES = [
     (2, 12, (), 5, 3),
     (1, 7, (), 4, 2),
     (3, 16, (), 6, 1),
     (4, 10, (), 3, 4),
-    (2, 14, (5,), 8, 2),
-    (3, 9, (2, 4), 2, 3),
+    (5, 14, (5,), 8, 2),
+    (6, 9, (2, 4), 2, 3),
 ]
 #: decoder tokens of the first step of each input set (a decoder prompt can be longer
 #: than the start token: forced language and task tokens)
@@ -48,24 +51,64 @@ INIT_TOKENS = [2, 1, 1, 3, 1, 2]
 
 
 @functools.cache
-def _parts() -> tuple[type, type, type]:
-    """The three wrapper modules (built on first use: torch is imported lazily)."""
+def _parts() -> dict[str, type]:
+    """The wrapper modules: an encoder per kind of input, the first decoder step and the
+    decoder step (built on first use: torch is imported lazily)."""
     import torch
 
     # MoEModelOutput: a BaseModelOutput with the router fields that mixture-of-experts
     # encoder-decoders (switch_transformers, nllb-moe) read from their encoder's output
     from transformers.modeling_outputs import MoEModelOutput
 
-    class Encoder(torch.nn.Module):
-        """The encoder of ``model``: token ids and mask -> its last hidden states."""
+    @dataclasses.dataclass
+    class EncoderStates(MoEModelOutput):
+        """The encoder's output as the decoder reads it; ``attention_mask`` is the mask of
+        the states (models whose encoder subsamples its input return it)."""
 
-        def __init__(self, model: Any) -> None:
+        attention_mask: Any = None
+
+    class Encoder(torch.nn.Module):
+        """The encoder of ``model``: token ids and mask -> its last hidden states, and
+        the states' mask when the encoder returns one (``with_mask``)."""
+
+        def __init__(self, model: Any, with_mask: bool = False) -> None:
             super().__init__()
             self.model = model
+            self.with_mask = with_mask
+
+        def encode(self, **feeds: Any) -> Any:
+            out = self.model.get_encoder()(**feeds)
+            if self.with_mask:
+                return {
+                    "last_hidden_state": out.last_hidden_state,
+                    "attention_mask": out.attention_mask,
+                }
+            return out.last_hidden_state
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            encoder = self.model.get_encoder()
-            return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return self.encode(input_ids=input_ids, attention_mask=attention_mask)
+
+    class FeatureEncoder(Encoder):
+        """An audio encoder fed log-mel features (a mask when its feature extractor
+        gives one) -> its last hidden states."""
+
+        def forward(self, input_features: Any, attention_mask: Any = None) -> Any:  # type: ignore[override]
+            check_rank(
+                "input_features",
+                input_features,
+                3,
+                "frames and mel bins, ordered as the feature extractor orders them",
+            )
+            feeds = {} if attention_mask is None else {"attention_mask": attention_mask}
+            return self.encode(input_features=input_features, **feeds)
+
+    class WaveEncoder(Encoder):
+        """An audio encoder fed the raw waveform -> its last hidden states."""
+
+        def forward(self, input_values: Any, attention_mask: Any = None) -> Any:  # type: ignore[override]
+            check_rank("input_values", input_values, 2, "samples")
+            feeds = {} if attention_mask is None else {"attention_mask": attention_mask}
+            return self.encode(input_values=input_values, **feeds)
 
     class DecoderInit(torch.nn.Module):
         """The first decoder step: no cache in, logits and the filled cache out."""
@@ -75,20 +118,33 @@ def _parts() -> tuple[type, type, type]:
             self.model = model
             self.cache_argument = cache_argument
 
-        def decode(self, ids: Any, states: Any, mask: Any, **cache: Any) -> dict[str, Any]:
+        def decode(
+            self, ids: Any, states: Any, mask: Any, states_mask: Any = None, **cache: Any
+        ) -> dict[str, Any]:
+            # ``mask`` is the encoder input's (tokens, frames or samples): the model
+            # derives the cross-attention mask from it as its own forward does;
+            # ``states_mask`` is the states' own, for models that read it from the
+            # encoder's output.
+            masks = {} if mask is None else {"attention_mask": mask}
             out = self.model(
-                encoder_outputs=MoEModelOutput(last_hidden_state=states),
-                attention_mask=mask,
+                encoder_outputs=EncoderStates(last_hidden_state=states, attention_mask=states_mask),
                 decoder_input_ids=ids,
                 use_cache=True,
+                **masks,
                 **cache,
             )
             return {"logits": out.logits, "cache": _cache_of(out, self.cache_argument)}
 
         def forward(
-            self, decoder_input_ids: Any, encoder_hidden_states: Any, attention_mask: Any
+            self,
+            decoder_input_ids: Any,
+            encoder_hidden_states: Any,
+            attention_mask: Any = None,
+            encoder_attention_mask: Any = None,
         ) -> dict[str, Any]:
-            return self.decode(decoder_input_ids, encoder_hidden_states, attention_mask)
+            return self.decode(
+                decoder_input_ids, encoder_hidden_states, attention_mask, encoder_attention_mask
+            )
 
     class DecoderStep(DecoderInit):
         """One decoder step with the cache of the steps before."""
@@ -97,13 +153,39 @@ def _parts() -> tuple[type, type, type]:
             self,
             decoder_input_ids: Any,
             encoder_hidden_states: Any,
-            attention_mask: Any,
-            cache: Any,
+            attention_mask: Any = None,
+            cache: Any = None,
+            encoder_attention_mask: Any = None,
         ) -> dict[str, Any]:
+            # the order of the inputs of the text graphs: ids, states, mask, cache
             feeds = {self.cache_argument: cache}
-            return self.decode(decoder_input_ids, encoder_hidden_states, attention_mask, **feeds)
+            return self.decode(
+                decoder_input_ids,
+                encoder_hidden_states,
+                attention_mask,
+                encoder_attention_mask,
+                **feeds,
+            )
 
-    return Encoder, DecoderInit, DecoderStep
+    return {
+        "input_ids": Encoder,
+        "input_features": FeatureEncoder,
+        "input_values": WaveEncoder,
+        "decoder_init": DecoderInit,
+        "decoder": DecoderStep,
+    }
+
+
+def check_rank(name: str, tensor: Any, rank: int, layout: str) -> None:
+    """A ValueError that says which layout an encoder input must have, unless it has it."""
+    got = getattr(tensor, "dim", lambda: None)()
+    if got != rank:
+        shape = tuple(getattr(tensor, "shape", ()))
+        raise ValueError(
+            f"{name} must have rank {rank} (batch first, then {layout}); got rank {got}, "
+            f"shape {shape}. Pass what the model's feature extractor returns for a list "
+            f"of waveforms (a single example as a batch of one: {name}[None])."
+        )
 
 
 def _cache_of(out: Any, cache_argument: str) -> Any:
@@ -151,25 +233,64 @@ def decoder_start(model: Any, config: Any) -> int:
     return pad if isinstance(pad, int) else 0
 
 
+@dataclasses.dataclass
+class EncoderSide:
+    """The encoder's input sets and how their dimensions are declared.
+
+    * ``sets``: the encoder's keyword arguments for each input set
+    * ``dynamic_shapes``: their dynamic dimensions
+    * ``mask_dims``: the dimensions of ``attention_mask`` (the decoder steps take it too),
+      None when the model takes no mask
+    * ``states_length``: the Dim of the encoder states' length (cross-attention keys and
+      values), None when it is static
+    * ``labels``: one description per set (``batch=2 encoder=12 padded``)
+    * ``notes``: what differs from the usual inputs, and why
+    """
+
+    sets: list[dict[str, Any]]
+    dynamic_shapes: dict[str, Any]
+    mask_dims: dict[int, Any] | None
+    states_length: Any
+    labels: list[str]
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
 class Seq2Seq(Task):
     """The base of encoder-decoder tasks; a subclass names its auto class and builds the
-    encoder's inputs (:meth:`encoder_inputs`)."""
+    encoder's inputs (:meth:`encoder_side`, :meth:`encoder_inputs`)."""
 
     auto_class: str = ""
     new_tokens = 8
 
     def encoder_inputs(
-        self, config: Any, batch: int, length: int, padding: tuple[int, ...], generator: Any
+        self,
+        model: Any,
+        config: Any,
+        batch: int,
+        length: int,
+        padding: tuple[int, ...],
+        generator: Any,
     ) -> dict[str, Any]:
         """The encoder's inputs for one batch; the mask is ``attention_mask``."""
         return token_inputs(config, batch, length, padding, generator)
 
-    def encoder_dims(self, batch: Any, encoder_length: Any) -> dict[str, Any]:
-        """Dynamic shapes of :meth:`encoder_inputs`."""
-        return {
-            "input_ids": {0: batch, 1: encoder_length},
-            "attention_mask": {0: batch, 1: encoder_length},
-        }
+    def encoder_side(
+        self, model: Any, config: Any, shapes: list[tuple[Any, ...]], generator: Any, batch: Any
+    ) -> EncoderSide:
+        """The encoder's input sets for ``shapes`` (one per (batch, encoder length,
+        padding, ...); the last at the declared bounds) and their dynamic shapes: token
+        ids and mask of one ``encoder_length``, which the states keep."""
+        import torch
+
+        length = torch.export.Dim("encoder_length", min=1, max=shapes[-1][1])
+        dims = {0: batch, 1: length}
+        return EncoderSide(
+            sets=[self.encoder_inputs(model, config, b, n, p, generator) for b, n, p, *_ in shapes],
+            dynamic_shapes={"input_ids": dims, "attention_mask": dims},
+            mask_dims=dims,
+            states_length=length,
+            labels=[_label(shape, "encoder") for shape in shapes],
+        )
 
     def encoder_bound(self, config: Any) -> int:
         """The largest encoder length declared and checked."""
@@ -198,62 +319,77 @@ class Seq2Seq(Task):
                 f"{type(model).__name__} has no get_encoder(): not an encoder-decoder model"
             )
         cache_argument = _cache_argument(model)
-        Encoder, DecoderInit, DecoderStep = _parts()
-        encoder = Encoder(model)
+        parts = _parts()
+        DecoderInit, DecoderStep = parts["decoder_init"], parts["decoder"]
         generator = torch.Generator().manual_seed(seed)
         enc_max = self.encoder_bound(config)
         seq_max, cache_max = length_bounds(_decoder_config(config))
         shapes = [*SHAPES, (BATCH_MAX, enc_max, (), cache_max, seq_max)]
         init_tokens = [*INIT_TOKENS, seq_max]
-        enc_sets, init_sets, step_sets, prompts = [], [], [], []
-        for (batch, length, padding, cached, new), first in zip(shapes, init_tokens, strict=True):
-            feeds = self.encoder_inputs(config, batch, length, padding, generator)
-            enc_sets.append(feeds)
+        batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
+        side = self.encoder_side(model, config, shapes, generator, batch)
+        Encoder = parts[next(iter(side.sets[0]))]
+        with torch.no_grad():
+            probe = model.get_encoder()(**copy.deepcopy(side.sets[0]))
+        # An encoder that subsamples its input may return the mask of its states, which
+        # the decoder reads from the encoder's output instead of the input's mask.
+        with_mask = getattr(probe, "attention_mask", None) is not None
+        encoder = Encoder(model, with_mask=with_mask)
+        decoder_config = _decoder_config(config)
+        init_sets, step_sets, prompts = [], [], []
+        for feeds, shape, first in zip(side.sets, shapes, init_tokens, strict=True):
+            n_batch, cached, new = shape[0], shape[3], shape[4]
             with torch.no_grad():
-                states = encoder(**copy.deepcopy(feeds))
-            mask = feeds["attention_mask"]
-            decoder_config = _decoder_config(config)
+                states, masks = _states(encoder(**copy.deepcopy(feeds)), feeds, side)
             init_sets.append(
                 {
-                    "decoder_input_ids": random_ids(decoder_config, (batch, first), generator),
+                    "decoder_input_ids": random_ids(decoder_config, (n_batch, first), generator),
                     "encoder_hidden_states": states,
-                    "attention_mask": mask,
+                    **masks,
                 }
             )
-            prefix = random_ids(decoder_config, (batch, cached), generator)
+            prefix = random_ids(decoder_config, (n_batch, cached), generator)
             with torch.no_grad():
-                prefill = DecoderInit(model, cache_argument)(prefix, states, mask)
+                prefill = DecoderInit(model, cache_argument)(prefix, states, **masks)
             step_sets.append(
                 {
-                    "decoder_input_ids": random_ids(decoder_config, (batch, new), generator),
+                    "decoder_input_ids": random_ids(decoder_config, (n_batch, new), generator),
                     "encoder_hidden_states": states,
-                    "attention_mask": mask,
                     "cache": _contiguous(prefill["cache"]),
+                    **masks,
                 }
             )
             prompts.append(prefix)
-        batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
-        encoder_length = torch.export.Dim("encoder_length", min=1, max=enc_max)
         seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
         cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
         cache = step_sets[0]["cache"]
-        cross = {0: batch, 1: encoder_length}
+        states_dims = {0: batch}
+        if side.states_length is not None:
+            states_dims[1] = side.states_length
         step_shapes = {
             "decoder_input_ids": {0: batch, 1: seq_length},
-            "encoder_hidden_states": cross,
-            "attention_mask": cross,
+            "encoder_hidden_states": states_dims,
             "cache": [
                 cache_dynamic_shapes(cache.self_attention_cache, batch, cache_length),
-                cache_dynamic_shapes(cache.cross_attention_cache, batch, encoder_length),
+                cache_dynamic_shapes(cache.cross_attention_cache, batch, side.states_length),
             ],
         }
+        if with_mask:
+            step_shapes["encoder_attention_mask"] = {
+                0: batch,
+                **dict(list(states_dims.items())[1:]),
+            }
+        elif side.mask_dims:
+            step_shapes["attention_mask"] = side.mask_dims
         init_shapes = {k: v for k, v in step_shapes.items() if k != "cache"}
-        enc_labels = [_label(shape, "encoder") for shape in shapes]
         init_labels = [
-            _label((*shape[:4], n), "decoder_init")
-            for shape, n in zip(shapes, init_tokens, strict=True)
+            _label((*shape[:4], n), "decoder_init", encoder=label)
+            for shape, n, label in zip(shapes, init_tokens, side.labels, strict=True)
         ]
-        step_labels = [_label(shape, "decoder") for shape in shapes]
+        step_labels = [
+            _label(shape, "decoder", encoder=label)
+            for shape, label in zip(shapes, side.labels, strict=True)
+        ]
         m = UntrainedModel(
             model=model,
             config=config,
@@ -264,14 +400,9 @@ class Seq2Seq(Task):
             shapes=[(b, n, s, c) for b, n, _, c, s in shapes],
             prompts=prompts,
             task=self.name,
+            notes=side.notes,
             components=[
-                Component(
-                    "encoder",
-                    encoder,
-                    enc_sets,
-                    self.encoder_dims(batch, encoder_length),
-                    enc_labels,
-                ),
+                Component("encoder", encoder, side.sets, side.dynamic_shapes, side.labels),
                 Component(
                     "decoder_init",
                     DecoderInit(model, cache_argument),
@@ -308,18 +439,19 @@ class Seq2Seq(Task):
                 whole = init.module(
                     torch.cat([m.prompts[i], new], 1),
                     feeds["encoder_hidden_states"],
-                    feeds["attention_mask"],
+                    feeds.get("attention_mask"),
+                    feeds.get("encoder_attention_mask"),
                 )["logits"][:, -new.shape[1] :]
             diff = float((got.double() - whole.double()).abs().max())
             out.append({"input_set": i, "abs": diff, "ok": diff <= atol})
         return out
 
     def generation_inputs(self, m: UntrainedModel) -> dict[str, Any]:
-        """The encoder inputs generation starts from (batch 2, seeded)."""
+        """The encoder inputs generation starts from (batch 2, seeded, one row padded)."""
         import torch
 
         generator = torch.Generator().manual_seed(1234)
-        return self.encoder_inputs(m.config, 2, 11, (3,), generator)
+        return self.encoder_inputs(m.model, m.config, 2, 11, (3,), generator)
 
     def generate_eager(self, m: UntrainedModel) -> Generation:
         import torch
@@ -361,12 +493,11 @@ class Seq2Seq(Task):
         import torch
 
         feeds = self.generation_inputs(m)
-        states = call("encoder", feeds)
-        mask = feeds["attention_mask"]
-        start = torch.full((mask.shape[0], 1), decoder_start(m.model, m.config))
+        init = next(c for c in m.components if c.name == "decoder_init")
+        states, masks = _states(call("encoder", feeds), feeds, init.input_sets[0])
+        start = torch.full((states.shape[0], 1), decoder_start(m.model, m.config))
         out = call(
-            "decoder_init",
-            {"decoder_input_ids": start, "encoder_hidden_states": states, "attention_mask": mask},
+            "decoder_init", {"decoder_input_ids": start, "encoder_hidden_states": states, **masks}
         )
         logits = [out["logits"][:, -1].detach().float()]
         for t in range(self.new_tokens - 1):
@@ -375,8 +506,8 @@ class Seq2Seq(Task):
                 {
                     "decoder_input_ids": forced[:, t : t + 1],
                     "encoder_hidden_states": states,
-                    "attention_mask": mask,
                     "cache": out["cache"],
+                    **masks,
                 },
             )
             logits.append(out["logits"][:, -1].detach().float())
@@ -389,15 +520,33 @@ class Seq2Seq(Task):
         )
 
 
-def _label(shape: tuple[Any, ...], part: str) -> str:
+def _states(out: Any, feeds: dict[str, Any], decoder_feeds: Any) -> tuple[Any, dict[str, Any]]:
+    """The encoder states in ``out`` and the masks the decoder steps take with them: the
+    states' own (``encoder_attention_mask``) when the encoder returned one, else the
+    encoder input's ``attention_mask`` when the decoder takes it (``decoder_feeds``: an
+    :class:`EncoderSide` or one of the decoder's input sets)."""
+    if isinstance(out, dict):
+        return out["last_hidden_state"], {"encoder_attention_mask": out["attention_mask"]}
+    takes_mask = (
+        bool(decoder_feeds.mask_dims)
+        if isinstance(decoder_feeds, EncoderSide)
+        else "attention_mask" in decoder_feeds
+    )
+    return out, ({"attention_mask": feeds["attention_mask"]} if takes_mask else {})
+
+
+def _label(shape: tuple[Any, ...], part: str, encoder: str = "") -> str:
+    """``batch=2 encoder=12 seq=3 cache=5 padded``: a decoder's label carries the
+    encoder's (``encoder``) after its own sizes."""
     batch, length, padding, cached, new = shape
-    text = f"batch={batch} encoder={length}"
+    head = encoder or f"batch={batch} encoder={length}"
+    words = head.split()
+    text = " ".join(words[:2])
     if part != "encoder":
         text += f" seq={new}"
     if part == "decoder":
         text += f" cache={cached}"
-    if any(padding):
-        text += " padded"
-    if batch == BATCH_MAX:
-        text += " at bounds"
-    return text
+    rest = words[2:] if encoder else (["padded"] if any(padding) else [])
+    if not encoder and batch == BATCH_MAX:
+        rest.append("at bounds")
+    return " ".join([text, *rest])

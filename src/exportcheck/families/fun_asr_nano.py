@@ -1,0 +1,20 @@
+"""FunASR nano: an adaptor whose width is tied to the text model's."""
+
+from __future__ import annotations
+
+from . import Family, register
+
+register(
+    Family(
+        name="fun_asr_nano",
+        model_types=("fun_asr_nano",),
+        config_fixes={
+            "fun_asr_nano": (
+                {"adaptor_config.intermediate_size": 16},
+                "FunAsrNanoConfig validates adaptor_config.intermediate_size == "
+                "text_config.hidden_size // 4; the shrunk text model is 64 wide, and the "
+                "generic rules shrink the adaptor's width to 128 on their own",
+            ),
+        },
+    )
+)

@@ -1,0 +1,294 @@
+"""automatic-speech-recognition: speech encoder-decoders, audio in, text tokens out.
+
+The model is built with ``AutoModelForSpeechSeq2Seq``
+(``MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES``) and exported as the three graphs of
+:mod:`._seq2seq`: the audio encoder, the first decoder step and the decoder step with an
+``EncoderDecoderCache``.
+
+The encoder's inputs are what the model type's own feature extractor returns for random
+waveforms of distinct lengths (0.7 to 1.6 s at its sampling rate; one batch of
+``BATCH_MAX`` rows of 2 s at the declared bounds): log-mel ``input_features`` or the raw
+``input_values``, padded on the right as the feature extractor pads a batch, with the
+``attention_mask`` when the feature extractor returns one by default. Dynamic dimensions:
+``batch``, ``frames`` (feature frames) or ``audio_length`` (samples), and
+``encoder_length`` (the encoder states, shorter than the input by the encoder's
+subsampling; the decoder's cross-attention cache keeps it). A model whose encoder
+accepts one length only (Whisper: ``2 * max_source_positions`` frames, which its feature
+extractor reaches by padding every clip with silence) keeps that length static.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+from ..dims import BATCH_MAX
+from . import register
+from ._seq2seq import EncoderSide, Seq2Seq
+
+__all__ = ["SpeechSeq2Seq", "feature_extractor"]
+
+#: samples of audio per unit of the encoder lengths of :data:`._seq2seq.SHAPES` (1000
+#: samples, 1/16 s at 16 kHz): sets of 0.4 to 1 s
+SAMPLES_PER_UNIT = 1000
+#: the length of each clip of the set at the declared bounds, in units
+BOUND_UNITS = 32
+#: the shortest clip the export declares, in units (1/8 s): convolutions over the raw
+#: audio need a few hundred samples (moonshine's first one alone takes 127)
+SHORTEST_UNITS = 2
+
+
+def _model_types(config: Any) -> list[str]:
+    """The model type of ``config``, then those of its encoder sub-configs."""
+    types = [config.model_type]
+    for name in ("encoder", "encoder_config", "speech_config", "audio_config"):
+        sub = getattr(config, name, None)
+        if getattr(sub, "model_type", None):
+            types.append(sub.model_type)
+    return types
+
+
+def _mel_bins(config: Any) -> int | None:
+    """The number of mel bins the config's encoder expects, None when it does not say."""
+    for holder in (
+        config,
+        getattr(config, "encoder_config", None),
+        getattr(config, "encoder", None),
+    ):
+        if holder is None:
+            continue
+        bins = getattr(holder, "num_mel_bins", None)
+        if isinstance(bins, int):
+            return bins
+        per_channel = getattr(holder, "input_feat_per_channel", None)
+        if isinstance(per_channel, int):
+            return per_channel
+    return None
+
+
+def feature_extractor(config: Any, input_name: str) -> Any:
+    """The feature extractor of the model type of ``config`` (or of its encoder), with
+    its defaults and the number of mel bins the config expects. A raw-audio model type
+    that transformers maps to none gets ``Wav2Vec2FeatureExtractor`` (a waveform,
+    normalized and padded with zeros), the one raw-audio processors ship.
+
+    :raises ValueError: when a model type fed features has no feature extractor
+    """
+    import transformers
+    from transformers.models.auto.feature_extraction_auto import (
+        FEATURE_EXTRACTOR_MAPPING_NAMES,
+    )
+
+    name = next(
+        (
+            FEATURE_EXTRACTOR_MAPPING_NAMES[t]
+            for t in _model_types(config)
+            if t in FEATURE_EXTRACTOR_MAPPING_NAMES
+        ),
+        "Wav2Vec2FeatureExtractor" if input_name == "input_values" else None,
+    )
+    if name is None:
+        raise ValueError(
+            f"no feature extractor is mapped to {config.model_type!r} in transformers and "
+            f"its encoder takes {input_name}: exportcheck builds audio features with the "
+            "model type's feature extractor"
+        )
+    cls = getattr(transformers, name)
+    kwargs = {}
+    bins = _mel_bins(config)
+    if (
+        input_name == "input_features"
+        and bins
+        and "feature_size" in inspect.signature(cls).parameters
+    ):
+        kwargs["feature_size"] = bins
+    return cls(**kwargs)
+
+
+def processor_padding(config: Any) -> dict[str, Any]:
+    """The padding the model type's processor asks of its feature extractor
+    (``pad_to_multiple_of``: moonshine_streaming's frames of 80 samples), if any."""
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = PROCESSOR_MAPPING_NAMES.get(config.model_type)
+    cls = getattr(transformers, name, None) if name else None
+    audio = getattr(cls, "audio_kwargs", None) or {}
+    multiple = audio.get("pad_to_multiple_of")
+    return {"pad_to_multiple_of": multiple} if isinstance(multiple, int) else {}
+
+
+@dataclasses.dataclass
+class _Audio:
+    """How one model's encoder takes audio."""
+
+    name: str  # input_features or input_values
+    extractor: Any
+    mask: bool  # the feature extractor returns a mask by default and the encoder takes it
+    fixed: int | None  # the only input length the encoder accepts, in samples
+
+
+def _fixed_samples(model: Any, config: Any, extractor: Any) -> int | None:
+    """Samples the feature extractor pads every clip to when the encoder accepts one
+    input length only (its feature extractor's ``n_samples`` and the encoder's
+    ``max_source_positions`` frames, both declared), else None."""
+    n_samples = getattr(extractor, "n_samples", None)
+    positions = getattr(config, "max_source_positions", None)
+    encoder = model.get_encoder()
+    strides = [
+        getattr(encoder, name).stride[0]
+        for name in ("conv1", "conv2")
+        if hasattr(getattr(encoder, name, None), "stride")
+    ]
+    if not (isinstance(n_samples, int) and isinstance(positions, int) and len(strides) == 2):
+        return None
+    frames = positions * strides[0] * strides[1]
+    return frames * extractor.hop_length
+
+
+class SpeechSeq2Seq(Seq2Seq):
+    """Speech encoder-decoders: audio encoder, first decoder step, decoder step."""
+
+    name = "automatic-speech-recognition"
+    mapping = "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"
+    auto_class = "AutoModelForSpeechSeq2Seq"
+    rank = 35
+    columns = ("state", "distinct_shapes", "padded", "eager_consistent", "generation")
+    status_intro = (
+        "Every model type of the installed transformers' "
+        "``MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES``, built untrained from a tiny config "
+        "with ``AutoModelForSpeechSeq2Seq`` and exported as three graphs: the audio "
+        "encoder, the first decoder step and the decoder step with an "
+        "``EncoderDecoderCache``. The encoder's inputs are what the model type's own "
+        "feature extractor returns for random waveforms of distinct lengths (log-mel "
+        "features or raw samples, padded batches with the mask it returns); each graph "
+        "runs on seven input sets of distinct shapes against eager PyTorch, then 8 tokens "
+        "are generated greedily through each runtime and compared with eager "
+        "``generate(do_sample=False)``."
+    )
+
+    def _audio(self, model: Any, config: Any) -> _Audio:
+        encoder = model.get_encoder()
+        params = inspect.signature(encoder.forward).parameters
+        name = next((n for n in ("input_features", "input_values") if n in params), None)
+        if name is None:
+            raise ValueError(
+                f"{type(encoder).__name__}.forward takes neither input_features nor "
+                f"input_values (it takes {', '.join(list(params)[:4])}): not an audio encoder"
+            )
+        extractor = feature_extractor(config, name)
+        mask = bool(extractor.return_attention_mask) and "attention_mask" in params
+        return _Audio(name, extractor, mask, _fixed_samples(model, config, extractor))
+
+    def _waveforms(self, batch: int, samples: int, padding: tuple[int, ...], generator: Any):
+        import torch
+
+        lengths = [
+            samples - SAMPLES_PER_UNIT * (padding[i] if i < len(padding) else 0)
+            for i in range(batch)
+        ]
+        return [(0.1 * torch.randn(n, generator=generator)).numpy() for n in lengths]
+
+    def encoder_inputs(
+        self,
+        model: Any,
+        config: Any,
+        batch: int,
+        length: int,
+        padding: tuple[int, ...],
+        generator: Any,
+    ) -> dict[str, Any]:
+        """What the feature extractor returns for ``batch`` random clips of ``length``
+        units (:data:`SAMPLES_PER_UNIT`), row ``i`` shorter by ``padding[i]`` units."""
+        import torch
+
+        audio = self._audio(model, config)
+        waves = self._waveforms(batch, length * SAMPLES_PER_UNIT, padding, generator)
+        extractor = audio.extractor
+        kwargs: dict[str, Any] = {"padding": "longest", **processor_padding(config)}
+        if audio.fixed:
+            kwargs = {"padding": "max_length", "max_length": audio.fixed}
+        out = extractor(
+            waves,
+            sampling_rate=extractor.sampling_rate,
+            return_tensors="pt",
+            return_attention_mask=audio.mask,
+            **kwargs,
+        )
+        feeds = {audio.name: out[audio.name].to(torch.float32)}
+        if audio.mask:
+            feeds["attention_mask"] = out["attention_mask"].to(torch.int64)
+        return feeds
+
+    def encoder_side(
+        self, model: Any, config: Any, shapes: list[tuple[Any, ...]], generator: Any, batch: Any
+    ) -> EncoderSide:
+        import torch
+
+        audio = self._audio(model, config)
+        # the set at the bounds: 2 s clips
+        shapes = [*shapes[:-1], (shapes[-1][0], BOUND_UNITS, (), *shapes[-1][3:])]
+        sets = [self.encoder_inputs(model, config, b, n, p, generator) for b, n, p, *_ in shapes]
+        axis = _length_axis(sets, audio.name)
+        notes = [
+            f"encoder inputs: {audio.name} from {type(audio.extractor).__name__} on random "
+            "waveforms"
+            + (
+                ", with its attention mask"
+                if audio.mask
+                else ", no attention mask (the feature extractor returns none by default)"
+            )
+        ]
+        with torch.no_grad():
+            Encoder = _encoder_class(audio.name)
+            lengths = [Encoder(model)(**sets[i]).shape[1] for i in (0, len(sets) - 1)]
+        if audio.fixed:
+            notes.append(
+                f"input length static: the encoder accepts {sets[0][audio.name].shape[axis]} "
+                f"frames only ({audio.fixed} samples, every clip padded with silence by the "
+                "feature extractor), so its states and the cross-attention cache are static too"
+            )
+            dims = {0: batch}
+            states_length = None
+            mask_dims = {0: batch} if audio.mask else None
+        else:
+            unit = "frames" if audio.name == "input_features" else "audio_length"
+            bound = sets[-1][audio.name].shape[axis]
+            shortest = self.encoder_inputs(model, config, 1, SHORTEST_UNITS, (), generator)
+            length = torch.export.Dim(unit, min=shortest[audio.name].shape[axis], max=bound)
+            dims = {0: batch, axis: length}
+            states_length = torch.export.Dim("encoder_length", min=1, max=max(lengths))
+            mask_dims = {0: batch, 1: length} if audio.mask else None
+        dynamic_shapes = {audio.name: dims}
+        if audio.mask:
+            dynamic_shapes["attention_mask"] = mask_dims
+        labels = []
+        for feeds, (b, _, padding, *_) in zip(sets, shapes, strict=True):
+            unit = "frames" if audio.name == "input_features" else "audio"
+            label = f"batch={b} {unit}={feeds[audio.name].shape[axis]}"
+            if any(padding):
+                label += " padded"
+            if b == BATCH_MAX and feeds is sets[-1]:
+                label += " at bounds"
+            labels.append(label)
+        return EncoderSide(sets, dynamic_shapes, mask_dims, states_length, labels, notes)
+
+
+def _length_axis(sets: list[dict[str, Any]], name: str) -> int:
+    """The axis of ``name`` that grows with the audio: the one that differs between the
+    first sets (0.75 and 1 s of audio), else (a static length) its longest."""
+    first, third = sets[0][name].shape, sets[2][name].shape
+    differ = [i for i in range(1, len(first)) if first[i] != third[i]]
+    if differ:
+        return differ[0]
+    return max(range(1, len(first)), key=lambda i: first[i])
+
+
+def _encoder_class(name: str) -> type:
+    from ._seq2seq import _parts
+
+    return _parts()[name]
+
+
+register(SpeechSeq2Seq())
