@@ -29,7 +29,11 @@ def _fragments(fixes):
 _GENERIC = {"gated_delta_ceil_chunks": "qwen3_next", "kda_ceil_chunks": "kimi_linear"}
 # Patches for another task than the model type's default, whose error shows when
 # onnxruntime runs: the test file named shows it.
-_ELSEWHERE = {"mbart_shift_squeeze": "tests/test_encoder_families.py"}
+_ELSEWHERE = {
+    "mbart_shift_squeeze": "tests/test_encoder_families.py",
+    # needed only once the audio length is relaxed to Dim.AUTO: shown there
+    "lasr_contiguous_subsampling": "tests/test_ctc.py",
+}
 
 
 def _cases():
