@@ -145,5 +145,18 @@ register(
             "prophetnet": "with a cache, the n-gram decoder accepts exactly one new token"
         },
         patches=(PROPHETNET_DECODE_STEP,),
+        task_known_failures={
+            "text2text-generation": {
+                "prophetnet": (
+                    r"eager is inconsistent: the decode step differs from a full forward",
+                    "eager's one-token decode step differs from the full decoder forward "
+                    "over prompt + token by 1.4e-3 to 2.5e-3 on every input set, as in "
+                    "text-generation (1.7e-3): the reference cannot be trusted, and the "
+                    "cause inside ProphetNetDecoder's n-gram streams is not isolated yet; "
+                    "its first decoder step also guards the number of tokens "
+                    "(Constraints violated (seq_length))",
+                ),
+            },
+        },
     )
 )

@@ -27,6 +27,7 @@ import inspect
 from typing import Any
 
 from ..dims import BATCH_MAX, length_bounds, sequence_bound
+from ..families import ONE_TOKEN_DECODE
 from ..models import UntrainedModel, randomize_zero_weights
 from . import Component, Generation, Task
 from ._encoder import token_inputs
@@ -326,6 +327,12 @@ class Seq2Seq(Task):
         seq_max, cache_max = length_bounds(_decoder_config(config))
         shapes = [*SHAPES, (BATCH_MAX, enc_max, (), cache_max, seq_max)]
         init_tokens = [*INIT_TOKENS, seq_max]
+        notes = []
+        one_token = config.model_type in ONE_TOKEN_DECODE
+        if one_token:
+            # the first step takes a whole prompt; every step with a cache one token
+            shapes = [(b, n, p, c, 1) for b, n, p, c, _ in shapes]
+            notes.append(f"one new token per decoder step: {ONE_TOKEN_DECODE[config.model_type]}")
         batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
         side = self.encoder_side(model, config, shapes, generator, batch)
         Encoder = parts[next(iter(side.sets[0]))]
@@ -382,6 +389,8 @@ class Seq2Seq(Task):
         elif side.mask_dims:
             step_shapes["attention_mask"] = side.mask_dims
         init_shapes = {k: v for k, v in step_shapes.items() if k != "cache"}
+        if one_token:
+            step_shapes = {**step_shapes, "decoder_input_ids": {0: batch}}
         init_labels = [
             _label((*shape[:4], n), "decoder_init", encoder=label)
             for shape, n, label in zip(shapes, init_tokens, side.labels, strict=True)
@@ -400,7 +409,7 @@ class Seq2Seq(Task):
             shapes=[(b, n, s, c) for b, n, _, c, s in shapes],
             prompts=prompts,
             task=self.name,
-            notes=side.notes,
+            notes=[*side.notes, *notes],
             components=[
                 Component("encoder", encoder, side.sets, side.dynamic_shapes, side.labels),
                 Component(
