@@ -101,6 +101,10 @@ def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
     overrides = _config_overrides(args, parser)
     source: Any = args.source
+    if args.pretrained and (overrides or args.shrink):
+        parser.error(
+            "--pretrained loads the folder's weights into its own config: drop --shrink, --layers and --set"
+        )
     if overrides or args.shrink:
         shrunk = " shrunk" if args.shrink else ""
         print(f"building {args.source}{shrunk} with {overrides}", file=sys.stderr)
@@ -113,6 +117,8 @@ def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 f"[{time.perf_counter() - begin:6.1f} s] {stage} ...", file=sys.stderr, flush=True
             )
 
+    if args.pretrained:
+        source = untrained_model(args.source, task=args.task, pretrained=True)
     report = validate(
         source, exporter=args.exporter, task=args.task, atol=args.atol, progress=progress
     )
@@ -266,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to validate: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in EXPORTERS.items()),
     )
     p.add_argument("--atol", type=float, default=1e-4, help="max abs diff counted as correct")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="load the weights of the model folder SOURCE (what save_pretrained writes) "
+        "instead of random ones",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=_cmd_validate)
 

@@ -11,12 +11,14 @@
 
 from .sources import available_configs, get_config, resolve_config
 from .tiny import set_attributes, tiny_config
-from .untrained import UntrainedModel, randomize_zero_weights
+from .untrained import UntrainedModel, prepare_weights, pretrained_weights, randomize_zero_weights
 
 __all__ = [
     "UntrainedModel",
     "available_configs",
     "get_config",
+    "prepare_weights",
+    "pretrained_weights",
     "randomize_zero_weights",
     "resolve_config",
     "set_attributes",

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import os
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["UntrainedModel", "randomize_zero_weights"]
+__all__ = ["UntrainedModel", "prepare_weights", "pretrained_weights", "randomize_zero_weights"]
+
+#: the model folder whose weights the model being built loads (``untrained_model(...,
+#: pretrained=True)``), None for random weights
+_WEIGHTS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "exportcheck_weights", default=None
+)
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 @dataclasses.dataclass
@@ -90,3 +101,49 @@ def randomize_zero_weights(model: Any, std: float) -> list[str]:
                 module.weight.normal_(0.0, std)
                 changed.append(f"{name}.weight")
     return changed
+
+
+def weight_files(folder: str) -> list[str]:
+    """The weight files transformers reads in ``folder`` (empty when there are none)."""
+    return [name for name in _WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
+
+
+@contextlib.contextmanager
+def pretrained_weights(folder: str) -> Iterator[None]:
+    """Inside, :func:`prepare_weights` loads the weights of ``folder`` into the model a
+    task builds instead of keeping random ones."""
+    token = _WEIGHTS.set(os.fspath(folder))
+    try:
+        yield
+    finally:
+        _WEIGHTS.reset(token)
+
+
+def prepare_weights(model: Any, config: Any) -> Any:
+    """The weights of a model a task has just built: those of the folder given to
+    :func:`pretrained_weights` (every parameter must be in it), else the random ones of
+    its initialisation with zero linear weights randomized (:func:`randomize_zero_weights`).
+
+    :raises ValueError: when the folder's weights leave parameters of the model unset
+        (a folder of a base model asked for a task with a head it does not hold)
+    """
+    folder = _WEIGHTS.get()
+    if folder is None:
+        randomize_zero_weights(model, getattr(config, "initializer_range", None) or 0.02)
+        return model
+    import torch
+
+    loaded, info = type(model).from_pretrained(
+        folder, config=model.config, output_loading_info=True
+    )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+        raise ValueError(
+            f"the weights in {folder} leave {len(missing)} parameters of "
+            f"{type(model).__name__} unset ({shown}): the folder holds another model or "
+            "head; ask for the task whose model it holds (--task), or drop --pretrained"
+        )
+    with torch.no_grad():
+        model.load_state_dict(loaded.state_dict())
+    return model

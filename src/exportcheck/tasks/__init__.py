@@ -18,7 +18,7 @@ import importlib
 import pkgutil
 from typing import Any
 
-from ..models import UntrainedModel, resolve_config
+from ..models import UntrainedModel, pretrained_weights, resolve_config
 
 __all__ = [
     "TASKS",
@@ -186,6 +186,7 @@ def untrained_model(
     *,
     seed: int = 0,
     shrink: bool = False,
+    pretrained: bool = False,
     **config_overrides: Any,
 ) -> UntrainedModel:
     """Build a model with random weights, the input sets of a task and their dynamic shapes.
@@ -201,6 +202,9 @@ def untrained_model(
     :param shrink: shrink a hub config or a config object with the rules of
         :func:`exportcheck.tiny_config` (a model_type is always shrunk); the
         architecture (layer kinds, attention variants, experts) stays
+    :param pretrained: load the weights of the model folder ``source`` (safetensors or
+        ``pytorch_model.bin``, as ``save_pretrained`` writes them) instead of random ones;
+        the folder must hold every parameter of the task's model
     :param config_overrides: config attributes to set (``num_hidden_layers=1``, ...)
     :return: an :class:`UntrainedModel`
 
@@ -211,6 +215,7 @@ def untrained_model(
     """
     if task is not None:
         chosen = get_task(task)
+    folder = _weights_folder(source, shrink, config_overrides) if pretrained else None
     config = resolve_config(source, config_overrides, shrink=shrink)
     model_type = getattr(config, "model_type", None)
     if task is None:
@@ -232,7 +237,41 @@ def untrained_model(
                 else f"exportcheck supports {', '.join(sorted(TASKS))}, and it has none of them."
             )
         )
-    return chosen.build(config, seed=seed)
+    if folder is None:
+        return chosen.build(config, seed=seed)
+    with pretrained_weights(folder):
+        m = chosen.build(config, seed=seed)
+    m.notes.append(f"pretrained weights from {folder}")
+    return m
+
+
+def _weights_folder(source: Any, shrink: bool, overrides: dict[str, Any]) -> str:
+    """The model folder whose weights ``untrained_model(source, pretrained=True)`` loads,
+    or a ValueError saying what to pass instead."""
+    import os
+
+    from ..models.sources import _classify
+    from ..models.untrained import weight_files
+
+    if shrink or overrides:
+        raise ValueError(
+            "untrained_model: pretrained weights fit the folder's own config only: drop "
+            f"shrink and the config overrides ({', '.join(overrides) or 'shrink'})."
+        )
+    kind, value = _classify(source)
+    if kind != "path":
+        raise ValueError(
+            f"untrained_model: pretrained=True reads the weights of a model folder, and "
+            f"{source!r} is a {kind.replace('_', ' ')}; download the model first "
+            "(huggingface-cli download ORG/NAME --local-dir DIR) and pass DIR."
+        )
+    folder = value if os.path.isdir(value) else os.path.dirname(value) or "."
+    if not weight_files(folder):
+        raise ValueError(
+            f"untrained_model: {folder} holds no weights (model.safetensors, its index, or "
+            "pytorch_model.bin): pass the folder save_pretrained wrote, or drop pretrained."
+        )
+    return folder
 
 
 def _discover() -> None:

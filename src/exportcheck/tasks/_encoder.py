@@ -15,7 +15,7 @@ from typing import Any
 
 from ..dims import BATCH_MAX, sequence_bound
 from ..families import TASK_CONFIG_FIXES
-from ..models import UntrainedModel, randomize_zero_weights, set_attributes
+from ..models import UntrainedModel, prepare_weights, set_attributes
 from . import Task
 from ._tokens import pad_token, random_ids
 
@@ -106,7 +106,7 @@ class TextEncoder(Task):
         auto = getattr(transformers, self.auto_class)
         # float32 whatever dtype the config declares: exports are checked on CPU.
         model = auto.from_config(config).to(torch.float32).eval()
-        randomize_zero_weights(model, getattr(config, "initializer_range", None) or 0.02)
+        prepare_weights(model, config)
         params = inspect.signature(model.forward).parameters
         if "input_ids" not in params:
             raise ValueError(

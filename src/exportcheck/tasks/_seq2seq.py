@@ -28,7 +28,7 @@ from typing import Any
 
 from ..dims import BATCH_MAX, length_bounds, sequence_bound
 from ..families import ONE_TOKEN_DECODE
-from ..models import UntrainedModel, randomize_zero_weights
+from ..models import UntrainedModel, prepare_weights
 from . import Component, Generation, Task
 from ._encoder import token_inputs
 from ._tokens import random_ids
@@ -314,7 +314,7 @@ class Seq2Seq(Task):
         torch.manual_seed(seed)
         auto = getattr(transformers, self.auto_class)
         model = auto.from_config(config).to(torch.float32).eval()
-        randomize_zero_weights(model, getattr(config, "initializer_range", None) or 0.02)
+        prepare_weights(model, config)
         if not hasattr(model, "get_encoder"):
             raise ValueError(
                 f"{type(model).__name__} has no get_encoder(): not an encoder-decoder model"

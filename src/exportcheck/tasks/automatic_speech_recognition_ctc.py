@@ -30,7 +30,7 @@ import inspect
 from typing import Any
 
 from ..dims import BATCH_MAX
-from ..models import UntrainedModel, randomize_zero_weights
+from ..models import UntrainedModel, prepare_weights
 from . import Task, register
 from ._encoder import task_config
 
@@ -256,7 +256,7 @@ class SpeechCTC(Task):
         torch.manual_seed(seed)
         config, fixed = task_config(config, self.name)
         model = transformers.AutoModelForCTC.from_config(config).to(torch.float32).eval()
-        randomize_zero_weights(model, getattr(config, "initializer_range", None) or 0.02)
+        prepare_weights(model, config)
         layout = audio_layout(model, config)
         params = inspect.signature(model.forward).parameters
         if layout.mask is None and "attention_mask" in params:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..dims import BATCH_MAX, length_bounds
 from ..families import INPUT_BUILDERS, NO_CACHE, NO_GENERATION, ONE_TOKEN_DECODE
-from ..models import UntrainedModel, randomize_zero_weights
+from ..models import UntrainedModel, prepare_weights
 from . import Generation, Task, register
 from ._tokens import random_ids as _random_ids
 
@@ -242,7 +242,7 @@ def _build(config: Any, seed: int) -> UntrainedModel:
     torch.manual_seed(seed)
     # float32 whatever dtype the config declares: exports are checked on CPU.
     model = _build_causal_lm(config).to(torch.float32).eval()
-    randomize_zero_weights(model, getattr(config, "initializer_range", None) or 0.02)
+    prepare_weights(model, config)
     notes: list[str] = []
     cache_argument = _cache_argument(model)
     model_type = getattr(config, "model_type", None)
