@@ -29,9 +29,10 @@ def _overrides(pairs: Sequence[str], parser: argparse.ArgumentParser) -> dict[st
     return overrides
 
 
-def _add_source(parser: argparse.ArgumentParser) -> None:
+def _add_source(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     parser.add_argument(
         "source",
+        nargs="?" if optional else None,
         help="what to build: a transformers model_type (llama, always shrunk to a tiny "
         "config); a hub id whose config ships with exportcheck (arnir0/Tiny-LLM; see "
         "'exportcheck configs'); a config.json file or a model folder holding one "
@@ -99,6 +100,12 @@ def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from .tasks import untrained_model
     from .validation import validate
 
+    if args.from_dir is not None:
+        return _recheck(args, parser)
+    if args.source is None:
+        parser.error(
+            "validate needs a SOURCE (a model type, a hub id, a file or a folder) or --from DIR"
+        )
     overrides = _config_overrides(args, parser)
     source: Any = args.source
     if args.pretrained and (overrides or args.shrink):
@@ -120,8 +127,30 @@ def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.pretrained:
         source = untrained_model(args.source, task=args.task, pretrained=True)
     report = validate(
-        source, exporter=args.exporter, task=args.task, atol=args.atol, progress=progress
+        source,
+        exporter=args.exporter,
+        task=args.task,
+        atol=1e-4 if args.atol is None else args.atol,
+        save_dir=args.save,
+        progress=progress,
     )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report.table())
+    return 0 if report.ok else 1
+
+
+def _recheck(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .saved import recheck
+
+    given = [flag for flag, value in (("SOURCE", args.source), ("--save", args.save)) if value]
+    if given or args.pretrained or args.shrink or args.set or args.layers is not None:
+        parser.error(
+            "--from DIR checks the files saved in DIR again: give no SOURCE, --save, "
+            "--pretrained or config option with it"
+        )
+    report = recheck(args.from_dir, atol=args.atol)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
@@ -263,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "validate", help="export one model and compare with eager on unseen shapes"
     )
-    _add_source(p)
+    _add_source(p, optional=True)
     _add_task(p)
     p.add_argument(
         "--exporter",
@@ -271,7 +300,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="onnx",
         help="what to validate: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in EXPORTERS.items()),
     )
-    p.add_argument("--atol", type=float, default=1e-4, help="max abs diff counted as correct")
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="max abs diff counted as correct (1e-4; with --from, the saved validation's)",
+    )
+    p.add_argument(
+        "--save",
+        metavar="DIR",
+        help="keep the exported programs (.pt2), ONNX models, input sets with eager's "
+        "outputs, the report and a README in DIR",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_dir",
+        metavar="DIR",
+        help="check the files a --save wrote in DIR again (no model, no export)",
+    )
     p.add_argument(
         "--pretrained",
         action="store_true",

@@ -60,6 +60,7 @@ from .dims import REFINEMENTS, describe_shapes, refine_dynamic_shapes
 from .models import UntrainedModel
 from .patches import eager_fixes, export_patches, runtime_only
 from .runtimes import RUNTIMES, get_runtime, runtimes_of
+from .saved import save_programs, write_report
 from .tasks import get_task, untrained_model
 
 __all__ = ["ValidationReport", "validate"]
@@ -210,6 +211,7 @@ def validate(
     atol: float = 1e-4,
     eager_atol: float = 1e-4,
     onnx_dir: str | None = None,
+    save_dir: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ValidationReport:
     """Export a model, run the export on every input set in each runtime, compare with eager.
@@ -227,6 +229,10 @@ def validate(
         forward that counts as consistent (float rounding of two ways to compute it)
     :param onnx_dir: where to write what the runtimes convert (ONNX files); a temporary
         folder, removed at the end, by default
+    :param save_dir: keep what was checked in this folder: each exported program
+        (``.pt2``), each ONNX model, the input sets with eager's outputs, the report and
+        a README (:mod:`exportcheck.saved`; ``exportcheck validate --from DIR`` checks
+        them again); saving is a planned stage, so a failure to save is red
     :param progress: called with the name of each stage as it starts
     :return: a :class:`ValidationReport`; ``report.ok`` says if everything passed
 
@@ -242,6 +248,11 @@ def validate(
             runtimes = runtimes_of(exporter)
         except ValueError as e:
             raise ValueError(f"validate: {e}") from None
+    if save_dir is not None:
+        save_dir = os.fspath(save_dir)
+        if os.path.exists(save_dir) and not os.path.isdir(save_dir):
+            raise ValueError(f"validate: save_dir {save_dir!r} is a file: give a folder.")
+        onnx_dir = onnx_dir or save_dir
     names = _check_arguments(runtimes, atol, onnx_dir)
     _check_arguments(names, eager_atol, None)
     if task is not None:
@@ -550,7 +561,24 @@ def validate(
                 ready = all(("loaded", (rt.name, c.name)) in state for c in state["components"])
                 if ready:
                     stage(f"{rt.runner}_generate", None, rt.name, runtime_generate(rt))
+        if save_dir is not None:
+
+            def save() -> None:
+                programs = {
+                    c.name: state[("ep", c.name)]
+                    for c in state["components"]
+                    if ("ep", c.name) in state
+                }
+                saved = save_programs(
+                    save_dir, report, state["components"], state["expected"], programs
+                )
+                report.notes.append(f"saved in {save_dir}: {', '.join(saved)}")
+
+            report.plan.append(["save", None, None])
+            stage("save", None, None, save)
         state.clear()
+    if save_dir is not None and os.path.isdir(save_dir):
+        write_report(save_dir, report)
     return report
 
 
