@@ -1,0 +1,113 @@
+"""image-classification: pixel values of dynamic batch (and resolution, where the model runs
+at another one) in, class logits out, one graph; checked on sets of distinct shapes."""
+
+import pytest
+import torch
+
+from exportcheck import depth, untrained_model, validate
+from exportcheck.dims import BATCH_MAX
+from exportcheck.families import TASK_KNOWN_FAILURES
+from exportcheck.tasks import get_task
+from exportcheck.tasks.image_classification import (
+    PixelClassifier,
+    check_pixel_values,
+    image_layout,
+)
+
+pytestmark = pytest.mark.models
+
+TASK = "image-classification"
+
+
+def test_the_task_covers_the_image_classification_mapping():
+    task = get_task(TASK)
+    assert task.columns == ("distinct_shapes",)
+    assert {"vit", "convnext", "resnet", "swin", "siglip"} <= set(task.model_types())
+    assert "image" in task.status_intro
+
+
+def test_vit_validates_on_both_runtimes_at_resolutions_the_export_did_not_see():
+    m = untrained_model("vit", task=TASK)
+    assert type(m.model).__name__ == "ViTForImageClassification" and m.cache_argument is None
+    assert set(m.inputs) == {"pixel_values"} and m.inputs["pixel_values"].dtype == torch.float32
+    # the tiny config's 224 is shrunk to 64; the position table is interpolated
+    assert m.config.image_size == 64
+    assert any("interpolate_pos_encoding=True" in note for note in m.notes)
+    dims = m.dynamic_shapes["pixel_values"]
+    assert dims[0].__name__ == "batch" and set(dims) == {0, 2, 3}
+    report = validate(m, exporter="onnx")
+    assert report.ok, report.table()
+    row = report.to_dict()
+    assert row["verdicts"] == {"exported_program": True, "onnx": True}
+    assert depth(row) == {"distinct_shapes": True}
+    labels = row["model"]["input_sets"]
+    assert row["model"]["distinct_shapes"] == len(labels) == 7
+    assert labels[0] == "batch=2 96x128"
+    assert labels[-1] == f"batch={BATCH_MAX} 192x192 at bounds"
+    sizes = [tuple(f["pixel_values"].shape) for f in m.input_sets]
+    assert len({s[0] for s in sizes}) == 7, "every set has a batch size of its own"
+    unseen = {s[2:] for s in sizes[1:]} - {sizes[0][2:]}
+    assert len(unseen) >= 4, "the export is checked at resolutions it did not see"
+    runs = [r for r in row["runs"] if r["runtime"] == "onnx"]
+    assert len(runs) == 7 and all(r["ok"] for r in runs)
+    with torch.no_grad():
+        logits = m.components[0].module(**m.input_sets[2]).logits
+    assert logits.shape == (sizes[2][0], m.config.num_labels)
+
+
+def test_a_model_that_rejects_another_resolution_keeps_the_configs_and_says_why():
+    m = untrained_model("pvt", task=TASK)  # fixed position embeddings, no interpolation
+    assert set(m.dynamic_shapes["pixel_values"]) == {0}
+    sizes = [tuple(f["pixel_values"].shape) for f in m.input_sets]
+    assert {s[2:] for s in sizes} == {(64, 64)}
+    assert len({s[0] for s in sizes}) == len(sizes) == 7
+    assert [n for n in m.notes if n.startswith("static resolution 64x64: PvtForImage")]
+    assert get_task(TASK).label(m, m.input_sets[-1]) == f"batch={BATCH_MAX} 64x64 at bounds"
+
+
+@pytest.mark.parametrize(
+    ("pixel_values", "message"),
+    [
+        (
+            torch.zeros(3, 64, 64),
+            r"ViTForImageClassification takes pixel_values of shape \(batch, 3, height, "
+            r"width\), got 3x64x64: add a batch dimension \(x\[None\]\) for a single image",
+        ),
+        (torch.zeros(2, 1, 3, 64, 64), r"got 2x1x3x64x64: pass one image per row"),
+        (torch.zeros(2, 64, 64, 3), r"got 2x64x64x3: channels come first: permute"),
+        (torch.zeros(2, 1, 64, 64), r"got 2x1x64x64: the model takes 3 channels; convert"),
+    ],
+)
+def test_pixel_values_of_the_wrong_layout_get_a_sentence_saying_what_is_expected(
+    pixel_values, message
+):
+    m = untrained_model("vit", task=TASK)
+    with pytest.raises(ValueError, match=message):
+        check_pixel_values(m.model, pixel_values)
+    # the exported module checks the same before the model sees the tensor
+    with pytest.raises(ValueError, match=message):
+        PixelClassifier(m.model, interpolate=True)(pixel_values)
+    check_pixel_values(m.model, m.inputs["pixel_values"])  # the task's own inputs pass
+
+
+def test_channels_and_image_size_are_read_from_a_vision_sub_config():
+    m = untrained_model("siglip", task=TASK, **{"vision_config.num_channels": 1})
+    layout = image_layout(m.model)
+    assert (layout.channels, layout.height, layout.width) == (1, 64, 64)
+    assert m.inputs["pixel_values"].shape[1] == 1
+
+
+def test_a_model_type_without_an_image_classifier_says_which_tasks_it_has():
+    with pytest.raises(
+        ValueError,
+        match=r"'llama' has no image-classification model in transformers "
+        r"\(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES\); it has: .*text-generation",
+    ):
+        untrained_model("llama", task=TASK)
+
+
+def test_the_image_classification_ledger_is_short_and_names_its_model_types():
+    ledger = TASK_KNOWN_FAILURES.get(TASK, {})
+    types = get_task(TASK).model_types()
+    assert set(ledger) <= set(types)
+    assert len(ledger) <= 0.1 * len(types), sorted(ledger)
