@@ -111,3 +111,17 @@ def test_the_image_classification_ledger_is_short_and_names_its_model_types():
     types = get_task(TASK).model_types()
     assert set(ledger) <= set(types)
     assert len(ledger) <= 0.1 * len(types), sorted(ledger)
+
+
+@pytest.mark.models
+def test_siglip2_needs_its_patch_to_convert_to_onnx(monkeypatch):
+    """siglip2_scalar_checks: without it the ONNX conversion fails (aten._is_all_true has
+    no ONNX function); with it both runtimes are green."""
+    from exportcheck.patches import PATCHES
+
+    with_patch = validate(untrained_model("siglip2", task="image-classification"), exporter="onnx")
+    assert with_patch.ok, with_patch.table()
+    monkeypatch.delitem(PATCHES, "siglip2_scalar_checks")
+    without = validate(untrained_model("siglip2", task="image-classification"), exporter="onnx")
+    assert not without.ok and without.failed_stage == "onnx", without.table()
+    assert without.verdicts == {"exported_program": True, "onnx": False}

@@ -26,11 +26,12 @@ LEVELS = {
     "tasks": 6,
     "observation": 6,
     "runtimes": 7,
-    "validation": 8,
-    "sweep": 9,
-    "report": 10,
-    "cli": 11,
-    "__main__": 12,
+    "saved": 8,
+    "validation": 9,
+    "sweep": 10,
+    "report": 11,
+    "cli": 12,
+    "__main__": 13,
 }
 GENERIC = [unit for unit in LEVELS if unit != "families"]
 

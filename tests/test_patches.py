@@ -569,6 +569,12 @@ def _forward(model, use_cache=True):
         return [out.logits, model(**feeds).logits]
 
 
+def _has_causal_lm(model_type):
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
 def _nesting_cases():
     from exportcheck.families import KNOWN_FAILURES
     from exportcheck.patches import PATCHES
@@ -579,6 +585,8 @@ def _nesting_cases():
             continue
         buildable = [t for t in patch.model_types if t not in KNOWN_FAILURES]
         model_type = _PREFERRED.get(name) or _GENERIC_MODEL_TYPES.get(name) or buildable[0]
+        if not _has_causal_lm(model_type):
+            continue  # test_nested_patches_of_other_tasks_run_once
         cases.append(pytest.param(name, model_type, True, id=f"{name}-{model_type}"))
     cases.append(pytest.param("minimax_lightning_decode", "minimax", False, id="minimax-no-cache"))
     return cases
@@ -612,6 +620,42 @@ def test_nested_export_patches_run_each_patch_once(name, model_type, use_cache):
     else:
         assert record.calls > 0, f"{model_type} does not run through {name}: {record}"
     assert record.replaced == next(r for r in single if r.name == name).replaced
+    nested = next(r for r in inner if r.name == name)
+    assert nested.replaced == [] and nested.calls == 0 and nested.values == 0, nested
+
+
+def _other_task_cases():
+    from exportcheck.families import KNOWN_FAILURES
+    from exportcheck.patches import PATCHES
+
+    cases = []
+    for name, patch in PATCHES.items():
+        buildable = [t for t in patch.model_types if t not in KNOWN_FAILURES]
+        if name in _NOT_RUN_IN_EAGER or not buildable or _has_causal_lm(buildable[0]):
+            continue
+        cases.append(pytest.param(name, buildable[0], id=f"{name}-{buildable[0]}"))
+    return cases
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(("name", "model_type"), _other_task_cases())
+def test_nested_patches_of_other_tasks_run_once(name, model_type):
+    """The patches of model types without a causal LM (speech, vision), nested on the
+    model of their default task: the same outputs, and the inner context replaces nothing."""
+    from exportcheck import untrained_model
+
+    m = untrained_model(model_type)
+    component = m.components[0] if m.components else None
+    module = component.module if component else m.model
+    feeds = component.input_sets[0] if component else m.inputs
+    with export_patches(module) as single, torch.no_grad():
+        expected = module(**copy.deepcopy(feeds))
+    with export_patches(module) as outer, export_patches(module) as inner, torch.no_grad():
+        got = module(**copy.deepcopy(feeds))
+    assert max_diff(expected, got)["abs"] <= 1e-5
+    record = next(r for r in outer if r.name == name)
+    assert record.replaced == next(r for r in single if r.name == name).replaced
+    assert record.replaced, f"{name} replaced nothing on {model_type}"
     nested = next(r for r in inner if r.name == name)
     assert nested.replaced == [] and nested.calls == 0 and nested.values == 0, nested
 

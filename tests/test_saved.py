@@ -7,7 +7,8 @@ import torch
 
 from exportcheck import cache_pytrees, validate
 from exportcheck.cli import main
-from exportcheck.saved import INPUTS, recheck
+from exportcheck.saved import INPUTS
+from exportcheck.validation import recheck
 
 pytestmark = pytest.mark.models
 

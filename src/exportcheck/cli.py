@@ -142,7 +142,7 @@ def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def _recheck(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .saved import recheck
+    from .validation import recheck
 
     given = [flag for flag, value in (("SOURCE", args.source), ("--save", args.save)) if value]
     if given or args.pretrained or args.shrink or args.set or args.layers is not None:

@@ -42,14 +42,16 @@ A task with several components prefixes the stages of each with its name
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import logging
 import os
 import platform
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -60,10 +62,10 @@ from .dims import REFINEMENTS, describe_shapes, refine_dynamic_shapes
 from .models import UntrainedModel
 from .patches import eager_fixes, export_patches, runtime_only
 from .runtimes import RUNTIMES, get_runtime, runtimes_of
-from .saved import save_programs, write_report
+from .saved import INPUTS, save_programs, write_report
 from .tasks import get_task, untrained_model
 
-__all__ = ["ValidationReport", "validate"]
+__all__ = ["ValidationReport", "recheck", "validate"]
 
 #: The runtime whose patches torch.export runs with: every runtime starts from its program.
 BASE_RUNTIME = "exported_program"
@@ -623,3 +625,133 @@ def _extend_plan(report: ValidationReport, components: Any, names: list[str]) ->
         for runtime in names:
             for stage_name, _title, _steps in RUNTIMES[runtime].stages:
                 report.plan.append([f"{prefix}{stage_name}", name, runtime])
+
+
+def _since(begin: float) -> float:
+    return round(time.perf_counter() - begin, 3)
+
+
+@contextlib.contextmanager
+def _quiet_example_inputs() -> Iterator[None]:
+    """torch.export.load reads a program's example inputs with weights_only=True first;
+    a cache among them makes it fall back to a full unpickling, which it logs with a
+    message whose formatting fails (a traceback on stderr for nothing). The fallback
+    still happens; only that log is muted."""
+    logger = logging.getLogger("torch._export.serde.serialize")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def recheck(folder: str | os.PathLike, atol: float | None = None) -> Any:
+    """Run the programs and ONNX models saved in ``folder`` on the saved input sets and
+    compare them with eager's saved outputs.
+
+    :param folder: what ``validate(..., save_dir=folder)`` wrote
+    :param atol: the tolerance; the saved validation's by default
+    :return: a :class:`exportcheck.ValidationReport` (``exporter`` is ``saved``) with one
+        load stage and one run stage per file, and one run per input set
+    :raises ValueError: when ``folder`` is not a saved validation
+    """
+    import torch
+
+    from .caches.pytrees import cache_pytrees
+
+    folder = os.fspath(folder)
+    path = os.path.join(folder, INPUTS)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"recheck: {folder} holds no {INPUTS}: pass a folder written by "
+            "'exportcheck validate SOURCE --save DIR'."
+        )
+    # The programs' output specs name transformers' output classes, which are pytree
+    # nodes once their module is imported; torch.load imports the modules of the inputs.
+    import transformers.modeling_outputs  # noqa: F401
+
+    with cache_pytrees():
+        saved = torch.load(path, weights_only=False)
+    tolerance = float(saved["atol"] if atol is None else atol)
+    files = {"exported_program": ".pt2", "onnx": ".onnx"}
+    present = [
+        name
+        for name, suffix in files.items()
+        if any(
+            os.path.isfile(os.path.join(folder, c["name"] + suffix)) for c in saved["components"]
+        )
+    ]
+    report = ValidationReport(
+        source=f"{saved['source']} (saved in {folder})",
+        exporter="saved",
+        atol=tolerance,
+        task=saved["task"],
+        runtimes=present,
+    )
+    single = len(saved["components"]) == 1
+    for c in saved["components"]:
+        prefix = "" if single else f"{c['name']}."
+        for name in present:
+            rt = RUNTIMES[name]
+            artifact = os.path.join(folder, c["name"] + files[name])
+            load_stage, run_stage = f"{prefix}{name}_load", f"{prefix}{rt.runner}_run"
+            report.plan += [[load_stage, c["name"], name], [run_stage, c["name"], name]]
+            entry = {"stage": load_stage, "component": c["name"], "runtime": name, "seconds": 0.0}
+            if not os.path.isfile(artifact):
+                report.stages.append(
+                    {
+                        **entry,
+                        "ok": False,
+                        "error_type": "FileNotFoundError",
+                        "error": f"{artifact} is missing",
+                    }
+                )
+                continue
+            begin = time.perf_counter()
+            with cache_pytrees(), _quiet_example_inputs():
+                loaded = (
+                    torch.export.load(artifact).module()
+                    if name == "exported_program"
+                    else rt.load(artifact)
+                )
+            report.stages.append({**entry, "ok": True, "seconds": _since(begin)})
+            begin = time.perf_counter()
+            bad = []
+            with cache_pytrees(), torch.no_grad():
+                for label, feeds, want in zip(
+                    c["labels"], c["input_sets"], c["expected"], strict=True
+                ):
+                    diff = max_diff(want, rt.run(loaded, copy.deepcopy(feeds)))
+                    ok = diff["mismatch"] is None and diff["abs"] <= tolerance
+                    report.runs.append(
+                        {
+                            "runner": rt.runner,
+                            "runtime": name,
+                            "component": c["name"],
+                            "input_set": label,
+                            "ok": ok,
+                            **diff,
+                        }
+                    )
+                    if not ok:
+                        bad.append(f"{label}: abs {diff['abs']:.3g}")
+            report.stages.append(
+                {
+                    "stage": run_stage,
+                    "component": c["name"],
+                    "runtime": name,
+                    "seconds": _since(begin),
+                    "ok": not bad,
+                    **(
+                        {
+                            "error_type": "AssertionError",
+                            "error": f"differs from the saved eager outputs beyond {tolerance}: "
+                            + "; ".join(bad),
+                        }
+                        if bad
+                        else {}
+                    ),
+                }
+            )
+    return report

@@ -23,6 +23,8 @@ exportcheck get wrong for its model types, and nothing else does:
   pattern), with the reason: the generation stage is not run and the row says why;
 * ``input_builders``: a function that builds the input sets of a model type that does not
   take the task's usual inputs (a drafter fed by its main model);
+* ``input_layouts``: how a model type's inputs differ from what the task derives from
+  its config (an audio channel dimension, several values per mel bin), and why;
 * ``patches``: the :class:`exportcheck.patches.Patch` objects the family needs, next to
   their rewrite code;
 * ``setup``: a function called once at registration, to hook into a leaf module
@@ -49,6 +51,7 @@ __all__ = [
     "CONFIG_FIXES",
     "FAMILIES",
     "INPUT_BUILDERS",
+    "INPUT_LAYOUTS",
     "KNOWN_FAILURES",
     "NO_CACHE",
     "NO_GENERATION",
@@ -82,6 +85,7 @@ class Family:
     no_cache: dict[str, str] = dataclasses.field(default_factory=dict)
     no_generation: dict[str, str] = dataclasses.field(default_factory=dict)
     input_builders: dict[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+    input_layouts: dict[str, tuple[dict[str, Any], str]] = dataclasses.field(default_factory=dict)
     patches: tuple[Patch, ...] = ()
     setup: Callable[[], None] | None = None
 
@@ -102,6 +106,8 @@ NO_CACHE: dict[str, str] = {}
 NO_GENERATION: dict[str, str] = {}
 #: model_type -> a function building its input sets instead of the task's
 INPUT_BUILDERS: dict[str, Callable[..., Any]] = {}
+#: model_type -> (how its inputs differ from what a task derives from the config, reason)
+INPUT_LAYOUTS: dict[str, tuple[dict[str, Any], str]] = {}
 #: task -> model_type -> (overrides the task applies before building the model, reason)
 TASK_CONFIG_FIXES: dict[str, dict[str, tuple[dict[str, Any], str]]] = {}
 #: task -> model_type -> (regular expression of the error, reason)
@@ -115,6 +121,7 @@ _TABLES = {
     "no_cache": NO_CACHE,
     "no_generation": NO_GENERATION,
     "input_builders": INPUT_BUILDERS,
+    "input_layouts": INPUT_LAYOUTS,
 }
 #: the tables keyed by task, then by model type
 _TASK_TABLES = {

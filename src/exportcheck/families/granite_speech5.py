@@ -110,6 +110,14 @@ register(
     Family(
         name="granite_speech5",
         model_types=("granite_speech5_ctc",),
+        input_layouts={
+            "granite_speech5_ctc": (
+                {"values_per_bin": 4},
+                "GraniteSpeech5FeatureExtractor appends each mel frame's delta and stacks "
+                "two consecutive frames: 4 values per mel bin (input_linear takes "
+                "num_mel_bins * 4)",
+            ),
+        },
         patches=(BLOCK_ATTENTION,),
         task_config_fixes={
             "automatic-speech-recognition-ctc": {

@@ -358,12 +358,14 @@ class Seq2Seq(Task):
             prefix = random_ids(decoder_config, (n_batch, cached), generator)
             with torch.no_grad():
                 prefill = DecoderInit(model, cache_argument)(prefix, states, **masks)
+            # in the order of DecoderStep.forward: the ONNX inputs follow it
             step_sets.append(
                 {
                     "decoder_input_ids": random_ids(decoder_config, (n_batch, new), generator),
                     "encoder_hidden_states": states,
+                    **{k: v for k, v in masks.items() if k == "attention_mask"},
                     "cache": _contiguous(prefill["cache"]),
-                    **masks,
+                    **{k: v for k, v in masks.items() if k != "attention_mask"},
                 }
             )
             prompts.append(prefix)
@@ -515,8 +517,9 @@ class Seq2Seq(Task):
                 {
                     "decoder_input_ids": forced[:, t : t + 1],
                     "encoder_hidden_states": states,
+                    **{k: v for k, v in masks.items() if k == "attention_mask"},
                     "cache": out["cache"],
-                    **masks,
+                    **{k: v for k, v in masks.items() if k != "attention_mask"},
                 },
             )
             logits.append(out["logits"][:, -1].detach().float())

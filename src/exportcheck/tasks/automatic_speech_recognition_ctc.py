@@ -30,6 +30,7 @@ import inspect
 from typing import Any
 
 from ..dims import BATCH_MAX
+from ..families import INPUT_LAYOUTS
 from ..models import UntrainedModel, prepare_weights
 from . import Task, register
 from ._encoder import task_config
@@ -70,16 +71,6 @@ FRAMES_MAX = 128
 #: the fewest feature frames an export declares: some survive every subsampling
 #: (3 out of lasr_ctc's two convolutions of kernel 5 and stride 2)
 FRAMES_MIN = 24
-
-#: model types whose inputs the generic rules below do not describe, and why
-_LAYOUT_EXCEPTIONS: dict[str, dict[str, Any]] = {
-    # OmniASRFeatureExtractor returns (batch, 1, samples): a channel dimension that the
-    # first convolution of the audio tower reads as is.
-    "omniasr_ctc": {"channel": True},
-    # GraniteSpeech5FeatureExtractor appends each mel frame's delta and stacks two
-    # consecutive frames: 4 values per mel bin (input_linear takes num_mel_bins * 4).
-    "granite_speech5_ctc": {"values_per_bin": 4},
-}
 
 
 class AudioLayout:
@@ -143,7 +134,7 @@ def audio_layout(model: Any, config: Any = None) -> AudioLayout:
     """
     config = model.config if config is None else config
     params = inspect.signature(model.forward).parameters
-    special = _LAYOUT_EXCEPTIONS.get(getattr(config, "model_type", None), {})
+    special = INPUT_LAYOUTS.get(getattr(config, "model_type", None), ({}, ""))[0]
     mask = next((m for m in ("attention_mask", "padding_mask") if m in params), None)
     if "input_features" in params:
         bins = _find(config, "feature_projection_input_dim")
