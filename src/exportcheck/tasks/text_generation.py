@@ -88,10 +88,14 @@ def _has_attention(cache: Any) -> bool:
 
 def _positions_differ(model: Any, config: Any) -> bool:
     """True when the forward, called without ``position_ids``, numbers the tokens of an
-    unpadded prompt otherwise than ``generate`` does (``cumsum(attention_mask) - 1``,
-    so 0, 1, 2, ...): RoBERTa-like embeddings count from the padding index instead.
-    Such a model gets ``position_ids`` as an input of its decode step, fed as
-    ``generate`` feeds them, so that the exported loop can equal ``generate``."""
+    unpadded prompt, or the new tokens after a cached prompt, otherwise than
+    ``generate`` does (``cumsum(attention_mask) - 1``, so 0, 1, 2, ... across the cache):
+    RoBERTa-like embeddings count from the padding index instead, and some decoders
+    number the new tokens of a decode step from 0 whatever the cache holds. Such a model
+    gets ``position_ids`` as an input of its decode step, fed as ``generate`` feeds them,
+    so that the exported loop can equal ``generate``."""
+    import copy
+
     import torch
 
     params = inspect.signature(model.forward).parameters
@@ -104,6 +108,24 @@ def _positions_differ(model: Any, config: Any) -> bool:
             plain = model(input_ids=ids, **extra).logits
             given = model(input_ids=ids, position_ids=torch.arange(4)[None], **extra).logits
     except Exception:  # a forward that takes position_ids of another layout (3D rotary)
+        return False
+    if not torch.allclose(plain, given, atol=1e-6, rtol=0):
+        return True
+    name = _cache_argument(model)
+    if name is None or "use_cache" not in params:
+        return False
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids[:, :3], use_cache=True)
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            if cache is None:
+                return False
+            # eager updates a cache in place: each step gets a copy of its own
+            plain = model(input_ids=ids[:, 3:], **{name: copy.deepcopy(cache)}).logits
+            given = model(
+                input_ids=ids[:, 3:], position_ids=torch.tensor([[3]]), **{name: cache}
+            ).logits
+    except Exception:  # a step this probe does not know how to call: decide on the prompt
         return False
     return not torch.allclose(plain, given, atol=1e-6, rtol=0)
 
