@@ -17,7 +17,11 @@ Generic rules:
   encoders as wide and as deep as the rest.
 * **Other dimensions** (multi-head latent attention, state-space and linear-attention
   heads, convolution kernels) shrink to small values with the same ratios.
-* Everything else (windows, rope, norms, activation) keeps the model's default.
+* **Rope.** Longrope's per-frequency factor lists are resampled to half the shrunk
+  rotary dimensions; ``original_max_position_embeddings`` shrinks with
+  ``max_position_embeddings`` so the scaling factor stays the published one.
+* Everything else (windows, rope type and factors, norms, activation) keeps the
+  model's default.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ _SIZES: dict[str, int] = {
     "moe_intermediate_size": 32,
     "expert_intermediate_size": 32,
     "shared_expert_intermediate_size": 32,
+    "moe_shared_expert_intermediate_size": 32,  # nemotron_h
     "vocab_size": 1024,
     # the logits width of models that pad their embedding table (inkling2)
     "unpadded_vocab_size": 1024,
@@ -71,6 +76,7 @@ _SIZES: dict[str, int] = {
     "ssm_state_size": 8,
     "mamba_d_state": 8,
     "mamba_n_heads": 4,
+    "mamba_num_heads": 4,  # nemotron_h
     "mamba_head_dim": 16,
     "mamba_d_conv": 4,
     "time_step_rank": 8,
@@ -146,6 +152,10 @@ _TOKEN_IDS = (
 )
 # Per-layer lists that say what kind each layer is: the layers kept cover every kind.
 _LAYER_KINDS = ("layer_types", "layers_block_type", "block_types", "layers_type")
+# Per-layer lists that say what kind of feed-forward each layer has (dense or experts,
+# deepseek_v32 and glm_moe_dsa): the kept layers cover these kinds too, or the tiny
+# model keeps only the first dense layers and loses its mixture of experts.
+_MLP_KINDS = ("mlp_layer_types",)
 
 
 def _is_int(value: Any) -> bool:
@@ -172,9 +182,9 @@ def _first_kv_shared(data: dict[str, Any], n_layers: int) -> int | None:
 def _kept_layers(data: dict[str, Any], n_layers: int) -> list[int]:
     """One layer of each kind, in model order, at least two.
 
-    A kind combines the layer's entry in ``layer_types`` (or a similar list), the
-    attributes ``per_layer_config`` overrides for it, and whether it reuses another
-    layer's key-value cache.
+    A kind combines the layer's entry in ``layer_types`` (or a similar list), its
+    feed-forward kind (``mlp_layer_types``), the attributes ``per_layer_config``
+    overrides for it, and whether it reuses another layer's key-value cache.
     """
     if n_layers <= 0:
         return []
@@ -186,12 +196,18 @@ def _kept_layers(data: dict[str, Any], n_layers: int) -> list[int]:
         ),
         None,
     )
+    mlp_kinds = [
+        data[key]
+        for key in _MLP_KINDS
+        if isinstance(data.get(key), list | tuple) and len(data[key]) == n_layers
+    ]
     overrides = _layer_overrides(data)
     shared_from = _first_kv_shared(data, n_layers)
     first: dict[str, int] = {}
     for i in range(n_layers):
         kind = (
             None if kinds is None else repr(kinds[i]),
+            tuple(repr(m[i]) for m in mlp_kinds),
             tuple(sorted(overrides.get(i, {}))),
             shared_from is not None and i >= shared_from,
         )
@@ -320,6 +336,7 @@ def _shrink_state_space(data: dict[str, Any]) -> None:
     for heads, head_dim, groups, inner in (
         ("mamba_n_heads", "mamba_d_head", "mamba_n_groups", "mamba_d_ssm"),
         ("n_mamba_heads", "mamba_headdim", "mamba_ngroups", None),
+        ("mamba_num_heads", "mamba_head_dim", "n_groups", None),  # nemotron_h
         ("num_heads", "head_dim", "n_groups", None),
     ):
         if not _is_int(data.get(heads)) or head_dim not in data:
@@ -348,6 +365,14 @@ def _shrink_state_space(data: dict[str, Any]) -> None:
 def _shrink_layers(data: dict[str, Any], original: dict[str, Any]) -> None:
     counts = [a for a in _LAYER_COUNTS if _is_int(data.get(a))]
     if not counts:
+        # The layer count is a property computed from the kinds (nemotron_h saves
+        # ``layers_block_type`` and no ``num_hidden_layers``): cut the kinds list.
+        kinds = next((data[k] for k in _LAYER_KINDS if isinstance(data.get(k), list)), None)
+        if kinds and len(kinds) > 2:
+            kept = _kept_layers(data, len(kinds))
+            for name, value in list(data.items()):
+                if isinstance(value, list | tuple) and len(value) == len(kinds):
+                    data[name] = type(value)(value[i] for i in kept)
         return
     n_layers = max(data[a] for a in counts)
     kept = _kept_layers(data, n_layers)
@@ -388,12 +413,76 @@ def _shrink_layers(data: dict[str, Any], original: dict[str, Any]) -> None:
             data[period], data[offset] = 2, 1
 
 
+_ROPE_KEYS = ("rope_parameters", "rope_scaling")
+# Rope parameters with one value per rotary frequency (longrope): as many as half the
+# rotary dimensions.
+_FREQUENCY_LISTS = ("short_factor", "long_factor")
+
+
+def _rope_dicts(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rope parameter sets of a config: one, or one per attention kind (gemma3)."""
+    found = []
+    for key in _ROPE_KEYS:
+        value = data.get(key)
+        if not isinstance(value, dict):
+            continue
+        if value and all(isinstance(v, dict) for v in value.values()):
+            found.extend(value.values())
+        else:
+            found.append(value)
+    return found
+
+
+def _resample(values: list[Any], n: int) -> list[Any]:
+    """``n`` values picked evenly along ``values``, the first and the last kept."""
+    if n <= 1 or len(values) <= 1:
+        return values[:n]
+    return [values[round(i * (len(values) - 1) / (n - 1))] for i in range(n)]
+
+
+def _shrink_rope(data: dict[str, Any], original: dict[str, Any]) -> None:
+    """Keep the rope parameters consistent with the shrunk heads and positions.
+
+    * Longrope's ``short_factor`` and ``long_factor`` hold one rescale factor per
+      rotary frequency: the config validation wants exactly half the shrunk rotary
+      dimensions (head dim x ``partial_rotary_factor``). They are resampled evenly, the
+      lowest and highest frequency factors kept, so the lists still rise as published.
+    * ``original_max_position_embeddings`` (llama3, yarn, longrope) is the pretraining
+      context the scaling extends to ``max_position_embeddings``: when the latter
+      shrinks, the former shrinks by the same ratio, so the scaling factor (and
+      longrope's attention factor, which derives from the ratio) stay the published
+      ones, and the original context stays below the maximum as validation expects.
+    """
+    rope = _rope_dicts(data)
+    old_max, new_max = original.get("max_position_embeddings"), data.get("max_position_embeddings")
+    if _is_int(old_max) and _is_int(new_max) and new_max < old_max:
+        for holder in [data, *rope]:
+            value = holder.get("original_max_position_embeddings")
+            if _is_int(value):
+                holder["original_max_position_embeddings"] = max(1, value * new_max // old_max)
+    if not any(isinstance(r.get(k), list) for r in rope for k in _FREQUENCY_LISTS):
+        return
+    head_dim = data.get("head_dim")
+    heads = data.get("num_attention_heads")
+    if not _is_int(head_dim) and _is_int(data.get("hidden_size")) and _is_int(heads):
+        head_dim = data["hidden_size"] // heads
+    if not _is_int(head_dim):
+        return
+    for params in rope:
+        partial = params.get("partial_rotary_factor", data.get("partial_rotary_factor", 1.0))
+        half = int(head_dim * (partial or 1.0)) // 2
+        for key in _FREQUENCY_LISTS:
+            if isinstance(params.get(key), list) and len(params[key]) != half:
+                params[key] = _resample(params[key], half)
+
+
 def _shrink_dict(data: dict[str, Any]) -> None:
     cls = _config_class(data)
     original = dict(data)
     _shrink_sizes(data, cls, original)
     _shrink_heads(data)
     _shrink_state_space(data)
+    _shrink_rope(data, original)
     for a in ("rotary_dim", "rotary_emb_dim"):
         if _is_int(data.get(a)) and data[a] > 8:
             data[a] = 8
