@@ -150,8 +150,23 @@ def test_an_export_that_rejects_a_one_token_cache_prefills_more_eagerly_and_says
     report = validate(m, exporter="export")
     assert report.ok, report.table()
     prefill = report.generation["exported"]["prefill"]
-    assert prefill.startswith("first 5 of 6 prompt tokens eager: the export rejects")
-    assert any("ExportedProgram generation: first 5 of 6" in n for n in report.notes)
+    # as few eager as the guard allows: 3 cached tokens
+    assert prefill.startswith("first 3 of 6 prompt tokens eager: the export rejects")
+    assert any("ExportedProgram generation: first 3 of 6" in n for n in report.notes)
+
+
+def test_a_one_token_prompt_runs_new_tokens_eagerly_until_the_export_accepts_the_cache():
+    """MusicGen's generate feeds a prompt's last token only, so its generation starts
+    from one token; its ExportedProgram asks for a mask of at least 4 (a cache of 3):
+    the first new tokens come from eager, the row says how many, the later ones match
+    generate through the export."""
+    m = untrained_model("musicgen")
+    report = validate(m, exporter="export")
+    assert report.ok, report.table()
+    prefill = report.generation["exported"]["prefill"]
+    assert prefill.startswith("the 1-token prompt and the first 3 new token(s) eager"), prefill
+    assert report.generation["exported"]["tokens_equal_generate"]
+    assert report.generation["exported"]["calls"] == 5
 
 
 def _eager_loop(m):
@@ -170,15 +185,45 @@ def test_a_generate_that_predicts_a_placeholder_is_on_the_ledger_and_still_diffe
 
 
 @pytest.mark.parametrize("model_type", ["musicgen", "musicgen_melody"])
-def test_a_generate_with_a_delay_pattern_is_on_the_ledger_and_still_needs_it(model_type):
+def test_a_generate_with_a_delay_pattern_still_needs_its_settings_and_one_token_prompt(
+    model_type,
+):
+    """Why GENERATION_INPUTS has MusicGen: without the start token its generate fails,
+    and given a longer prompt it feeds only the prompt's last token to the first step
+    (its logits equal a forward over that token alone), so the check starts from one."""
+    from exportcheck.families import GENERATION_INPUTS
+    from exportcheck.tasks.text_generation import _greedy_config, generation_prompt
+
     m = untrained_model(model_type)
-    assert get_task(m.task).cannot_generate(m) == NO_GENERATION[model_type]
-    with pytest.raises(TypeError, match="NoneType"):  # no decoder_start_token_id
-        get_task(m.task).generate_eager(m)
+    assert get_task(m.task).cannot_generate(m) is None
+    ids, mask = generation_prompt(m)
+    model = m.model
+    saved = model.generation_config
+    model.generation_config = _greedy_config(saved)
+    model.generation_config.num_return_sequences = 1
+    with pytest.raises(TypeError, match="NoneType"), torch.no_grad():  # no start token
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2)
+    _, settings, _, _ = GENERATION_INPUTS[model_type]
+    for key, value in settings(model).items():
+        setattr(model.generation_config, key, value)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=1,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        last_only = model(input_ids=ids[:, -1:], use_cache=False).logits[:, -1]
+    model.generation_config = saved
+    drops_the_prompt = torch.allclose(out.logits[0], last_only, rtol=0, atol=1e-5)
+    # MusicGen's drops it, MusicGen Melody's keeps it: only the first starts from one token
+    assert drops_the_prompt == (model_type == "musicgen")
+    assert (GENERATION_INPUTS[model_type][0] == 1) == drops_the_prompt
 
 
 def test_the_ledger_of_generation_is_explained():
-    assert sorted(NO_GENERATION) == ["musicgen", "musicgen_melody", "xlm", "xlnet"]
+    assert sorted(NO_GENERATION) == ["xlm", "xlnet"]
     assert all(len(reason) > 60 for reason in NO_GENERATION.values())
 
 

@@ -21,6 +21,12 @@ exportcheck get wrong for its model types, and nothing else does:
 * ``no_generation``: model types whose ``generate`` is not a loop of plain decode
   steps (a placeholder token appended and predicted, codebooks offset by a delay
   pattern), with the reason: the generation stage is not run and the row says why;
+* ``generation_inputs``: model types whose ``generate`` rewrites the ids before each step
+  (codebooks offset by a delay pattern), with ``(prompt_tokens, settings, feed,
+  reason)``: the length of the prompt its ``generate`` handles (None: the task's),
+  ``settings(model)`` the generation settings its ``generate`` needs, and
+  ``feed(model, prompt ids, new tokens, settings)`` the ``(prompt ids, new tokens)`` as
+  ``generate`` feeds them to the decode steps;
 * ``input_builders``: a function that builds the input sets of a model type that does not
   take the task's usual inputs (a drafter fed by its main model);
 * ``input_layouts``: how a model type's inputs differ from what the task derives from
@@ -50,6 +56,7 @@ __all__ = [
     "CONFIG_ARGUMENTS",
     "CONFIG_FIXES",
     "FAMILIES",
+    "GENERATION_INPUTS",
     "INPUT_BUILDERS",
     "INPUT_LAYOUTS",
     "KNOWN_FAILURES",
@@ -84,6 +91,9 @@ class Family:
     one_token_decode: dict[str, str] = dataclasses.field(default_factory=dict)
     no_cache: dict[str, str] = dataclasses.field(default_factory=dict)
     no_generation: dict[str, str] = dataclasses.field(default_factory=dict)
+    generation_inputs: dict[str, tuple[int | None, Callable[..., Any], Callable[..., Any], str]] = (
+        dataclasses.field(default_factory=dict)
+    )
     input_builders: dict[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
     input_layouts: dict[str, tuple[dict[str, Any], str]] = dataclasses.field(default_factory=dict)
     patches: tuple[Patch, ...] = ()
@@ -104,6 +114,8 @@ ONE_TOKEN_DECODE: dict[str, str] = {}
 NO_CACHE: dict[str, str] = {}
 #: model_type -> why its generate is not a loop of the exported step
 NO_GENERATION: dict[str, str] = {}
+#: model_type -> (prompt length, generate's settings, the ids its steps are fed, reason)
+GENERATION_INPUTS: dict[str, tuple[int | None, Callable[..., Any], Callable[..., Any], str]] = {}
 #: model_type -> a function building its input sets instead of the task's
 INPUT_BUILDERS: dict[str, Callable[..., Any]] = {}
 #: model_type -> (how its inputs differ from what a task derives from the config, reason)
@@ -120,6 +132,7 @@ _TABLES = {
     "one_token_decode": ONE_TOKEN_DECODE,
     "no_cache": NO_CACHE,
     "no_generation": NO_GENERATION,
+    "generation_inputs": GENERATION_INPUTS,
     "input_builders": INPUT_BUILDERS,
     "input_layouts": INPUT_LAYOUTS,
 }

@@ -20,7 +20,13 @@ import inspect
 from typing import Any
 
 from ..dims import BATCH_MAX, length_bounds
-from ..families import INPUT_BUILDERS, NO_CACHE, NO_GENERATION, ONE_TOKEN_DECODE
+from ..families import (
+    GENERATION_INPUTS,
+    INPUT_BUILDERS,
+    NO_CACHE,
+    NO_GENERATION,
+    ONE_TOKEN_DECODE,
+)
 from ..models import UntrainedModel, prepare_weights
 from . import Generation, Task, register
 from ._tokens import random_ids as _random_ids
@@ -508,6 +514,11 @@ def _generate_eager(m: UntrainedModel, new_tokens: int) -> Generation:
     model = m.model
     saved = model.generation_config
     model.generation_config = _greedy_config(saved)
+    special = GENERATION_INPUTS.get(getattr(m.config, "model_type", None))
+    if special:
+        ids, mask = ids[:, : special[0] or ids.shape[1]], mask[:, : special[0] or ids.shape[1]]
+    for key, value in (special[1](model) if special else {}).items():
+        setattr(model.generation_config, key, value)
     try:
         with torch.no_grad():
             out = model.generate(
@@ -523,6 +534,16 @@ def _generate_eager(m: UntrainedModel, new_tokens: int) -> Generation:
     finally:
         model.generation_config = saved
     tokens = out.sequences[:, ids.shape[1] :]
+    if special:
+        # its generate returns the ids laid out again per codebook, start tokens
+        # removed: the new tokens are the argmax of each step (no logits processor)
+        tokens = torch.stack([step.argmax(-1) for step in out.logits], 1)
+        returned = out.sequences.reshape(tokens.shape[0], -1)[:, -new_tokens:]
+        if not torch.equal(returned, tokens):
+            raise AssertionError(
+                "generate returned other new tokens than the argmax of its logits: "
+                f"{returned.tolist()} against {tokens.tolist()}"
+            )
     if tokens.shape[1] != new_tokens:
         raise AssertionError(
             f"generate returned {tokens.shape[1]} new tokens instead of {new_tokens}"
@@ -576,6 +597,10 @@ def _generate(m: UntrainedModel, call: Any, forced: Any, new_tokens: int) -> Gen
     import torch
 
     ids, mask = generation_prompt(m)
+    special = GENERATION_INPUTS.get(getattr(m.config, "model_type", None))
+    if special:  # the ids as its generate feeds them to the decode steps
+        ids, mask = ids[:, : special[0] or ids.shape[1]], mask[:, : special[0] or ids.shape[1]]
+        ids, forced = special[2](m.model, ids, forced, special[1](m.model))
     takes_mask = "attention_mask" in m.inputs
     takes_positions = "position_ids" in m.inputs
     extra = {"use_cache": m.inputs["use_cache"]} if "use_cache" in m.inputs else {}
@@ -604,25 +629,51 @@ def _generate(m: UntrainedModel, call: Any, forced: Any, new_tokens: int) -> Gen
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         prefill = "every step a full forward over the whole sequence (no cache)"
     else:
-        try:
-            logits, calls = _decode_loop(m, call, ids, forced, new_tokens, feeds_of, eager=1)
-            prefill = (
-                "first prompt token eager (the export's cache holds at least one token), "
-                "the rest through the export"
-            )
-        except Exception as first_error:  # the export rejects a one-token cache
-            eager = ids.shape[1] - 1
-            try:
-                logits, calls = _decode_loop(m, call, ids, forced, new_tokens, feeds_of, eager)
-            except Exception as e:
-                raise e from first_error
-            error = str(first_error).strip().splitlines()[0][:200] if str(first_error) else ""
-            prefill = (
-                f"first {eager} of {ids.shape[1]} prompt tokens eager: the export rejects a "
-                f"cache of one token ({type(first_error).__name__}: {error})"
-            )
+        logits, calls, prefill = _exported_decode(m, call, ids, forced, new_tokens, feeds_of)
     tokens = torch.stack([step.argmax(-1) for step in logits], 1)
     return Generation(tokens=tokens, logits=logits, calls=calls, prefill=prefill)
+
+
+def _exported_decode(
+    m: UntrainedModel, call: Any, ids: Any, forced: Any, new_tokens: int, feeds_of: Any
+) -> tuple[list[Any], int, str]:
+    """The decode loop with as few tokens eager as ``call`` accepts: the first prompt
+    token (the export's cache holds at least one token), else more, one at a time, up to
+    the last new token; the logits, the number of calls and what ran eagerly."""
+    prompt, first_error = ids.shape[1], None
+    for eager in range(1, prompt + new_tokens - 1):
+        try:
+            logits, calls = _decode_loop(m, call, ids, forced, new_tokens, feeds_of, eager)
+        except Exception as e:  # the export rejects a cache this short
+            first_error = first_error or e
+            continue
+        if eager == 1 and prompt > 1:
+            return (
+                logits,
+                calls,
+                (
+                    "first prompt token eager (the export's cache holds at least one token), "
+                    "the rest through the export"
+                ),
+            )
+        text = str(first_error).strip().splitlines()[0][:200] if first_error else ""
+        why = (
+            f"the export rejects a shorter cache ({type(first_error).__name__}: {text})"
+            if first_error is not None
+            else "the export's cache holds at least one token"
+        )
+        if eager < prompt:
+            return logits, calls, f"first {eager} of {prompt} prompt tokens eager: {why}"
+        return (
+            logits,
+            calls,
+            (
+                f"the {prompt}-token prompt and the first {eager - prompt + 1} new token(s) "
+                f"eager, every later one through the export: {why}"
+            ),
+        )
+    assert first_error is not None
+    raise first_error
 
 
 def _decode_loop(
@@ -634,27 +685,35 @@ def _decode_loop(
     feeds_of: Any,
     eager: int,
 ) -> tuple[list[Any], int]:
-    """Prefill ``ids[:, :eager]`` eagerly, then the rest of the prompt and one token per
-    step through ``call``; the logits of each generated token and the number of calls."""
+    """Run the first ``eager`` tokens of prompt + forced tokens eagerly, then the rest of
+    the prompt as one step (one token per step for a one-token decode step) and one token
+    per step through ``call``; the logits of each generated token and the number of calls.
+    An ``eager`` beyond the prompt takes the first new tokens' logits from eager."""
     import torch
 
+    stream = torch.cat([ids, forced[:, : new_tokens - 1]], 1)
+    prompt = ids.shape[1]
     given = {"position_ids": torch.arange(eager)[None]} if "position_ids" in m.inputs else {}
     with torch.no_grad():
         first = m.model(
-            input_ids=ids[:, :eager],
-            attention_mask=torch.ones_like(ids[:, :eager]),
+            input_ids=stream[:, :eager],
+            attention_mask=torch.ones_like(stream[:, :eager]),
             use_cache=True,
             **given,
         )
     state = _contiguous(_state_of(first, m.cache_argument))
     attention = _has_attention(state)
     one_token = getattr(m.config, "model_type", None) in ONE_TOKEN_DECODE
-    rest = ids.shape[1]
-    chunks = [ids[:, i : i + 1] for i in range(eager, rest)] if one_token else [ids[:, eager:]]
-    chunks += [forced[:, t : t + 1] for t in range(new_tokens - 1)]
-    logits: list[Any] = []
+    # logits at position j predict token j + 1: the new tokens are predicted from prompt - 1 on
+    logits: list[Any] = [first.logits[:, j].detach().float() for j in range(prompt - 1, eager)]
+    single_from = eager
+    chunks = []
+    if eager < prompt and not one_token:  # the rest of the prompt in one step
+        chunks.append(stream[:, eager:prompt])
+        single_from = prompt
+    chunks += [stream[:, j : j + 1] for j in range(single_from, stream.shape[1])]
     seen = eager
-    for i, chunk in enumerate(chunks):
+    for chunk in chunks:
         seen += chunk.shape[1]
         step_mask = (
             torch.ones((ids.shape[0], seen), dtype=torch.int64)
@@ -663,7 +722,7 @@ def _decode_loop(
         )
         out = call("model", feeds_of(chunk, step_mask, state, seen))
         state = _state_of(out, m.cache_argument)
-        if i >= len(chunks) - new_tokens:
+        if seen >= prompt:
             logits.append(out.logits[:, -1].detach().float())
     return logits, len(chunks)
 
