@@ -262,14 +262,15 @@ _REWRITES = {
 @pytest.mark.parametrize("name", sorted(_REWRITES))
 def test_rewrites_compute_what_the_original_computes(name):
     from exportcheck import untrained_model
-    from exportcheck.patches import PATCHES
+    from exportcheck.patches import PATCHES, eager_fixes
 
     model_type, tolerance = _REWRITES[name]
     m = untrained_model(model_type)
     module = sys.modules[type(m.model).__module__]
     before = _module_state(module)
     for inputs in [m.inputs, *m.other_inputs]:
-        with torch.no_grad():
+        # eager as validate runs it: with the patches that correct it
+        with torch.no_grad(), eager_fixes(m.model):
             expected = m.model(**copy.deepcopy(inputs)).logits
             with PATCHES[name].apply(m.model):
                 assert _module_state(module) != before, f"{name} changed nothing"
@@ -420,6 +421,51 @@ def test_rwkv_fix_matches_batch_one_runs_and_the_full_forward():
     assert max_diff(torch.cat(steps, dim=1), full)["abs"] <= 1e-5
     with eager_fixes(m.model) as names:
         assert names == ["rwkv_one_token_shift"]
+
+
+@pytest.mark.models
+def test_recurrent_gemma_state_changes_nothing_generate_sees_and_steps_equal_the_forward():
+    from exportcheck import untrained_model
+    from exportcheck.patches import PATCHES, eager_fixes
+
+    m = untrained_model("recurrent_gemma")
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, m.config.vocab_size, (2, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # a left-padded row, as generate pads a batch
+
+    def generate(patched):
+        ctx = (
+            PATCHES["recurrent_gemma_state"].apply(m.model) if patched else contextlib.nullcontext()
+        )
+        with ctx, torch.no_grad():
+            return m.model.generate(
+                input_ids=ids[:, :6],
+                attention_mask=mask[:, :6],
+                max_new_tokens=4,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+
+    # generate (prefill, then one token per step) gives the same tokens and logits
+    before, after = generate(False), generate(True)
+    assert torch.equal(before.sequences, after.sequences)
+    assert max_diff(list(before.logits), list(after.logits))["abs"] <= 1e-5
+    # with it, the state comes out of a prefill and a step of several new tokens
+    # continues it: prefill 4 + 3 tokens + 3 one-token steps equal one forward over all
+    with PATCHES["recurrent_gemma_state"].apply(m.model), torch.no_grad():
+        full = m.model(input_ids=ids, use_cache=False).logits
+        out = m.model(input_ids=ids[:, :4], use_cache=True)
+        steps, cache = [out.logits], out.cache
+        for start, stop in ((4, 7), (7, 8), (8, 9), (9, 10)):
+            out = m.model(input_ids=ids[:, start:stop], cache=cache, use_cache=True)
+            steps.append(out.logits)
+            cache = out.cache
+    assert cache is not None
+    assert max_diff(torch.cat(steps, dim=1), full)["abs"] <= 1e-5
+    with eager_fixes(m.model) as names:
+        assert names == ["recurrent_gemma_state"]
 
 
 @pytest.mark.models

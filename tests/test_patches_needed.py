@@ -95,3 +95,20 @@ def test_the_eager_fix_is_still_needed():
         out = m.model(**copy.deepcopy(m.inputs))
     batch = m.inputs["input_ids"].shape[0]
     assert tuple(out.logits.shape[:2]) == (batch, batch), out.logits.shape
+
+
+def test_the_recurrent_gemma_state_is_still_needed():
+    # recurrent_gemma_state corrects eager given a cache; tests/test_patches.py shows it
+    # changes nothing generate sees. Without it, a prefill returns no cache, and a decode
+    # step given one computes with the state its modules kept from the last call.
+    from exportcheck.patches import eager_fixes
+
+    m = untrained_model("recurrent_gemma")
+    ids = m.inputs["input_ids"]
+    with torch.no_grad():
+        out = m.model(input_ids=ids, use_cache=True)
+        assert getattr(out, "cache", None) is None
+        without = m.model(**copy.deepcopy(m.inputs)).logits
+        with eager_fixes(m.model):
+            with_state = m.model(**copy.deepcopy(m.inputs)).logits
+    assert float((without - with_state).abs().max()) > 1e-2

@@ -28,6 +28,7 @@ from ..families import (
     ONE_TOKEN_DECODE,
 )
 from ..models import UntrainedModel, prepare_weights
+from ..patches import eager_fixes
 from . import Generation, Task, register
 from ._tokens import random_ids as _random_ids
 
@@ -110,7 +111,7 @@ def _positions_differ(model: Any, config: Any) -> bool:
     ids = _random_ids(config, (1, 4), torch.Generator().manual_seed(7))
     extra = {"use_cache": False} if "use_cache" in params else {}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eager_fixes(model):
             plain = model(input_ids=ids, **extra).logits
             given = model(input_ids=ids, position_ids=torch.arange(4)[None], **extra).logits
     except Exception:  # a forward that takes position_ids of another layout (3D rotary)
@@ -121,7 +122,7 @@ def _positions_differ(model: Any, config: Any) -> bool:
     if name is None or "use_cache" not in params:
         return False
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eager_fixes(model):
             out = model(input_ids=ids[:, :3], use_cache=True)
             cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
             if cache is None:
@@ -165,7 +166,8 @@ def _decode_inputs(
     if cache_argument is not None:
         prefill_ids = _random_ids(config, (batch, cache_length), generator)
         given = {"position_ids": _positions(prefill_mask, cache_length)} if positions else {}
-        with torch.no_grad():
+        # the prefill is eager's: with the patches that correct it
+        with torch.no_grad(), eager_fixes(model):
             out = model(input_ids=prefill_ids, attention_mask=prefill_mask, use_cache=True, **given)
         cache = getattr(out, cache_argument, None)
         if cache is None:
