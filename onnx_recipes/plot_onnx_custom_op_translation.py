@@ -119,6 +119,63 @@ print("local functions:", [f.name for f in proto.functions])
 print("opsets:", {o.domain or "ai.onnx": o.version for o in proto.opset_import})
 
 # %%
+# The same graph drawn, each node colored by the PyTorch operator it was translated
+# from, which the exporter records in the node's metadata
+# (``pkg.torch.onnx.class_hierarchy``). Weights and constants are left out.
+
+# sphinx_gallery_thumbnail_number = 1
+import ast
+
+import matplotlib.pyplot as plt
+
+
+def source_op(node):
+    props = {p.key: p.value for p in node.metadata_props}
+    return ast.literal_eval(props["pkg.torch.onnx.class_hierarchy"])[-1]
+
+
+# Depth of every value: graph inputs at 0, a node one below its deepest input.
+depth = {v.name: 0 for v in proto.graph.input}
+boxes = [(v.name, 0, "graph input", [], v.name) for v in proto.graph.input]
+for node in proto.graph.node:
+    drawn = [name for name in node.input if name in depth]
+    level = 1 + max((depth[name] for name in drawn), default=0)
+    depth.update((name, level) for name in node.output)
+    boxes.append((node.output[0], level, source_op(node), drawn, node.op_type))
+for v in proto.graph.output:
+    boxes.append((f"out:{v.name}", depth[v.name] + 1, "graph output", [v.name], v.name))
+
+levels = {}
+for box in boxes:
+    levels.setdefault(box[1], []).append(box[0])
+where = {
+    name: (i - (len(names) - 1) / 2, -level)
+    for level, names in levels.items()
+    for i, name in enumerate(names)
+}
+sources = sorted({box[2] for box in boxes})
+colors = dict(zip(sources, plt.get_cmap("Pastel1").colors, strict=False))
+fig, ax = plt.subplots(figsize=(8, 0.9 * len(levels) + 0.5))
+for name, _level, source, drawn, label in boxes:
+    for input_name in drawn:
+        ax.annotate(
+            "",
+            xy=where[name],
+            xytext=where[input_name],
+            arrowprops=dict(arrowstyle="->", shrinkA=12, shrinkB=12),
+        )
+    ax.text(*where[name], label, ha="center", va="center", bbox=dict(fc=colors[source]))
+for source, color in colors.items():
+    ax.scatter([], [], marker="s", s=120, color=color, label=source)
+ax.legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=8, title="translated from")
+ax.set_xlim(-1.5, 1.5)
+ax.set_ylim(-len(levels) + 0.5, 0.5)
+ax.axis("off")
+translated = sum(source_op(node) == "recipe.scaled_softsign.default" for node in proto.graph.node)
+ax.set_title(f"Head in ONNX: the custom operator became {translated} standard nodes")
+fig.tight_layout()
+
+# %%
 # Run and compare
 # ---------------
 #

@@ -196,6 +196,70 @@ print(f"first node beyond {tolerance:g}: {first_bad}")
 assert first_bad == corrupted_name, (first_bad, corrupted_name)
 
 # %%
+# The graph, drawn with every value's discrepancy
+# -----------------------------------------------
+#
+# The same comparison for every matched value, not only up to the first divergence,
+# drawn on the broken graph: each node with its output's max abs diff, red beyond the
+# tolerance. Every node after the corrupted one is red too, since it computes on a
+# wrong input; only the first red node is to blame.
+
+# sphinx_gallery_thumbnail_number = 1
+import matplotlib.pyplot as plt
+
+node_diffs = {
+    node_name: max_diff(torch_values[fx_name], onnx_values[value_name])["abs"]
+    for value_name, fx_name, node_name in matches
+}
+graph = ir.load(broken_path).graph
+graph_inputs = [v.name for v in graph.inputs]
+rows = {name: i for i, name in enumerate(graph_inputs)}  # then the nodes, top to bottom
+producers = {}
+for node in graph:
+    rows[node.name] = len(rows)
+    producers.update((v.name, node.name) for v in node.outputs)
+
+fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 0.6))
+for node in graph:
+    for value in node.inputs:
+        source = producers.get(value.name, value.name) if value is not None else None
+        if source not in rows:  # weights and constants are not drawn
+            continue
+        skip = rows[node.name] - rows[source] > 1
+        ax.annotate(
+            "",
+            xy=(0, -rows[node.name]),
+            xytext=(0, -rows[source]),
+            arrowprops=dict(
+                arrowstyle="->",
+                shrinkA=11,
+                shrinkB=11,
+                connectionstyle="arc3,rad=-0.6" if skip else "arc3",
+            ),
+        )
+for name in graph_inputs:
+    ax.text(0, -rows[name], name, ha="center", va="center", bbox=dict(fc="white", ec="gray"))
+for node in graph:
+    diff = node_diffs.get(node.name)
+    color = "lightgray" if diff is None else "#f4cccc" if diff > tolerance else "#d9ead3"
+    first = node.name == first_bad
+    ax.text(
+        0,
+        -rows[node.name],
+        f"{node.op_type}  ({node.name})",
+        ha="center",
+        va="center",
+        bbox=dict(fc=color, ec="black" if first else "gray", lw=2.5 if first else 1),
+    )
+    note = "no fx value" if diff is None else f"max abs diff {diff:.2g}"
+    ax.text(0.85, -rows[node.name], note + ("  <- first divergence" if first else ""), va="center")
+ax.set_xlim(-1.1, 2.4)
+ax.set_ylim(-len(rows) + 0.5, 0.5)
+ax.axis("off")
+ax.set_title(f"Broken graph: onnxruntime vs fx values, tolerance {tolerance:g}")
+fig.tight_layout()
+
+# %%
 # The check
 # ---------
 #

@@ -122,6 +122,7 @@ for kind, values in (("input ", session.get_inputs()), ("output", session.get_ou
 from exportcheck import max_diff, ort_feeds
 
 results = {}
+returned = []  # per input set: the length of every layer's returned keys
 for feeds in [gemma.inputs, *gemma.other_inputs]:
     with torch.no_grad(), export_patches(model):
         expected = model(**copy.deepcopy(feeds))
@@ -130,10 +131,32 @@ for feeds in [gemma.inputs, *gemma.other_inputs]:
     c = feeds["cache"].layers[1].keys.shape[2]
     assert got[1].shape[2] == window - 1, got[1].shape  # present.0.key: still 15 tokens
     results[f"batch {b}, {s} new, cache {c}"] = max_diff(expected, got)
+    outputs = dict(zip(output_names, got, strict=True))
+    returned.append([outputs[f"present.{i}.key"].shape[2] for i in layers])
 
 print(f"{'input set':28} {'outputs compared':>16} {'max abs diff':>12}")
 for name, diff in results.items():
     print(f"{name:28} {diff['leaves']:16} {diff['abs']:12.3g}")
+
+# %%
+# The length of the keys onnxruntime returned for each layer, against the length of
+# the text (the full-attention cache it returned): the sliding layer stays at the
+# window minus one whatever the text, the full-attention layer grows with it.
+
+# sphinx_gallery_thumbnail_number = 1
+import matplotlib.pyplot as plt
+
+full_layer = config.layer_types.index("full_attention")
+text_lengths = [lengths[full_layer] for lengths in returned]
+fig, ax = plt.subplots(figsize=(6, 3.6))
+for i, (kind, marker) in enumerate(zip(config.layer_types, "os", strict=False)):
+    ax.plot(text_lengths, [lengths[i] for lengths in returned], marker, label=f"layer {i}: {kind}")
+ax.axhline(window - 1, color="tab:red", linestyle="--", label=f"sliding_window - 1 = {window - 1}")
+ax.set_xlabel("tokens in the text after the step (cached + new)")
+ax.set_ylabel("cached tokens returned")
+ax.legend(fontsize=8)
+ax.set_title("Gemma 3 in onnxruntime: the cache of each kind of layer")
+fig.tight_layout()
 
 # %%
 # Five of the six input sets were not seen by the export; on all of them onnxruntime

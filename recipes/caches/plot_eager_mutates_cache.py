@@ -26,7 +26,8 @@ m = untrained_model("arnir0/Tiny-LLM")
 model, inputs = m.model, m.inputs
 export_inputs = copy.deepcopy(inputs)
 print("inputs:", string_type(inputs, with_shape=True))
-print("cached tokens:", inputs["cache"].get_seq_length())
+no_copy = [inputs["cache"].get_seq_length()]  # cached tokens of the inputs, run after run
+print("cached tokens:", no_copy[0])
 
 # %%
 # The first run
@@ -37,7 +38,8 @@ print("cached tokens:", inputs["cache"].get_seq_length())
 
 with torch.no_grad():
     first = model(**inputs)
-print("cached tokens after one run:", inputs["cache"].get_seq_length())
+no_copy.append(inputs["cache"].get_seq_length())
+print("cached tokens after one run:", no_copy[-1])
 print("returned cache is the input cache:", first.cache is inputs["cache"])
 print("inputs now:", string_type(inputs, with_shape=True))
 
@@ -52,7 +54,8 @@ from exportcheck import max_diff
 
 with torch.no_grad():
     second = model(**inputs)
-print("cached tokens after two runs:", inputs["cache"].get_seq_length())
+no_copy.append(inputs["cache"].get_seq_length())
+print("cached tokens after two runs:", no_copy[-1])
 print(
     f"logits, first vs second run: max abs diff {max_diff(first.logits, second.logits)['abs']:.3g}"
 )
@@ -104,11 +107,35 @@ print(
 
 print("copy.copy shares the cache:", copy.copy(feeds)["cache"] is feeds["cache"])
 print("copy.deepcopy shares the cache:", copy.deepcopy(feeds)["cache"] is feeds["cache"])
+deep_copies = [feeds["cache"].get_seq_length()]
 with torch.no_grad():
     run_a = model(**copy.deepcopy(feeds))
+    deep_copies.append(feeds["cache"].get_seq_length())
     run_b = model(**copy.deepcopy(feeds))
+    deep_copies.append(feeds["cache"].get_seq_length())
 print("two runs on deep copies: max abs diff", max_diff(run_a, run_b)["abs"])
-print("cached tokens of the original:", feeds["cache"].get_seq_length())
+print("cached tokens of the original:", deep_copies[-1])
+
+# %%
+# The cache the caller holds, run after run: it grows by the number of new tokens when
+# the model gets the inputs themselves, and stays as it was when it gets deep copies.
+
+# sphinx_gallery_thumbnail_number = 1
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(6, 3.2))
+runs = range(len(no_copy))
+ax.plot(runs, no_copy, marker="o", color="tab:red", label="model(**inputs)")
+ax.plot(runs, deep_copies, marker="s", color="tab:blue", label="model(**copy.deepcopy(feeds))")
+for values in (no_copy, deep_copies):
+    for run, value in zip(runs, values, strict=True):
+        ax.annotate(str(value), (run, value), textcoords="offset points", xytext=(0, 6))
+ax.set_xticks(list(runs), ["before", "after run 1", "after run 2"])
+ax.set_ylabel("tokens in the caller's cache")
+ax.margins(y=0.25)
+ax.legend(fontsize=8)
+ax.set_title("Eager forward appends to the cache it is given")
+fig.tight_layout()
 
 # %%
 # The honest comparison

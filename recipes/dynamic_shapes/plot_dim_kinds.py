@@ -181,6 +181,71 @@ show(ep_static)
 # guarantee without choosing names or bounds, ``Dim.AUTO`` to explore a model you do not
 # know (then read ``range_constraints``), and ``Dim.STATIC`` for what must not vary.
 #
+# What each kind produced, side by side
+# -------------------------------------
+#
+# The range of the batch and the sequence length of ``tokens`` in each program, read
+# from its placeholder and its ``range_constraints``: a bar for a symbol, a single
+# point for a static size. The crosses are the shapes the check below runs.
+
+# sphinx_gallery_thumbnail_number = 1
+import math
+
+import matplotlib.pyplot as plt
+
+every_kind = {
+    "Dim": ep_named,
+    "Dim.DYNAMIC": ep_dynamic,
+    "Dim.AUTO": ep_auto,
+    "Dim.STATIC": ep_static,
+}
+shapes = [(1, 3), (7, 40), (2, 10)]
+
+
+def tokens_dims(ep):
+    """(label, lower, upper) of dimensions 0 and 1 of ``tokens``; lower == upper if static."""
+    node = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == "tokens")
+    dims = []
+    for d in node.meta["val"].shape[:2]:
+        if isinstance(d, torch.SymInt):
+            r = ep.range_constraints[d.node.expr]
+            dims.append((str(d.node.expr), float(r.lower), float(r.upper)))
+        else:
+            dims.append((f"static {d}", d, d))
+    return dims
+
+
+finite = [v for ep in every_kind.values() for _, *b in tokens_dims(ep) for v in b]
+right = 2 * max(v for v in finite if math.isfinite(v))
+fig, ax = plt.subplots(figsize=(8, 4))
+labels = []
+for name, ep in every_kind.items():
+    for (symbol, lower, upper), dim, color in zip(
+        tokens_dims(ep), ("batch", "seq"), ("tab:blue", "tab:orange"), strict=True
+    ):
+        y = len(labels)
+        labels.append(f"{name}: {dim}")
+        if lower == upper:
+            ax.plot([lower], [y], "o", color=color, markersize=8)
+        else:
+            ax.plot([lower, min(upper, right)], [y, y], color=color, linewidth=6)
+            if math.isinf(upper):
+                ax.plot([right], [y], ">", color=color, markersize=10)
+        text = symbol if lower == upper else f"{symbol} in [{lower:g}, {upper:g}]"
+        ax.annotate(text, (lower, y), textcoords="offset points", xytext=(0, 7), fontsize=8)
+        checked = [shape[0 if dim == "batch" else 1] for shape in shapes]
+        if name != "Dim.STATIC":
+            ax.plot(checked, [y] * len(checked), "x", color="black")
+ax.set_yticks(range(len(labels)), labels)
+ax.invert_yaxis()
+ax.set_xscale("log", base=2)
+ax.set_xlim(0.7, right * 1.5)
+ax.set_ylim(len(labels) - 0.5, -0.8)
+ax.set_xlabel("size accepted (an arrow: no maximum); x: sizes checked below")
+ax.set_title("Range of each dimension of tokens in the ExportedProgram")
+fig.tight_layout()
+
+# %%
 # The check
 # ---------
 #
@@ -190,7 +255,6 @@ show(ep_static)
 # program does not check at run time, so such shapes deserve a numerical check.
 
 programs = {"Dim": ep_named, "Dim.DYNAMIC": ep_dynamic, "Dim.AUTO": ep_auto}
-shapes = [(1, 3), (7, 40), (2, 10)]
 print(f"{'program':12} {'batch':>5} {'seq':>4} {'max abs diff':>12}")
 worst = 0.0
 for name, ep in programs.items():

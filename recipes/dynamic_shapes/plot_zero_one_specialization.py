@@ -183,6 +183,60 @@ with cache_pytrees(), torch.no_grad():
 show(ep_named)
 
 # %%
+# The four programs side by side
+# ------------------------------
+#
+# One row per program, one column per dynamic dimension of the inputs, read from the
+# placeholders of each ExportedProgram: a symbol with its range, or the constant the
+# example's 0 or 1 became.
+
+# sphinx_gallery_thumbnail_number = 1
+import math
+
+import matplotlib.pyplot as plt
+
+programs = {
+    "batch 1, Dim.AUTO": ep_batch_one,
+    "empty cache, Dim.AUTO": ep_empty,
+    "fix 1: batch 2, Dim.AUTO": ep_auto,
+    "fix 2: batch 2, named Dim": ep_named,
+}
+columns = [("input_ids", 0), ("input_ids", 1), ("attention_mask", 0), ("attention_mask", 1)]
+columns += [("cache key", 0), ("cache key", 2)]
+
+
+def dimension_cells(ep):
+    """(text, is a symbol) for each column: the flattened inputs are ids, mask, keys..."""
+    names = ep.graph_signature.user_inputs
+    placeholders = {n.name: n.meta["val"] for n in ep.graph.nodes if n.op == "placeholder"}
+    tensors = dict(zip(["input_ids", "attention_mask", "cache key"], names, strict=False))
+    cells = []
+    for tensor, axis in columns:
+        size = placeholders[tensors[tensor]].shape[axis]
+        if isinstance(size, torch.SymInt):
+            r = ep.range_constraints[size.node.expr]
+            upper = "inf" if math.isinf(float(r.upper)) else int(r.upper)
+            cells.append((f"{size.node.expr}\n[{int(r.lower)}, {upper}]", True))
+        else:
+            cells.append((str(size), False))
+    return cells
+
+
+fig, ax = plt.subplots(figsize=(9, 3.4))
+for row, ep in enumerate(programs.values()):
+    for col, (text, symbolic) in enumerate(dimension_cells(ep)):
+        color = "#cfe2f3" if symbolic else "#f4cccc"
+        ax.add_patch(plt.Rectangle((col, row), 1, 1, facecolor=color, edgecolor="white", lw=2))
+        ax.text(col + 0.5, row + 0.5, text, ha="center", va="center", fontsize=9)
+ax.set_xlim(0, len(columns))
+ax.set_ylim(len(programs), 0)
+ax.set_xticks([c + 0.5 for c in range(len(columns))], [f"{t}\ndim {a}" for t, a in columns])
+ax.set_yticks([r + 0.5 for r in range(len(programs))], list(programs))
+ax.tick_params(length=0)
+ax.set_title("Dynamic (blue: symbol [min, max]) or specialized (red: a constant)")
+fig.tight_layout()
+
+# %%
 # The check
 # ---------
 #

@@ -65,7 +65,7 @@ def greedy_with_program(program, prompt, max_new_tokens):
             input_ids=prompt[:, :-1], attention_mask=torch.ones_like(prompt[:, :-1]), use_cache=True
         )
     cache, next_ids = prefill.cache, prompt[:, -1:]
-    new_tokens = []
+    new_tokens, lengths = [], []
     for step in range(max_new_tokens):
         cache_length = cache.get_seq_length()
         mask = torch.ones((batch, cache_length + 1), dtype=torch.int64)
@@ -73,13 +73,14 @@ def greedy_with_program(program, prompt, max_new_tokens):
         next_ids = outputs.logits[:, -1].argmax(dim=-1, keepdim=True)
         cache = outputs.cache
         new_tokens.append(next_ids)
+        lengths.append((cache_length, cache.get_seq_length()))
         if step % 5 == 0:
             print(f"step {step:2}: cache in {cache_length:2} tokens, out {cache.get_seq_length()}")
-    return torch.cat(new_tokens, dim=1)
+    return torch.cat(new_tokens, dim=1), lengths
 
 
 with cache_pytrees():
-    tokens = greedy_with_program(ep.module(), prompt, max_new_tokens=20)
+    tokens, lengths = greedy_with_program(ep.module(), prompt, max_new_tokens=20)
 print("exported loop tokens:", tuple(tokens.shape))
 
 # %%
@@ -93,6 +94,41 @@ print("exported loop tokens:", tuple(tokens.shape))
 for row, (got, expected) in enumerate(zip(tokens, expected_tokens, strict=True)):
     print(f"prompt {row}: exported {got.tolist()}")
     print(f"          generate {expected.tolist()}")
+
+# %%
+# Left, the cache each step received and returned, against the 30 cached tokens of
+# the export inputs; right, the token each step picked, over the tokens of
+# ``generate``.
+
+# sphinx_gallery_thumbnail_number = 1
+import matplotlib.pyplot as plt
+
+steps = range(len(lengths))
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+left.plot(steps, [i for i, _ in lengths], marker="o", label="cache in")
+left.plot(steps, [o for _, o in lengths], marker=".", label="cache out")
+left.axhline(
+    tiny.inputs["cache"].get_seq_length(), color="tab:red", linestyle="--", label="export inputs"
+)
+left.set_xlabel("decode step")
+left.set_ylabel("cached tokens")
+left.legend(fontsize=8)
+left.set_title("one exported program, a longer cache at every step", fontsize=10)
+for row, color in zip(range(tokens.shape[0]), ["tab:blue", "tab:green"], strict=False):
+    right.plot(steps, expected_tokens[row], "x", color="black", markersize=9)
+    right.plot(steps, tokens[row], "o", color=color, fillstyle="none", label=f"prompt {row}")
+right.plot([], [], "x", color="black", label="generate")
+right.set_xlabel("decode step")
+for ax in (left, right):
+    ax.xaxis.get_major_locator().set_params(integer=True)
+right.set_ylabel("token id")
+right.legend(fontsize=8)
+right.set_title("exported loop (circles) and generate (crosses)", fontsize=10)
+fig.tight_layout()
+
+# %%
+# The tokens must be exactly those of eager greedy generation.
+
 torch.testing.assert_close(tokens, expected_tokens, rtol=0, atol=0)
 print(
     f"check passed: the exported decode loop generates the same {tokens.shape[1]} tokens "

@@ -40,10 +40,20 @@ print(f"{config.model_type}: {config.num_hidden_layers} layer, hidden size {conf
 # description of its arguments, then let ``generate`` call it.
 
 original_forward = model.forward
+sizes = []  # the sizes each call received, drawn below
 
 
 def printing_forward(*args, **kwargs):
     print(string_type([args, kwargs], with_shape=True))
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    sizes.append(
+        {
+            "batch": kwargs["input_ids"].shape[0],
+            "new tokens (input_ids dim 1)": kwargs["input_ids"].shape[1],
+            "cached tokens (cache dim 2)": cache.get_seq_length(),
+            "attention_mask dim 1": kwargs["attention_mask"].shape[1],
+        }
+    )
     return original_forward(*args, **kwargs)
 
 
@@ -56,6 +66,32 @@ try:
 finally:
     model.forward = original_forward
 print("generated shape:", tuple(generated.shape))
+
+# %%
+# The same sizes, call by call: the batch and, after the prefill, the number of new
+# tokens stay put, while the cache and the mask grow by one token per call.
+
+# sphinx_gallery_thumbnail_number = 1
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(7, 3.2))
+for (name, marker), color in zip(
+    [("cached tokens (cache dim 2)", "o"), ("attention_mask dim 1", "s")],
+    ["tab:blue", "tab:orange"],
+    strict=True,
+):
+    ax.plot([row[name] for row in sizes], marker=marker, color=color, label=name)
+for name, marker, color in [
+    ("new tokens (input_ids dim 1)", "^", "tab:green"),
+    ("batch", "v", "tab:gray"),
+]:
+    ax.plot([row[name] for row in sizes], marker=marker, color=color, linestyle=":", label=name)
+ax.xaxis.get_major_locator().set_params(integer=True)
+ax.set_xlabel("call to forward during generate (0 is the prefill)")
+ax.set_ylabel("size")
+ax.legend(fontsize=8)
+ax.set_title("Tiny-LLM under generate: which dimensions vary")
+fig.tight_layout()
 
 # %%
 # The first call (the prefill) sees the 8 prompt tokens and an empty cache. Every
