@@ -503,6 +503,28 @@ def _shrink_dict(data: dict[str, Any]) -> None:
     for value in data.values():
         if isinstance(value, dict) and "model_type" in value:
             _shrink_dict(value)
+    _move_placeholder_tokens(data)  # once the text sub-config has its tiny vocabulary
+
+
+def _move_placeholder_tokens(data: dict[str, Any]) -> None:
+    """A composite config (its vocabulary in a text sub-config) names placeholder tokens
+    (``audio_token_id``, ``image_token_index``) of the full vocabulary: move those beyond
+    the tiny text vocabulary inside it, below the special tokens, each its own id."""
+    if _is_int(data.get("vocab_size")):
+        return
+    text = data.get("text_config")
+    vocab = text.get("vocab_size") if isinstance(text, dict) else None
+    if not _is_int(vocab):
+        return
+    names = sorted(k for k in data if k.endswith(("_token_id", "_token_index")))
+    free = vocab - 1 - len(_TOKEN_IDS)
+    moved: dict[int, int] = {}
+    for name in names:
+        value = data[name]
+        if _is_int(value) and value >= vocab:
+            if value not in moved:  # two names for one token keep one id
+                moved[value] = free - len(moved)
+            data[name] = moved[value]
 
 
 def _merge_dotted(data: dict[str, Any], overrides: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from ..dims import BATCH_MAX, length_bounds, sequence_bound
 from ..families import ONE_TOKEN_DECODE
 from ..models import UntrainedModel, prepare_weights
-from . import Component, Generation, Task
+from . import Component, Generation, Task, _audio_lm
 from ._encoder import token_inputs
 from ._tokens import random_ids
 
@@ -177,6 +177,16 @@ def _parts() -> dict[str, type]:
     }
 
 
+def _audio_lm_class(task: Any, config: Any) -> bool:
+    """True when the task's auto class maps ``config`` to an audio LM (a model with
+    ``get_audio_features`` that is not an encoder-decoder)."""
+    import transformers
+
+    mapping = getattr(transformers.models.auto.modeling_auto, task.mapping, {})
+    cls = getattr(transformers, mapping.get(config.model_type, ""), None)
+    return cls is not None and hasattr(cls, "get_audio_features")
+
+
 def check_rank(name: str, tensor: Any, rank: int, layout: str) -> None:
     """A ValueError that says which layout an encoder input must have, unless it has it."""
     got = getattr(tensor, "dim", lambda: None)()
@@ -304,6 +314,8 @@ class Seq2Seq(Task):
         from ..caches import cache_dynamic_shapes
 
         if not getattr(config, "is_encoder_decoder", False):
+            if _audio_lm_class(self, config):
+                return _audio_lm.build(self, config, seed)
             raise ValueError(
                 f"{type(config).__name__} is not an encoder-decoder (is_encoder_decoder is "
                 f"not set): {config.model_type!r} is in {self.mapping} but its model feeds "
@@ -440,6 +452,9 @@ class Seq2Seq(Task):
         prefix and new tokens, with the same encoder states."""
         import torch
 
+        if _audio_lm.is_built(m):
+            return _audio_lm.check_eager(m, atol)
+
         step = next(c for c in m.components if c.name == "decoder")
         init = next(c for c in m.components if c.name == "decoder_init")
         out = []
@@ -465,43 +480,22 @@ class Seq2Seq(Task):
         return self.encoder_inputs(m.model, m.config, 2, 11, (3,), generator)
 
     def generate_eager(self, m: UntrainedModel) -> Generation:
-        import torch
+        from .text_generation import greedy_generate
 
-        from .text_generation import _greedy_config
-
-        feeds = self.generation_inputs(m)
-        model = m.model
-        saved = model.generation_config
-        model.generation_config = _greedy_config(saved)
-        model.generation_config.decoder_start_token_id = decoder_start(model, m.config)
-        try:
-            with torch.no_grad():
-                out = model.generate(
-                    **feeds,
-                    max_new_tokens=self.new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    output_logits=True,
-                    return_dict_in_generate=True,
-                )
-        finally:
-            model.generation_config = saved
-        tokens = out.sequences[:, -self.new_tokens :]
-        if len(out.logits) != self.new_tokens:
-            raise AssertionError(
-                f"generate returned {len(out.logits)} new tokens instead of {self.new_tokens}"
-            )
-        return Generation(
-            tokens=tokens,
-            logits=[step.detach().float() for step in out.logits],
-            calls=self.new_tokens,
-            prefill="generate",
+        if _audio_lm.is_built(m):
+            return _audio_lm.generate_eager(m)
+        start = decoder_start(m.model, m.config)
+        return greedy_generate(
+            m.model, self.generation_inputs(m), self.new_tokens, decoder_start_token_id=start
         )
 
     def generate(self, m: UntrainedModel, call: Any, forced: Any) -> Generation:
         """The encoder once, the first decoder step on the start token, then one decoder
         step per token with the cache the step before returned."""
         import torch
+
+        if _audio_lm.is_built(m):
+            return _audio_lm.generate(m, call, forced)
 
         feeds = self.generation_inputs(m)
         init = next(c for c in m.components if c.name == "decoder_init")

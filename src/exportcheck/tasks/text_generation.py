@@ -509,6 +509,42 @@ def _greedy_config(config: Any) -> Any:
     return out
 
 
+def greedy_generate(
+    model: Any, feeds: dict[str, Any], new_tokens: int, **settings: Any
+) -> Generation:
+    """Eager ``generate`` of ``new_tokens`` greedy tokens from ``feeds``, with every
+    logits processor and stop off (:func:`_greedy_config`) and ``settings`` set on the
+    generation config; the model's own config is restored afterwards."""
+    import torch
+
+    saved = model.generation_config
+    model.generation_config = _greedy_config(saved)
+    for key, value in settings.items():
+        setattr(model.generation_config, key, value)
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                **feeds,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                num_beams=1,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+    finally:
+        model.generation_config = saved
+    if len(out.logits) != new_tokens:
+        raise AssertionError(
+            f"generate returned {len(out.logits)} new tokens instead of {new_tokens}"
+        )
+    return Generation(
+        tokens=out.sequences[:, -new_tokens:],
+        logits=[step.detach().float() for step in out.logits],
+        calls=new_tokens,
+        prefill="generate",
+    )
+
+
 def _generate_eager(m: UntrainedModel, new_tokens: int) -> Generation:
     import torch
 

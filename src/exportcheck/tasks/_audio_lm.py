@@ -1,0 +1,504 @@
+"""Audio language models: an audio encoder whose outputs take the place of audio tokens
+in a causal LM's input embeddings.
+
+Some model types of the seq2seq and speech-seq2seq mappings are not encoder-decoders:
+their forward embeds the prompt's token ids, runs the audio encoder and its projector
+(``get_audio_features``), scatters the projected frames over the positions of the audio
+placeholder token, and runs a causal LM on the result. A runtime drives them as three
+graphs and one merge:
+
+* ``audio_encoder``: log-mel ``input_features`` and their frame mask -> the projected
+  audio frames of every row, the padded frames left out (``get_audio_features``'s
+  ``pooler_output``: its length depends on the mask's values, so the graph's output has a
+  data-dependent size);
+* ``embed_tokens``: token ids -> input embeddings;
+* the merge, in the driver: the frames replace the embeddings of the audio tokens, in
+  order (``masked_scatter``, as the model's forward does);
+* ``decoder``: a decode step of the causal LM on input embeddings, with the cache of
+  the tokens before -> logits and the grown cache.
+
+Dynamic dimensions: ``batch`` and ``frames`` for the encoder; ``batch``, ``seq_length``
+(new positions) and ``cache_length`` for the decoder, whose mask covers cache and new
+positions. The decoder step is checked against a full forward over its prompt and new
+embeddings; generation merges the encoder's frames into a prompt of text and audio
+tokens, prefills it and runs 8 greedy steps through each runtime against eager
+``generate`` on the same ids and features.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from typing import Any
+
+from ..dims import BATCH_MAX, length_bounds
+from ..models import UntrainedModel, prepare_weights
+from . import Component, Generation
+from ._tokens import random_ids
+
+#: (batch, seconds of audio of each row) of each audio encoder input set: every set a
+#: distinct batch (a feature extractor that pads to a chunk gives every set one length),
+#: rows of different lengths padded by the feature extractor
+AUDIO_SETS = [
+    (2, (1.6, 0.5)),
+    (1, (0.6,)),
+    (3, (0.7, 0.7, 0.4)),
+    (4, (1.1, 1.1, 0.8, 1.1)),
+    (5, (0.9, 0.3, 0.6, 0.9, 0.9)),
+    (6, (0.45, 0.45, 0.45, 0.45, 0.45, 1.0)),
+]
+#: seconds of each row of the set at the declared bounds
+BOUND_SECONDS = 2.0
+#: (batch, new positions, cached positions, left padding of the first row) of each
+#: decoder input set but the last, which is at the declared bounds
+DECODER_SETS = [
+    (2, 3, 30, 0),
+    (1, 3, 30, 0),
+    (2, 1, 30, 0),
+    (2, 5, 60, 0),
+    (3, 4, 17, 0),
+    (2, 2, 24, 5),
+]
+#: seconds of audio of the generation prompt (both rows, so that they hold as many audio
+#: tokens and the prompt needs no padding); text tokens before and after the audio
+GENERATION_AUDIO = 0.6
+GENERATION_TEXT = (3, 2)
+NEW_TOKENS = 8
+_TOKEN_NAMES = ("audio_token_id", "audio_token_index")
+
+
+def audio_token(config: Any) -> int:
+    """The id of the audio placeholder token.
+
+    :raises ValueError: when the config names none
+    """
+    for name in _TOKEN_NAMES:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(
+        f"{type(config).__name__} names no audio placeholder token ({' or '.join(_TOKEN_NAMES)}): "
+        "exportcheck places the audio frames at that token's positions"
+    )
+
+
+def _audio_function(model: Any) -> Any:
+    """``get_audio_features`` where its parameters are declared (a head may forward
+    ``*args, **kwargs`` to its base model's)."""
+    function = model.get_audio_features
+    params = inspect.signature(function).parameters
+    if all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values()):
+        inner = getattr(getattr(model, "model", None), "get_audio_features", None)
+        if inner is not None:
+            return inner
+    return function
+
+
+def audio_arguments(model: Any) -> tuple[str, str]:
+    """``(audio input, frame mask)``: the names under which ``get_audio_features`` takes
+    the audio (``input_features`` or ``input_values``) and the mask of its frames.
+
+    :raises ValueError: when it takes neither kind of audio, or no mask
+    """
+    params = list(inspect.signature(_audio_function(model)).parameters)
+    kind = next((n for n in params if n in ("input_features", "input_values")), None)
+    if kind is None:
+        raise ValueError(
+            f"{type(model).__name__}.get_audio_features takes {params}: neither "
+            "input_features nor input_values, the audio exportcheck builds"
+        )
+    mask = next((n for n in params if "mask" in n), None)
+    if mask is None:
+        raise ValueError(
+            f"{type(model).__name__}.get_audio_features takes no mask of the audio frames "
+            f"({params}): exportcheck feeds padded batches and needs one"
+        )
+    return kind, mask
+
+
+#: the audio encoder graph's input names for each kind of audio
+ENCODER_INPUTS = {
+    "input_features": ("input_features", "input_features_mask"),
+    "input_values": ("input_values", "padding_mask"),
+}
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+@functools.cache
+def _parts() -> dict[str, type]:
+    import torch
+
+    from ._seq2seq import check_rank
+
+    class AudioEncoder(torch.nn.Module):
+        """log-mel features and their frame mask -> the projected frames, padding left out."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+            self.kind, self.mask_argument = audio_arguments(model)
+
+        def encode(self, audio: Any, mask: Any) -> Any:
+            out = self.model.get_audio_features(
+                **{self.kind: audio, self.mask_argument: mask}, return_dict=True
+            )
+            frames = out.pooler_output
+            return frames.reshape(-1, frames.shape[-1])
+
+        def forward(self, input_features: Any, input_features_mask: Any) -> Any:
+            check_rank("input_features", input_features, 3, "mel bins and frames")
+            return self.encode(input_features, input_features_mask)
+
+    class WaveAudioEncoder(AudioEncoder):
+        """the raw waveform and its sample mask -> the projected frames, padding left out."""
+
+        def forward(self, input_values: Any, padding_mask: Any) -> Any:  # type: ignore[override]
+            return self.encode(input_values, padding_mask)
+
+    class EmbedTokens(torch.nn.Module):
+        """token ids -> the input embeddings the LM reads."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any) -> Any:
+            return self.model.get_input_embeddings()(input_ids)
+
+    class Decoder(torch.nn.Module):
+        """A decode step on input embeddings with the cache of the positions before."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, inputs_embeds: Any, attention_mask: Any, cache: Any) -> dict[str, Any]:
+            out = self.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=cache,
+                use_cache=True,
+            )
+            return {"logits": out.logits, "cache": _cache_of(out)}
+
+    return {
+        "input_features": AudioEncoder,
+        "input_values": WaveAudioEncoder,
+        "embed_tokens": EmbedTokens,
+        "decoder": Decoder,
+    }
+
+
+#: seconds of audio a feature extractor that pads every clip to a fixed chunk (Whisper's
+#: 30 s) pads to here: the tiny models get chunks of this length
+CHUNK_SECONDS = 2
+
+
+def _audio_features_extractor(config: Any, kind: str = "input_features") -> Any:
+    """The model type's feature extractor, with the mel bins of its audio encoder and, when
+    it pads every clip to a fixed chunk, chunks of :data:`CHUNK_SECONDS`."""
+    from .automatic_speech_recognition import feature_extractor
+
+    extractor = feature_extractor(config, kind)
+    kwargs = {}
+    bins = getattr(getattr(config, "audio_config", None), "num_mel_bins", None)
+    if isinstance(bins, int) and getattr(extractor, "feature_size", bins) != bins:
+        kwargs["feature_size"] = bins
+    if isinstance(getattr(extractor, "chunk_length", None), int):
+        kwargs["chunk_length"] = CHUNK_SECONDS
+    if kwargs:
+        extractor = type(extractor)(**{"feature_size": extractor.feature_size, **kwargs})
+    return extractor
+
+
+def _fit_encoder_to_chunk(config: Any, extractor: Any) -> str | None:
+    """An audio encoder with a position table of one chunk (Whisper's: half the frames of
+    30 s) gets the table of the tiny chunk; returns the note that says so, if it did."""
+    audio = getattr(config, "audio_config", None)
+    positions = getattr(audio, "max_source_positions", None)
+    frames = getattr(extractor, "nb_max_frames", None)
+    if not isinstance(positions, int) or not isinstance(frames, int) or positions <= frames // 2:
+        return None
+    audio.max_source_positions = frames // 2
+    return (
+        f"audio_config.max_source_positions {positions} -> {frames // 2}: the audio encoder "
+        f"adds a position table of one chunk to its states, so it takes chunks of {frames} "
+        "frames, as its feature extractor pads them"
+    )
+
+
+def audio_inputs(
+    extractor: Any, kind: str, seconds: tuple[float, ...], seed: int
+) -> dict[str, Any]:
+    """What the feature extractor returns for random waveforms of ``seconds``, padded as
+    it pads by default (to its chunk, or to the longest clip), with the mask of the real
+    frames (or samples), under the audio encoder graph's input names."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rate = extractor.sampling_rate
+    waves = [rng.standard_normal(int(s * rate)).astype("float32") * 0.1 for s in seconds]
+    out = extractor(waves, sampling_rate=rate, return_tensors="pt", return_attention_mask=True)
+    mask = next(
+        (out[k] for k in ("attention_mask", "padding_mask", "input_features_mask") if k in out),
+        None,
+    )
+    if mask is None:
+        raise ValueError(
+            f"{type(extractor).__name__} returns no mask ({sorted(out)}): exportcheck feeds "
+            "padded batches and needs one"
+        )
+    audio_name, mask_name = ENCODER_INPUTS[kind]
+    return {audio_name: out[kind], mask_name: mask}
+
+
+def _text_ids(config: Any, shape: tuple[int, int], generator: Any, avoid: int) -> Any:
+    """Random text token ids, none of them the audio token."""
+    ids = random_ids(config, shape, generator)
+    return ids.masked_fill(ids == avoid, 1 if avoid != 1 else 2)
+
+
+def _audio_kind(task: Any, config: Any) -> str:
+    """``input_features`` or ``input_values``: what the task's model class takes."""
+    import transformers
+
+    names = getattr(transformers.models.auto.modeling_auto, task.mapping)
+    cls = getattr(transformers, names[config.model_type])
+    params = inspect.signature(cls.forward).parameters
+    kind = next((n for n in ("input_features", "input_values") if n in params), None)
+    if kind is None:
+        raise ValueError(
+            f"{cls.__name__}.forward takes neither input_features nor input_values: "
+            "exportcheck builds one of these for an audio LM"
+        )
+    return kind
+
+
+def build(task: Any, config: Any, seed: int) -> UntrainedModel:
+    """The three graphs of an audio LM and their input sets."""
+    import torch
+    import transformers
+
+    from ..caches import cache_dynamic_shapes
+    from ..tasks.text_generation import _contiguous
+
+    auto = getattr(transformers, task.auto_class)
+    kind = _audio_kind(task, config)
+    extractor = _audio_features_extractor(config, kind)
+    chunk_note = _fit_encoder_to_chunk(config, extractor)
+    torch.manual_seed(seed)
+    model = auto.from_config(config).to(torch.float32).eval()
+    prepare_weights(model, config)
+    token = audio_token(config)
+    parts = _parts()
+    encoder = parts[kind](model)
+    embed = parts["embed_tokens"](model)
+    decoder = parts["decoder"](model)
+    text = config.get_text_config(decoder=True)
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
+
+    audio_name, mask_name = ENCODER_INPUTS[kind]
+    audio_sets = [
+        audio_inputs(extractor, kind, seconds, seed + i)
+        for i, (_, seconds) in enumerate(AUDIO_SETS)
+    ]
+    audio_sets.append(audio_inputs(extractor, kind, (BOUND_SECONDS,) * BATCH_MAX, seed + 99))
+    notes = [
+        f"audio LM: {type(model).__name__} merges its audio encoder's frames into a causal "
+        "LM's input embeddings at the audio token's positions; exported as audio_encoder, "
+        "embed_tokens and decoder, the merge done by the driver as the forward does it"
+    ]
+    if chunk_note:
+        notes.append(chunk_note)
+    lengths = {s[audio_name].shape[-1] for s in audio_sets}
+    if len(lengths) == 1:
+        # the feature extractor pads every clip to one chunk: the length stays static
+        audio_shapes = {audio_name: {0: batch}, mask_name: {0: batch}}
+        notes.append(
+            f"{audio_name} length static: {type(extractor).__name__} pads every clip to one "
+            f"chunk of {lengths.pop()} (its chunk_length set to {CHUNK_SECONDS} s for the "
+            "tiny model); the clips' lengths differ by the mask"
+        )
+    else:
+        length = torch.export.Dim.DYNAMIC
+        audio_shapes = {
+            audio_name: {0: batch, audio_sets[0][audio_name].dim() - 1: length},
+            mask_name: {0: batch, 1: length},
+        }
+    audio_labels = [
+        f"batch={s[audio_name].shape[0]} length={s[audio_name].shape[-1]}"
+        + (" padded" if bool((s[mask_name] == 0).any()) else "")
+        for s in audio_sets
+    ]
+    audio_labels[-1] += " at bounds"
+
+    seq_max, cache_max = length_bounds(text)
+    shapes = [*DECODER_SETS, (BATCH_MAX, seq_max, cache_max, 0)]
+    step_sets, prompts, prompt_masks, embed_sets, labels = [], [], [], [], []
+    for n_batch, new, cached, pad in shapes:
+        prompt_ids = _text_ids(text, (n_batch, cached), generator, token)
+        mask = torch.ones((n_batch, cached), dtype=torch.int64)
+        mask[0, :pad] = 0
+        new_ids = _text_ids(text, (n_batch, new), generator, token)
+        with torch.no_grad():
+            prompt = embed(prompt_ids)
+            out = model(inputs_embeds=prompt, attention_mask=mask, use_cache=True)
+            new_embeds = embed(new_ids)
+        step_sets.append(
+            {
+                "inputs_embeds": new_embeds,
+                "attention_mask": torch.cat(
+                    [mask, torch.ones((n_batch, new), dtype=torch.int64)], 1
+                ),
+                "cache": _contiguous(_cache_of(out)),
+            }
+        )
+        embed_sets.append({"input_ids": new_ids})
+        prompts.append(prompt)
+        prompt_masks.append(mask)
+        label = f"batch={n_batch} seq={new} cache={cached}"
+        labels.append(label + (" left-padded" if pad else ""))
+    labels[-1] += " at bounds"
+    seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
+    cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
+    step_shapes = {
+        "inputs_embeds": {0: batch, 1: seq_length},
+        "attention_mask": {0: batch, 1: torch.export.Dim.DYNAMIC},
+        "cache": cache_dynamic_shapes(step_sets[0]["cache"], batch, cache_length),
+    }
+    embed_labels = [lab.split(" cache=")[0] for lab in labels]
+    return UntrainedModel(
+        model=model,
+        config=config,
+        inputs=step_sets[0],
+        other_inputs=step_sets[1:],
+        dynamic_shapes=step_shapes,
+        cache_argument="cache",
+        shapes=[(b, n, c) for b, n, c, _ in shapes],
+        prompts=prompts,
+        prompt_masks=prompt_masks,
+        task=task.name,
+        notes=notes,
+        components=[
+            Component("audio_encoder", encoder, audio_sets, audio_shapes, audio_labels),
+            Component(
+                "embed_tokens",
+                embed,
+                embed_sets,
+                {"input_ids": {0: batch, 1: seq_length}},
+                embed_labels,
+            ),
+            Component("decoder", decoder, step_sets, step_shapes, labels),
+        ],
+    )
+
+
+def is_built(m: UntrainedModel) -> bool:
+    """True when ``m`` was built by :func:`build`."""
+    return bool(m.components) and m.components[0].name == "audio_encoder"
+
+
+def check_eager(m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
+    """The decoder step's logits against one forward over prompt + new embeddings."""
+    import torch
+
+    step = next(c for c in m.components if c.name == "decoder")
+    out = []
+    for i, feeds in enumerate(step.input_sets):
+        new = feeds["inputs_embeds"]
+        with torch.no_grad():
+            got = step.module(**copy.deepcopy(feeds))["logits"]
+            whole = m.model(
+                inputs_embeds=torch.cat([m.prompts[i], new], 1),
+                attention_mask=feeds["attention_mask"],
+                use_cache=False,
+            ).logits[:, -new.shape[1] :]
+        diff = float((got.double() - whole.double()).abs().max())
+        out.append({"input_set": i, "abs": diff, "ok": diff <= atol})
+    return out
+
+
+def generation_inputs(m: UntrainedModel) -> dict[str, Any]:
+    """The prompt of the generation stage: per row, text tokens, as many audio tokens as
+    the encoder returns frames for its clip, text tokens; and the clips' audio under the
+    audio encoder graph's input names."""
+    import torch
+
+    encoder = next(c for c in m.components if c.name == "audio_encoder").module
+    extractor = _audio_features_extractor(m.config, encoder.kind)
+    audio = audio_inputs(extractor, encoder.kind, (GENERATION_AUDIO, GENERATION_AUDIO), 4321)
+    with torch.no_grad():
+        frames = encoder(**audio).shape[0] // 2
+    token = audio_token(m.config)
+    text = m.config.get_text_config(decoder=True)
+    generator = torch.Generator().manual_seed(1234)
+    before, after = GENERATION_TEXT
+    ids = torch.cat(
+        [
+            _text_ids(text, (2, before), generator, token),
+            torch.full((2, frames), token),
+            _text_ids(text, (2, after), generator, token),
+        ],
+        1,
+    )
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "audio": audio}
+
+
+def generate_eager(m: UntrainedModel) -> Generation:
+    from .text_generation import greedy_generate
+
+    feeds = generation_inputs(m)
+    kind, mask_argument = audio_arguments(m.model)
+    audio, mask = feeds["audio"].values()
+    given = {
+        "input_ids": feeds["input_ids"],
+        "attention_mask": feeds["attention_mask"],
+        kind: audio,
+        mask_argument: mask,
+    }
+    return greedy_generate(m.model, given, NEW_TOKENS)
+
+
+def generate(m: UntrainedModel, call: Any, forced: Any) -> Generation:
+    """The encoder once, the token embeddings of the prompt with the frames scattered over
+    the audio tokens, the prompt's first position eagerly (the decoder graph takes a
+    cache), the rest of the prompt through the decoder graph, then one step per token."""
+    import torch
+
+    feeds = generation_inputs(m)
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    frames = call("audio_encoder", feeds["audio"])
+    embeds = call("embed_tokens", {"input_ids": ids})
+    where = (ids == audio_token(m.config))[..., None].expand_as(embeds)
+    merged = embeds.masked_scatter(where, frames.to(embeds.dtype))
+    with torch.no_grad():
+        first = m.model(inputs_embeds=merged[:, :1], attention_mask=mask[:, :1], use_cache=True)
+    out = call(
+        "decoder",
+        {"inputs_embeds": merged[:, 1:], "attention_mask": mask, "cache": _cache_of(first)},
+    )
+    logits = [out["logits"][:, -1].detach().float()]
+    seen = mask
+    for t in range(NEW_TOKENS - 1):
+        token = forced[:, t : t + 1]
+        seen = torch.cat([seen, torch.ones_like(token)], 1)
+        step = call("embed_tokens", {"input_ids": token})
+        out = call(
+            "decoder", {"inputs_embeds": step, "attention_mask": seen, "cache": out["cache"]}
+        )
+        logits.append(out["logits"][:, -1].detach().float())
+    return Generation(
+        tokens=torch.stack([step.argmax(-1) for step in logits], 1),
+        logits=logits,
+        calls=3 + 2 * (NEW_TOKENS - 1),
+        prefill=(
+            "audio encoder once, the frames merged into the prompt's embeddings, the first "
+            f"of its {ids.shape[1]} positions eager, the rest through the decoder graph"
+        ),
+    )
