@@ -469,6 +469,38 @@ def test_recurrent_gemma_state_changes_nothing_generate_sees_and_steps_equal_the
 
 
 @pytest.mark.models
+def test_git_mask_fix_keeps_an_image_prefill_and_unpadded_steps_unchanged():
+    from exportcheck import untrained_model
+    from exportcheck.patches import PATCHES
+
+    m = untrained_model("git")
+    vision = m.config.vision_config
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.randn(2, 3, vision.image_size, vision.image_size, generator=g)
+    ids = torch.randint(3, m.config.vocab_size, (2, 7), generator=g)
+
+    def steps(patched):
+        ctx = PATCHES["git_cached_mask"].apply(m.model) if patched else contextlib.nullcontext()
+        with ctx, torch.no_grad():
+            # an image prefill (its mask covers the text only), then a cached text step
+            out = m.model(input_ids=ids[:, :4], pixel_values=pixels, use_cache=True)
+            step = m.model(
+                input_ids=ids[:, 4:],
+                attention_mask=torch.ones_like(ids),
+                cache=out.cache,
+                use_cache=True,
+            )
+            # a text-only prompt without padding, then a step
+            plain = m.model(input_ids=ids[:, :4], use_cache=True)
+            after = m.model(
+                input_ids=ids[:, 4:], attention_mask=torch.ones_like(ids), cache=plain.cache
+            )
+        return [out.logits, step.logits, plain.logits, after.logits]
+
+    assert max_diff(steps(False), steps(True))["abs"] == 0.0
+
+
+@pytest.mark.models
 def test_deepseek_v4_windows_match_the_original_over_many_decode_steps():
     from exportcheck import untrained_model
     from exportcheck.patches import PATCHES

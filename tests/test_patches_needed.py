@@ -112,3 +112,19 @@ def test_the_recurrent_gemma_state_is_still_needed():
         with eager_fixes(m.model):
             with_state = m.model(**copy.deepcopy(m.inputs)).logits
     assert float((without - with_state).abs().max()) > 1e-2
+
+
+def test_the_git_mask_fix_is_still_needed():
+    # git_cached_mask corrects eager; tests/test_patches.py shows an image prefill keeps
+    # its numbers. Without it, the left-padded decode step differs from the full forward.
+    from exportcheck.patches import eager_fixes
+    from exportcheck.tasks.text_generation import _check_eager
+
+    m = untrained_model("git")
+    without = {c["input_set"]: c["abs"] for c in _check_eager(m, 1e-4)}
+    padded = next(i for i, s in enumerate(m.input_sets) if s["attention_mask"][0, 0] == 0)
+    assert without[padded] > 1e-3
+    with eager_fixes(m.model) as names:
+        fixed = _check_eager(m, 1e-4)
+    assert names == ["git_cached_mask"]
+    assert all(c["ok"] for c in fixed), fixed
