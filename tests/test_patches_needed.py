@@ -128,3 +128,24 @@ def test_the_git_mask_fix_is_still_needed():
         fixed = _check_eager(m, 1e-4)
     assert names == ["git_cached_mask"]
     assert all(c["ok"] for c in fixed), fixed
+
+
+def test_the_prophetnet_layout_fix_is_still_needed_and_keeps_the_decode_step():
+    # prophetnet_predict_layout corrects eager's forward over several tokens; the decode
+    # step (one token) runs the original. Without it the unpadded sets already differ.
+    # The left-padded set still differs: ProphetNetDecoder drops the mask on cached steps.
+    from exportcheck.patches import eager_fixes
+    from exportcheck.tasks.text_generation import _check_eager
+
+    m = untrained_model("prophetnet")
+    unpadded = [i for i, s in enumerate(m.input_sets) if s["attention_mask"][0, 0] != 0]
+    without = _check_eager(m, 1e-4)
+    assert all(without[i]["abs"] > 1e-4 for i in unpadded), without
+    with torch.no_grad():
+        steps = [m.model(**copy.deepcopy(f)).logits for f in m.input_sets]
+    with eager_fixes(m.model) as names, torch.no_grad():
+        fixed = _check_eager(m, 1e-4)
+        same = [m.model(**copy.deepcopy(f)).logits for f in m.input_sets]
+    assert names == ["prophetnet_predict_layout"]
+    assert all(fixed[i]["abs"] <= 1e-6 for i in unpadded), fixed
+    assert all(torch.equal(a, b) for a, b in zip(steps, same, strict=True))
