@@ -76,9 +76,10 @@ def test_features_of_the_wrong_rank_say_what_is_expected(whisper):
 
 
 def test_a_speech_type_that_cannot_be_built_or_has_no_such_model_says_so():
-    # voxtral is an audio LM (tests/test_audio_lm.py) whose config names no audio token
+    # voxtral_realtime streams audio into every position (tests/test_audio_lm.py): its
+    # config names no audio token
     with pytest.raises(ValueError, match=r"names no audio placeholder token"):
-        untrained_model("voxtral", task=TASK)
+        untrained_model("voxtral_realtime", task=TASK)
     assert TASK in tasks_of("whisper")
     with pytest.raises(ValueError, match=f"no {TASK} model in transformers"):
         untrained_model("llama", task=TASK)

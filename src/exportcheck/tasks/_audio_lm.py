@@ -99,9 +99,11 @@ def audio_arguments(model: Any) -> tuple[str, str]:
     """``(audio input, frame mask)``: the names under which ``get_audio_features`` takes
     the audio (``input_features`` or ``input_values``) and the mask of its frames.
 
-    :raises ValueError: when it takes neither kind of audio, or no mask
+    :raises ValueError: when it takes neither kind of audio, or no mask, or requires
+        another input (the driver feeds the audio and its mask only)
     """
-    params = list(inspect.signature(_audio_function(model)).parameters)
+    signature = inspect.signature(_audio_function(model)).parameters
+    params = list(signature)
     kind = next((n for n in params if n in ("input_features", "input_values")), None)
     if kind is None:
         raise ValueError(
@@ -113,6 +115,24 @@ def audio_arguments(model: Any) -> tuple[str, str]:
         raise ValueError(
             f"{type(model).__name__}.get_audio_features takes no mask of the audio frames "
             f"({params}): exportcheck feeds padded batches and needs one"
+        )
+    # a head that forwards to its base model's may declare fewer than that one requires
+    inner = getattr(getattr(model, "model", None), "get_audio_features", None)
+    declared = [signature] + ([inspect.signature(inner).parameters] if inner else [])
+    others = sorted(
+        {
+            name
+            for parameters in declared
+            for name, p in parameters.items()
+            if name not in (kind, mask)
+            and p.default is p.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+    )
+    if others:
+        raise ValueError(
+            f"{type(model).__name__}.get_audio_features requires {others} besides {kind} "
+            f"and {mask}: exportcheck's audio encoder graph takes the audio and one mask"
         )
     return kind, mask
 
