@@ -130,22 +130,27 @@ def test_the_git_mask_fix_is_still_needed():
     assert all(c["ok"] for c in fixed), fixed
 
 
-def test_the_prophetnet_layout_fix_is_still_needed_and_keeps_the_decode_step():
-    # prophetnet_predict_layout corrects eager's forward over several tokens; the decode
-    # step (one token) runs the original. Without it the unpadded sets already differ.
-    # The left-padded set still differs: ProphetNetDecoder drops the mask on cached steps.
-    from exportcheck.patches import eager_fixes
+def test_the_prophetnet_eager_fixes_are_still_needed_and_keep_unpadded_steps():
+    # prophetnet_predict_layout corrects eager's forward over several tokens (the decode
+    # step, one token, keeps its numbers); prophetnet_cached_mask masks the padding that
+    # the decoder drops on cached steps. Without the first, the unpadded sets differ;
+    # with it alone, the left-padded one still does.
+    from exportcheck.patches import PATCHES, eager_fixes
     from exportcheck.tasks.text_generation import _check_eager
 
     m = untrained_model("prophetnet")
-    unpadded = [i for i, s in enumerate(m.input_sets) if s["attention_mask"][0, 0] != 0]
+    padded = [i for i, s in enumerate(m.input_sets) if s["attention_mask"][0, 0] == 0]
+    unpadded = [i for i in range(len(m.input_sets)) if i not in padded]
     without = _check_eager(m, 1e-4)
     assert all(without[i]["abs"] > 1e-4 for i in unpadded), without
+    with PATCHES["prophetnet_predict_layout"].apply(m.model):
+        layout_only = _check_eager(m, 1e-4)
+    assert padded and all(layout_only[i]["abs"] > 1e-3 for i in padded), layout_only
     with torch.no_grad():
         steps = [m.model(**copy.deepcopy(f)).logits for f in m.input_sets]
     with eager_fixes(m.model) as names, torch.no_grad():
         fixed = _check_eager(m, 1e-4)
         same = [m.model(**copy.deepcopy(f)).logits for f in m.input_sets]
-    assert names == ["prophetnet_predict_layout"]
-    assert all(fixed[i]["abs"] <= 1e-6 for i in unpadded), fixed
-    assert all(torch.equal(a, b) for a, b in zip(steps, same, strict=True))
+    assert names == ["prophetnet_predict_layout", "prophetnet_cached_mask"]
+    assert all(c["abs"] <= 1e-6 for c in fixed), fixed
+    assert all(torch.equal(steps[i], same[i]) for i in unpadded)

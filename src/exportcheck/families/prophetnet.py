@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import sys
 from typing import Any
 
@@ -122,6 +123,87 @@ PROPHETNET_PREDICT_LAYOUT = Patch(
 )
 
 
+#: the 2D padding mask of the decoder call running, for its cached step's attention
+_STEP_MASK: contextvars.ContextVar[Any] = contextvars.ContextVar("prophetnet_mask", default=None)
+
+
+def prophetnet_decoder_forward(self, *args, **kwargs):
+    """ProphetNetDecoder.forward, its padding mask kept for the attention of a cached step."""
+    mask = kwargs.get("attention_mask")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if mask is None or cache is None or mask.dim() != 2:
+        return passthrough(prophetnet_decoder_forward.original, self, *args, **kwargs)
+    token = _STEP_MASK.set(mask)
+    try:
+        return prophetnet_decoder_forward.original(self, *args, **kwargs)
+    finally:
+        _STEP_MASK.reset(token)
+
+
+def prophetnet_ngram_attention(
+    self, hidden_states, cache=None, attention_mask=None, extended_predict_attention_mask=None,
+    **kwargs,
+):  # fmt: skip
+    """ProphetNetNgramSelfAttention.forward: a cached step without masks gets the padding
+    mask of its decoder call over the cached and new keys of both streams."""
+    mask = _STEP_MASK.get()
+    if mask is None or cache is None or attention_mask is not None:
+        return passthrough(
+            prophetnet_ngram_attention.original, self, hidden_states, cache=cache,
+            attention_mask=attention_mask,
+            extended_predict_attention_mask=extended_predict_attention_mask, **kwargs,
+        )  # fmt: skip
+    dtype = hidden_states.dtype
+    self_cache = getattr(cache, "self_attention_cache", cache)
+    keys = self_cache.get_seq_length(self.layer_idx) + 1  # the cached tokens and the new one
+    # the last ``keys`` columns, picked by index: a slice would tie the mask's length to
+    # the cache's in the exported graph (a guard mask == cache + 1 on its contiguity)
+    columns = torch.arange(keys, device=mask.device) + (mask.shape[1] - keys)
+    blocked = (1.0 - mask.index_select(1, columns).to(dtype)) * torch.finfo(dtype).min
+    main = blocked[:, None, None, :]  # (batch, heads, 1 query, keys)
+    # the predict streams attend the main keys, then their own key: never masked
+    own = torch.zeros_like(blocked[:, :1])
+    predict = torch.cat([blocked, own], 1)[:, None, None, None, :]
+    return prophetnet_ngram_attention.original(
+        self, hidden_states, cache=cache, attention_mask=main,
+        extended_predict_attention_mask=predict, **kwargs,
+    )  # fmt: skip
+
+
+def _install_prophetnet_cached_mask(patcher: Any, model: Any) -> None:
+    """Mask the padding of a cached step's keys.
+
+    Fixes: a left-padded row's decode step attends to its padding and differs from the
+    full forward over prompt + token (1.6e-3): with a cache, ProphetNetDecoder.forward
+    (transformers/models/prophetnet/modeling_prophetnet.py:1168-1178) sets the main and
+    predict streams' attention masks to None, whatever ``attention_mask`` says. The
+    replacements keep the decoder call's 2D mask (cached and new tokens) for its
+    attention layers, which add it, as the full forward does, over the main stream's keys
+    and the predict streams' main keys (their own key stays unmasked). Unpadded masks add
+    zeros: the same numbers as before.
+
+    Since eager is wrong without it, :func:`exportcheck.validate` computes its eager
+    reference with it (``corrects_eager``).
+
+    Remove when: ProphetNetDecoder masks the padding on cached steps.
+    """
+    patcher.replace_in(MODULE, "ProphetNetDecoder", "forward", prophetnet_decoder_forward)
+    patcher.replace_in(
+        MODULE, "ProphetNetNgramSelfAttention", "forward", prophetnet_ngram_attention
+    )
+
+
+PROPHETNET_CACHED_MASK = Patch(
+    name="prophetnet_cached_mask",
+    fixes="a left-padded row's cached step attends to its padding: the decoder drops the "
+    "attention masks whenever a cache is given",
+    remove_when="ProphetNetDecoder masks the padding on cached steps",
+    install=_install_prophetnet_cached_mask,
+    model_types=("prophetnet",),
+    corrects_eager=True,
+)
+
+
 def prophetnet_compilable_check(cond, msg, error_type=ValueError):
     """transformers' torch_compilable_check, recording a tensor condition with item() while
     exporting (torch._check_tensor_all records aten._is_all_true, which ONNX lacks)."""
@@ -181,7 +263,7 @@ register(
         one_token_decode={
             "prophetnet": "with a cache, the n-gram decoder accepts exactly one new token"
         },
-        patches=(PROPHETNET_DECODE_STEP, PROPHETNET_PREDICT_LAYOUT),
+        patches=(PROPHETNET_DECODE_STEP, PROPHETNET_PREDICT_LAYOUT, PROPHETNET_CACHED_MASK),
         task_known_failures={
             "text2text-generation": {
                 "prophetnet": (
