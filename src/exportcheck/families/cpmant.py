@@ -82,7 +82,11 @@ register(
             "non-singleton dimension 3' (30 cached tokens + 32 prompt positions against "
             "3 new + 32); given every token, it computes only the new positions "
             "(transformers/models/cpmant/modeling_cpmant.py:633-647) and its logits differ "
-            "from a full forward without cache by 0.13 (eager itself is inconsistent)"
+            "from a full forward without cache by 0.13. No decode step can equal that "
+            "forward: without a cache every token attends to every other (context is all "
+            "ones, so _prepare_attention_mask, :565-567, never applies the causal mask "
+            "it builds; changing the last token moves the first token's logits by 0.18), "
+            "while cached keys never saw the later tokens"
         },
         patches=(CPMANT_MASK_ARANGE,),
     )
