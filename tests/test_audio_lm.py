@@ -133,13 +133,15 @@ def test_the_audio_ledger_covers_the_types_that_cannot_be_built():
         "granite_speech_plus",
         "fun_asr_nano",
         "musicflamingo",
-        "moss_transcribe_diarize",
         "voxtral",
         "voxtral_realtime",
         "qwen2_audio",
         "kyutai_speech_to_text",
         "vibevoice",
     }
+    # moss_transcribe_diarize is a causal LM too, which builds: KNOWN_FAILURES (every task)
+    # cannot hold it; its text2text row fails at build with the sentence of
+    # test_an_encoder_that_requires_more_than_the_audio_and_its_mask_fails_at_build.
     # qwen3_asr builds and runs eager; its encoder's export is in the task ledgers, which
     # tests/test_encoder_families.py validates
     for task in AUDIO_TASKS:

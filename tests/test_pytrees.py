@@ -280,8 +280,11 @@ def test_compressed_cache_counters_follow_the_tensors():
     # slots: key_cache, value_cache (sliding layers: AUTO), buffer_gate, buffer_kv and
     # compressed_kv (cache_length % rate buffered tokens and cache_length // rate
     # windows: dimensions of their own, left to export), overlap_gate and overlap_kv
-    # (one window: only the batch varies)
-    tokens = "#2[#1[{0:Dim(batch),1:AUTO}],#2[{0:Dim(batch),1:AUTO},{0:Dim(batch),1:AUTO}]]"
-    overlap = "#2[(),#2[{0:Dim(batch)},{0:Dim(batch)}]]"
-    keys = "#2[{0:Dim(batch),2:AUTO},{0:Dim(batch),2:AUTO}]"
+    # (one window: only the batch varies). Three layers: heavily compressed, compressed
+    # sparse, heavily compressed (the tiny config keeps the hash_moe layer and a moe one)
+    assert len(cache.layers) == 3
+    a, b = "{0:Dim(batch),1:AUTO}", "{0:Dim(batch)}"
+    tokens = f"#3[#1[{a}],#2[{a},{a}],#1[{a}]]"
+    overlap = f"#3[(),#2[{b},{b}],()]"
+    keys = "#3[{0:Dim(batch),2:AUTO},{0:Dim(batch),2:AUTO},{0:Dim(batch),2:AUTO}]"
     assert string_type(spec) == f"#7[{keys},{keys},{tokens},{tokens},{tokens},{overlap},{overlap}]"
