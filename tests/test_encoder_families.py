@@ -75,7 +75,7 @@ def test_task_config_fixes_stay_in_their_task():
     causal = untrained_model("reformer")
     assert causal.task == "text-generation"
     assert causal.config.is_decoder is True
-    assert causal.config.lsh_attn_chunk_length == 128
+    assert causal.config.lsh_attn_chunk_length == 512
     assert not any("config:" in note for note in causal.notes)
     masked = untrained_model("reformer", task="fill-mask")
     assert masked.config.is_decoder is False
@@ -84,7 +84,7 @@ def test_task_config_fixes_stay_in_their_task():
     # the fix is set on a copy: the config given to the task is left as it was
     config = copy.deepcopy(causal.config)
     get_task("feature-extraction").build(config)
-    assert config.is_decoder is True and config.lsh_attn_chunk_length == 128
+    assert config.is_decoder is True and config.lsh_attn_chunk_length == 512
 
 
 # --- mbart_shift_squeeze ------------------------------------------------------------

@@ -255,6 +255,7 @@ _REWRITES = {
     "xlnet_float_mask": ("xlnet", 0.0),
     "prophetnet_decode_step": ("prophetnet", 0.0),
     "reformer_axial_gather": ("reformer", 0.0),
+    "reformer_step_mask": ("reformer", 0.0),
     "deepseek_v4_compressor_windows": ("deepseek_v4", 0.0),
     "blt_padded_patches": ("blt", 0.0),
 }
@@ -626,7 +627,8 @@ def _forward(model, use_cache=True):
     vocab = model.config.get_text_config().vocab_size
     g = torch.Generator().manual_seed(0)
     batch, prompt, new = 2, 5, 1 if model_type in ONE_TOKEN_DECODE else 3
-    cache_name = next((n for n in ("cache", "past_key_values", "state") if n in params), None)
+    names = ("cache", "past_key_values", "state", "past_buckets_states")
+    cache_name = next((n for n in names if n in params), None)
     with torch.no_grad():
         if not use_cache or cache_name is None or model_type in NO_CACHE:
             feeds = {"input_ids": torch.randint(0, vocab, (batch, prompt + 3), generator=g)}

@@ -154,3 +154,29 @@ def test_the_prophetnet_eager_fixes_are_still_needed_and_keep_unpadded_steps():
     assert names == ["prophetnet_predict_layout", "prophetnet_cached_mask"]
     assert all(c["abs"] <= 1e-6 for c in fixed), fixed
     assert all(torch.equal(steps[i], same[i]) for i in unpadded)
+
+
+def test_the_reformer_eager_fixes_are_still_needed_and_keep_unpadded_steps():
+    # reformer_cached_padding masks the padding LSH attention forgets on cached steps;
+    # reformer_cache_buckets stops the cache from growing a buckets entry per layer and
+    # step. Without them the left-padded step differs from the full forward and the
+    # step's cache has more entries than it was given; unpadded numbers do not change.
+    from exportcheck.patches import eager_fixes
+    from exportcheck.tasks.text_generation import _check_eager
+
+    m = untrained_model("reformer")
+    padded = [i for i, s in enumerate(m.input_sets) if s["attention_mask"][0, 0] == 0]
+    unpadded = [i for i in range(len(m.input_sets)) if i not in padded]
+    without = _check_eager(m, 1e-4)
+    assert padded and all(without[i]["abs"] > 1e-4 for i in padded), without
+    with torch.no_grad():
+        outs = [m.model(**copy.deepcopy(f)) for f in m.input_sets]
+    entries = len(m.inputs["past_buckets_states"].buckets_cache)
+    assert len(outs[0].past_buckets_states.buckets_cache) == 2 * entries
+    with eager_fixes(m.model) as names, torch.no_grad():
+        fixed = _check_eager(m, 1e-4)
+        same = [m.model(**copy.deepcopy(f)) for f in m.input_sets]
+    assert names == ["reformer_cached_padding", "reformer_cache_buckets"]
+    assert all(c["abs"] <= 1e-6 for c in fixed), fixed
+    assert len(same[0].past_buckets_states.buckets_cache) == entries
+    assert all(torch.equal(outs[i].logits, same[i].logits) for i in unpadded)

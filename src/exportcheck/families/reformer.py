@@ -65,6 +65,165 @@ REFORMER_AXIAL_GATHER = Patch(
 )
 
 
+def reformer_lsh_attend(
+    self, query_vectors, key_vectors, value_vectors, sorted_bucket_idx_per_hash,
+    attention_mask, do_standard_self_attention, use_cache,
+):  # fmt: skip
+    """LSHSelfAttention._attend; a cached one-token step without hashed buckets masks the
+    padding of its keys (cached and new) as the full forward does."""
+    keys = key_vectors.shape[-2]
+    if not (
+        use_cache
+        and do_standard_self_attention
+        and query_vectors.dim() == 4  # no hash rounds: the cache holds no buckets
+        and attention_mask is not None
+        and attention_mask.dim() == 2
+    ):
+        return passthrough(
+            reformer_lsh_attend.original, self, query_vectors, key_vectors, value_vectors,
+            sorted_bucket_idx_per_hash, attention_mask, do_standard_self_attention, use_cache,
+        )  # fmt: skip
+    if query_vectors.dtype == torch.float16:
+        blocked, own = self.mask_value_float16.half(), self.self_mask_value_float16.half()
+    else:
+        blocked, own = self.mask_value_float32, self.self_mask_value_float32
+    scores = torch.matmul(query_vectors, key_vectors.transpose(-1, -2))  # (B, H, 1, keys)
+    # the one query is the last position: causality masks nothing, padding does
+    scores = torch.where(attention_mask.to(torch.bool)[:, None, None, :], scores, blocked)
+    # shared query-key attention: a token attends to itself only as a last resort
+    last = torch.arange(keys, device=scores.device) == keys - 1
+    scores = torch.where(last, own, scores)
+    logits = torch.logsumexp(scores, dim=-1, keepdim=True)
+    probs = torch.exp(scores - logits)
+    probs = torch.nn.functional.dropout(probs, p=self.dropout, training=self.training)
+    return torch.matmul(probs, value_vectors), logits, probs
+
+
+def _install_reformer_cached_padding(patcher: Any, model: Any) -> None:
+    """Mask the cached padding in the decode step of Reformer's LSH layers.
+
+    Fixes: a left-padded row's decode step differs from the full forward over prompt +
+    new token by 1.1e-3: LSHSelfAttention._attend
+    (transformers/models/reformer/modeling_reformer.py:861) applies the attention mask
+    only ``if not use_cache``, so a cached step attends to the padding in its cache
+    (generate never sees it: prepare_inputs_for_generation drops the mask, :2287). The
+    replacement handles the cached one-token step whose cache holds no hashed buckets
+    (prompts up to ``lsh_attn_chunk_length``): the dot products, the padding mask, the
+    self mask on the new token's own key, softmax. Every other call runs the original;
+    an unpadded step masks nothing, so its numbers are the original's.
+
+    Since eager is wrong without it, :func:`exportcheck.validate` computes its eager
+    reference with it (``corrects_eager``).
+
+    Remove when: LSHSelfAttention masks the padding on cached steps.
+    """
+    patcher.replace_in(MODULE, "LSHSelfAttention", "_attend", reformer_lsh_attend)
+
+
+REFORMER_CACHED_PADDING = Patch(
+    name="reformer_cached_padding",
+    fixes="a left-padded row's cached step attends to its padding: LSHSelfAttention "
+    "applies the attention mask only without a cache",
+    remove_when="LSHSelfAttention masks the padding on cached steps",
+    install=_install_reformer_cached_padding,
+    model_types=("reformer",),
+    corrects_eager=True,
+)
+
+
+def reformer_attention_forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+    """ReformerAttention.forward; a cached step takes its mask's columns by index."""
+    cache = kwargs.get("past_buckets_states")
+    if (
+        cache is None
+        or attention_mask is None
+        or attention_mask.dim() != 2
+        or len(cache.states_cache) <= self.layer_id
+    ):
+        return passthrough(
+            reformer_attention_forward.original, self, hidden_states, attention_mask,
+            *args, **kwargs,
+        )  # fmt: skip
+    keys = cache.states_cache[self.layer_id].shape[1] + hidden_states.shape[1]
+    columns = torch.arange(keys, device=attention_mask.device) + (attention_mask.shape[1] - keys)
+    return reformer_attention_forward.original(
+        self, hidden_states, attention_mask.index_select(1, columns), *args, **kwargs
+    )
+
+
+def _install_reformer_step_mask(patcher: Any, model: Any) -> None:
+    """Keep the mask of Reformer's decode step a dimension of its own.
+
+    Fixes: torch.export of reformer with its cache: ``Constraints violated
+    (L['attention_mask'].size()[1])! ... must always be related to the values of
+    cache_length ... by L['attention_mask'].size()[1] = cache_length + 1``: the attention layers broadcast the
+    mask against keys of the cached and new tokens. The replacement passes each attention
+    layer the mask's last ``cache + new`` columns, picked with ``index_select`` (a slice
+    would tie the lengths again): the mask already has that length, so these are its own
+    values.
+
+    Remove when: torch.export can declare a dimension as the sum of two others.
+    """
+    patcher.replace_in(MODULE, "ReformerAttention", "forward", reformer_attention_forward)
+
+
+REFORMER_STEP_MASK = Patch(
+    name="reformer_step_mask",
+    fixes="Constraints violated (L['attention_mask'].size()[1])! ... must always be related "
+    "to the values of cache_length ... L['attention_mask'].size()[1] = cache_length + 1",
+    remove_when="torch.export can declare a dimension as the sum of two others",
+    install=_install_reformer_step_mask,
+    model_types=("reformer",),
+)
+
+
+def reformer_cache_update(self, buckets, states, layer_idx, cache_kwargs=None):
+    """ReformerDynamicCache.update; a layer without buckets keeps its one empty entry."""
+    if buckets is not None or len(self.buckets_cache) <= layer_idx:
+        return passthrough(
+            reformer_cache_update.original, self, buckets, states, layer_idx, cache_kwargs
+        )
+    # the original's other branch would append another empty entry for this layer
+    kept = self.buckets_cache
+    self.buckets_cache = kept[:layer_idx]
+    try:
+        return reformer_cache_update.original(self, None, states, layer_idx, cache_kwargs)
+    finally:
+        self.buckets_cache = kept
+
+
+def _install_reformer_cache_buckets(patcher: Any, model: Any) -> None:
+    """Keep one buckets entry per layer in Reformer's cache across decode steps.
+
+    Fixes: the generation stage, ``Trying to flatten user inputs with exported input tree
+    spec``: ReformerDynamicCache.update
+    (transformers/models/reformer/modeling_reformer.py:124-126) appends an empty tensor to
+    ``buckets_cache`` whenever a layer brings no buckets (local attention, and LSH attention
+    that hashed nothing), on every step: after a prefill the cache of two layers holds 2
+    entries, after one decode step 4, so the step's output cache is not the structure its
+    input had and cannot be fed back. Layers read only their own entry
+    (``buckets_cache[layer_idx]``), which stays the same empty tensor, so the numbers are
+    the original's; only the list stops growing.
+
+    Since eager's cache is wrong without it (entries for layers that do not exist), the
+    eager reference is computed with it (``corrects_eager``).
+
+    Remove when: ReformerDynamicCache.update stops appending for a layer it already holds.
+    """
+    patcher.replace_in(MODULE, "ReformerDynamicCache", "update", reformer_cache_update)
+
+
+REFORMER_CACHE_BUCKETS = Patch(
+    name="reformer_cache_buckets",
+    fixes="Trying to flatten user inputs with exported input tree spec: the step's cache "
+    "comes back with two more empty buckets entries",
+    remove_when="ReformerDynamicCache.update stops appending for a layer it already holds",
+    install=_install_reformer_cache_buckets,
+    model_types=("reformer",),
+    corrects_eager=True,
+)
+
+
 def _flatten_reformer_cache(cache: Any) -> tuple[list[tuple[str, Any]], Any]:
     """ReformerDynamicCache -> [states_cache: [per layer], buckets_cache: [per entry]].
 
@@ -127,36 +286,30 @@ register(
             "reformer": (
                 {
                     "axial_pos_embds_dim": [32, 32],
-                    "lsh_attn_chunk_length": 128,
-                    "local_attn_chunk_length": 128,
+                    "lsh_attn_chunk_length": 512,
+                    "local_attn_chunk_length": 512,
                 },
                 "axial position embedding widths must add up to hidden_size; attention "
-                "chunks of 128, longer than any checked length (<= 64), run the same "
-                "unchunked attention as chunks of 64 without the guard 'length % 64 != 0' "
-                "that is false at 64",
+                "chunks of 512, longer than any checked prompt or cache + new token "
+                "(<= 257), run the unchunked attention on every checked length: with chunks "
+                "of 64 a prompt of 64 meets the guard 'length % 64 != 0', and the cached "
+                "local attention changes branch once cache + 1 reaches the chunk length, so "
+                "the export would be valid for caches up to 126 only ('... <= 126')",
             )
         },
         task_config_fixes={
             task: {"reformer": _ENCODER_FIX} for task in ("fill-mask", "feature-extraction")
         },
-        no_cache={
-            "reformer": "its state (ReformerDynamicCache in past_buckets_states, flattened "
-            "by this family) takes one new token per step (LSHSelfAttention.forward asserts "
-            "it, transformers/models/reformer/modeling_reformer.py:468), and checked that "
-            "way it fails twice: eager's decode step differs from a full forward over "
-            "prompt + new tokens by 1.1e-3 on the left-padded set (LSHSelfAttention._attend "
-            "applies the padding mask only without a cache, :861, so a cached step attends "
-            "to the cached padding; generate never passes a mask, "
-            "prepare_inputs_for_generation drops it, :2287), and torch.export raises "
-            "'Constraints violated (L['attention_mask'].size()[1], cache_length)! ... must "
-            "always be related to ... by L['attention_mask'].size()[1] = cache_length + 1 "
-            "... satisfy the generated guard 2 <= "
-            "L['past_buckets_states']['states_cache'][0].size()[1] and ... <= 126' (the "
-            "cached local attention changes branch once cache + 1 reaches "
-            "local_attn_chunk_length 128); the task's dynamic shapes give the mask a "
-            "dimension of its own and the cache one bounded by 8128",
+        one_token_decode={
+            "reformer": "LSHSelfAttention.forward asserts one new token per step when "
+            "past_buckets_states is given (transformers/models/reformer/modeling_reformer.py:468)",
         },
-        patches=(REFORMER_AXIAL_GATHER,),
+        patches=(
+            REFORMER_AXIAL_GATHER,
+            REFORMER_CACHED_PADDING,
+            REFORMER_STEP_MASK,
+            REFORMER_CACHE_BUCKETS,
+        ),
         setup=_setup,
     )
 )
