@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from exportcheck import untrained_model, validate, verdict
+from exportcheck import depth, untrained_model, validate, verdict
 from exportcheck.tasks import get_task
 
 pytestmark = pytest.mark.models
@@ -69,3 +69,15 @@ def test_a_padded_set_that_the_export_gets_wrong_is_caught():
     assert wrong == ["batch=2 seq=2 cache=24 left-padded"], report.table()
     with torch.no_grad():  # every set without padding agrees: only padding shows it
         assert m.model(**copy.deepcopy(m.inputs)).logits.shape[0] == 2
+
+
+@pytest.mark.models
+def test_a_row_without_a_padded_set_says_why():
+    # FNet mixes tokens by Fourier transform and takes no attention mask
+    report = validate("fnet", task="fill-mask", exporter="onnx")
+    assert report.ok, report.table()
+    assert (
+        "padded batch not checked: FNetForMaskedLM.forward takes no attention mask, so no "
+        "input set can be padded"
+    ) in report.notes, report.notes
+    assert not depth(report.to_dict())["padded"]

@@ -534,6 +534,20 @@ def validate(
         )
         _extend_plan(report, state["components"], names)
         task_obj = state["task"]
+        labels = [label for c in state["components"] for label in c.labels]
+        if "padded" in task_obj.columns and not any("padded" in label for label in labels):
+            takes_mask = any(
+                "attention_mask" in f for c in state["components"] for f in c.input_sets
+            )
+            report.notes.append(
+                "padded batch not checked: "
+                + (
+                    "no input set is padded"
+                    if takes_mask
+                    else f"{type(m.model).__name__}.forward takes no attention mask, so no "
+                    "input set can be padded"
+                )
+            )
         why_not = task_obj.cannot_generate(m)
         generates = bool(task_obj.new_tokens) and why_not is None
         if generates:
