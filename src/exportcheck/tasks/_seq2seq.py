@@ -530,15 +530,19 @@ def _states(out: Any, feeds: dict[str, Any], decoder_feeds: Any) -> tuple[Any, d
     """The encoder states in ``out`` and the masks the decoder steps take with them: the
     states' own (``encoder_attention_mask``) when the encoder returned one, else the
     encoder input's ``attention_mask`` when the decoder takes it (``decoder_feeds``: an
-    :class:`EncoderSide` or one of the decoder's input sets)."""
+    :class:`EncoderSide` or one of the decoder's input sets). The states are made
+    contiguous, as a runtime returns them: an encoder that pads its input to a window and
+    cuts the padding off returns a view, and a decoder exported on that view guards on
+    its strides and rejects the contiguous states of every runtime."""
     if isinstance(out, dict):
-        return out["last_hidden_state"], {"encoder_attention_mask": out["attention_mask"]}
+        mask = {"encoder_attention_mask": out["attention_mask"]}
+        return out["last_hidden_state"].contiguous(), mask
     takes_mask = (
         bool(decoder_feeds.mask_dims)
         if isinstance(decoder_feeds, EncoderSide)
         else "attention_mask" in decoder_feeds
     )
-    return out, ({"attention_mask": feeds["attention_mask"]} if takes_mask else {})
+    return out.contiguous(), ({"attention_mask": feeds["attention_mask"]} if takes_mask else {})
 
 
 def _label(shape: tuple[Any, ...], part: str, encoder: str = "") -> str:
