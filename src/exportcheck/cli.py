@@ -126,9 +126,17 @@ def _cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
     if args.pretrained:
         source = untrained_model(args.source, task=args.task, pretrained=True)
+    runtimes = None
+    if args.optimize == "ort":
+        if args.exporter != "onnx":
+            raise SystemExit("--optimize ort fuses the ONNX graph: use it with --exporter onnx.")
+        from .runtimes import runtimes_of
+
+        runtimes = [*runtimes_of("onnx"), "onnx_ort"]
     report = validate(
         source,
-        exporter=args.exporter,
+        exporter=None if runtimes else args.exporter,
+        runtimes=runtimes,
         task=args.task,
         atol=1e-4 if args.atol is None else args.atol,
         save_dir=args.save,
@@ -305,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="max abs diff counted as correct (1e-4; with --from, the saved validation's)",
+    )
+    p.add_argument(
+        "--optimize",
+        choices=["ort"],
+        default=None,
+        help="ort: also validate the ONNX graph fused for onnxruntime (attention, rotary, "
+        "skip layer norm, ... as onnxruntime's contrib operators), beside the plain one",
     )
     p.add_argument(
         "--save",

@@ -338,7 +338,8 @@ def validate(
         names.extend(n for n in log.changed if n not in names)
 
     def export_for(c: Any, runtime: str, dynamic_shapes: Any) -> Any:
-        with export_patches(c.module, runtime=runtime) as log, torch.no_grad():
+        patched_as = RUNTIMES[runtime].patched_as if runtime in RUNTIMES else runtime
+        with export_patches(c.module, runtime=patched_as or runtime) as log, torch.no_grad():
             program = torch.export.export(
                 c.module, (), kwargs=copy.deepcopy(c.input_sets[0]), dynamic_shapes=dynamic_shapes
             )
@@ -349,7 +350,7 @@ def validate(
         """The ExportedProgram a runtime converts: the shared one, unless patches that only
         this runtime needs change the model, in which case it is exported again with them."""
         base = ("ep", c.name)
-        extra = runtime_only(rt.name)
+        extra = runtime_only(rt.patched_as or rt.name)
         if not extra or rt.name == BASE_RUNTIME:
             return state[base]
         if ("ep", c.name, rt.name) not in state:
@@ -399,7 +400,7 @@ def validate(
         def run() -> None:
             program = program_for(c, rt)
             state[("program", key)] = program
-            with export_patches(c.module, runtime=rt.name), torch.no_grad():
+            with export_patches(c.module, runtime=rt.patched_as or rt.name), torch.no_grad():
                 if "convert" in steps:
                     folder = onnx_dir or state["tmp"]
                     os.makedirs(folder, exist_ok=True)
@@ -491,7 +492,7 @@ def validate(
 
             with (
                 eager_fixes(m.model),
-                export_patches(module, runtime=rt.name),
+                export_patches(module, runtime=rt.patched_as or rt.name),
                 torch.no_grad(),
             ):
                 loop = task_.generate(m, call, state["generated"].tokens)

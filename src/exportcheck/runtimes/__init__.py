@@ -29,11 +29,15 @@ class Runtime:
     * ``title``: a readable name (``onnxruntime``)
     * ``stages``: ``(stage name, title, steps)`` in order, where steps are among
       ``convert``, ``load`` and ``run``; ``run`` compares every input set with eager
+    * ``patched_as``: the runtime whose patches it needs (see
+      :data:`exportcheck.patches.RUNTIMES`), when not its own name: a graph rewritten
+      after the ONNX conversion needs the conversion's
     """
 
     name: str = ""
     runner: str = ""
     title: str = ""
+    patched_as: str = ""
     stages: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
     def convert(self, program: Any, component: Any, folder: str) -> Any:
