@@ -49,7 +49,15 @@ def test_features_of_the_wrong_rank_say_what_is_expected(glmasr):
 @pytest.mark.models
 @pytest.mark.parametrize(
     ("model_type", "task"),
-    [("glmasr", "text2text-generation"), ("omniasr", "automatic-speech-recognition")],
+    [
+        ("glmasr", "text2text-generation"),
+        ("omniasr", "automatic-speech-recognition"),
+        # its extractor returns the samples' mask beside the frames'; its encoder requires
+        # an argument it never reads (input_layouts: unread_audio_arguments)
+        ("moss_transcribe_diarize", "text2text-generation"),
+        # an encoder without a mask: every frame of the padded chunk is audio
+        ("voxtral", "automatic-speech-recognition"),
+    ],
 )
 def test_an_audio_lm_validates_and_generates_through_both_runtimes(model_type, task):
     report = validate(model_type, task=task, exporter="onnx")
@@ -133,16 +141,69 @@ def test_the_audio_ledger_covers_the_types_that_cannot_be_built():
         "granite_speech_plus",
         "fun_asr_nano",
         "musicflamingo",
-        "voxtral",
         "voxtral_realtime",
         "qwen2_audio",
         "kyutai_speech_to_text",
         "vibevoice",
     }
-    # moss_transcribe_diarize is a causal LM too, which builds: KNOWN_FAILURES (every task)
-    # cannot hold it; its text2text row fails at build with the sentence of
-    # test_an_encoder_that_requires_more_than_the_audio_and_its_mask_fails_at_build.
     # qwen3_asr builds and runs eager; its encoder's export is in the task ledgers, which
     # tests/test_encoder_families.py validates
     for task in AUDIO_TASKS:
         assert "qwen3_asr" in TASK_KNOWN_FAILURES[task]
+
+
+class _Extractor:
+    """A feature extractor returning (batch, frames, bins) features of 13 frames."""
+
+    sampling_rate = 16000
+
+    def __call__(self, waves, **kwargs):
+        mask = torch.ones(len(waves), 13, dtype=torch.int64)
+        mask[1, 9:] = 0
+        return {
+            "input_features": torch.randn(len(waves), 13, 4),
+            "attention_mask": mask,
+            "padding_mask": torch.ones(len(waves), 16000, dtype=torch.int64),
+        }
+
+
+def test_features_are_padded_on_their_frames_axis_to_the_processors_multiple():
+    feeds = _audio_lm.audio_inputs(_Extractor(), "input_features", (0.5, 0.3), 0, multiple=8)
+    features, mask = feeds["input_features"], feeds["input_features_mask"]
+    assert tuple(features.shape) == (2, 16, 4) and tuple(mask.shape) == (2, 16)
+    assert mask[:, 13:].eq(0).all() and features[:, 13:].eq(0).all()
+    assert mask[0, :13].eq(1).all() and mask[1, 9:].eq(0).all()
+    # (batch, bins, frames): the frames are the last axis as long as the mask
+    assert _audio_lm.frames_axis(torch.zeros(2, 4, 13), mask[:, :13]) == 2
+    assert _audio_lm.frames_axis(features, mask) == 1
+
+
+def test_the_frames_mask_is_taken_before_the_samples_mask():
+    class Extractor(_Extractor):
+        def __call__(self, waves, **kwargs):
+            out = super().__call__(waves)
+            out["input_features_mask"] = out.pop("attention_mask")
+            return out
+
+    feeds = _audio_lm.audio_inputs(Extractor(), "input_features", (0.5, 0.3), 0)
+    assert tuple(feeds["input_features_mask"].shape) == (2, 13)
+
+
+def _model_of(model_type, audio_features):
+    config = type("Config", (), {"model_type": model_type})()
+    return type("Model", (), {"config": config, "get_audio_features": audio_features})()
+
+
+def test_family_layouts_name_unread_audio_arguments_and_deterministic_settings():
+    def features(self, input_features, input_features_mask, padding_mask, **kwargs):
+        pass
+
+    # the family says padding_mask is never read: the graph passes None
+    moss = _model_of("moss_transcribe_diarize", features)
+    assert _audio_lm.audio_arguments(moss) == ("input_features", "input_features_mask")
+    assert _audio_lm.unread_audio_arguments(moss) == ("padding_mask",)
+    # another model type requiring it is refused
+    with pytest.raises(ValueError, match=r"requires \['padding_mask'\]"):
+        _audio_lm.audio_arguments(_model_of("some_audio_lm", features))
+    assert _audio_lm.audio_settings(_model_of("vibevoice_asr", features)) == {"sample": False}
+    assert _audio_lm.audio_settings(moss) == {}

@@ -229,5 +229,22 @@ register(
             )
         },
         patches=(BLT_PADDED_PATCHES,),
+        task_known_failures={
+            "text-generation": {
+                "blt": (
+                    r"eager is inconsistent: the decode step differs from a full forward",
+                    "no decode step can equal the full forward: on a cached step "
+                    "BltModel.forward (transformers/models/blt/modeling_blt.py:1211-1281) "
+                    "cuts only the new bytes into patches (the patcher sees the call's "
+                    "input_ids alone) and runs the global transformer with cache=None over "
+                    "those patches, so the prompt's patches, the latent context of the "
+                    "model, never reach it; the byte-group hash embeddings (:1202-1209) also "
+                    "see only the new bytes. The cache keeps the local encoder's and "
+                    "decoder's keys only. The step's logits differ from the forward over "
+                    "prompt + new bytes by 3.4 to 6.1 on every input set, and eager's "
+                    "step-by-step loop differs from its generate in 11 of 16 tokens",
+                ),
+            },
+        },
     )
 )

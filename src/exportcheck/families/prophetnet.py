@@ -268,11 +268,23 @@ register(
             "text2text-generation": {
                 "prophetnet": (
                     r"ConversionError: Failed to decompose the FX graph",
-                    "the encoder's ONNX conversion fails in its decompositions ('Failed to "
-                    "decompose the FX graph for ONNX compatibility') and the first decoder "
-                    "step guards the number of tokens (Constraints violated (seq_length)); "
-                    "neither cause is isolated yet. Eager's decode step equals the full "
-                    "decoder forward with prophetnet_predict_layout",
+                    "two failures. The encoder's ExportedProgram matches eager on all "
+                    "seven sets, but its ONNX conversion fails in the decompositions "
+                    "('Failed to decompose the FX graph for ONNX compatibility': "
+                    "\"aten::sub() Expected a value of type 'Tensor' for argument 'self' but "
+                    "instead found type 'float'\"; the exported graph itself holds no "
+                    "subtraction from a Python float, so the op is produced by a "
+                    "decomposition, not located yet). The first decoder step, several "
+                    "tokens without a cache, cannot be exported with a dynamic length: "
+                    "'Constraints violated (seq_length)! ... generated guard (((-1) + "
+                    "4*L['decoder_input_ids'].size()[1]) // "
+                    "L['decoder_input_ids'].size()[1]) == 3 ... min(L['decoder_input_ids']"
+                    ".size()[1], 16*L['decoder_input_ids'].size()[1]*L['decoder_input_ids']"
+                    ".size()[1]) == L['decoder_input_ids'].size()[1]': the precomputed "
+                    "relative-position buckets of the n-gram streams are viewed from "
+                    "repeated tensors, the path prophetnet_decode_step rewrites for the "
+                    "cached step only. Eager's decode step equals the full decoder forward "
+                    "with prophetnet_predict_layout",
                 ),
             },
         },

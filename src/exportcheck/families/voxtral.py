@@ -1,5 +1,5 @@
-"""Voxtral: the audio token set by the processor, not the config; an encoder that masks
-nothing; and a realtime variant that adds audio to every position instead."""
+"""Voxtral: the audio token set by the processor, not the config; and a realtime variant
+that adds audio to every position instead."""
 
 from __future__ import annotations
 
@@ -18,16 +18,6 @@ register(
             ),
         },
         known_failures={
-            "voxtral": (
-                r"VoxtralForConditionalGeneration\.get_audio_features takes no mask of the "
-                r"audio frames",
-                "VoxtralModel.get_audio_features (transformers/models/voxtral/"
-                "modeling_voxtral.py:389) takes the features alone: its encoder reads whole "
-                "chunks of 30 s (3000 frames, no other length passes its check) and masks "
-                "nothing, so every frame of the padded chunk becomes an audio token; "
-                "exportcheck's audio encoder graph takes the features and a frame mask, "
-                "the padded frames left out",
-            ),
             "voxtral_realtime": (
                 r"VoxtralRealtimeConfig names no audio placeholder token",
                 "not a placeholder merge: VoxtralRealtimeModel.forward "

@@ -33,6 +33,7 @@ import inspect
 from typing import Any
 
 from ..dims import BATCH_MAX, length_bounds
+from ..families import INPUT_LAYOUTS
 from ..models import UntrainedModel, prepare_weights
 from . import Component, Generation
 from ._tokens import random_ids
@@ -95,12 +96,29 @@ def _audio_function(model: Any) -> Any:
     return function
 
 
-def audio_arguments(model: Any) -> tuple[str, str]:
-    """``(audio input, frame mask)``: the names under which ``get_audio_features`` takes
-    the audio (``input_features`` or ``input_values``) and the mask of its frames.
+def unread_audio_arguments(model: Any) -> tuple[str, ...]:
+    """The arguments ``get_audio_features`` requires but never reads, passed as None: a
+    family's ``input_layouts`` entry ``unread_audio_arguments`` names them, with why."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return tuple(INPUT_LAYOUTS.get(model_type, ({}, ""))[0].get("unread_audio_arguments", ()))
 
-    :raises ValueError: when it takes neither kind of audio, or no mask, or requires
-        another input (the driver feeds the audio and its mask only)
+
+def audio_settings(model: Any) -> dict[str, Any]:
+    """Keyword arguments that make ``get_audio_features`` deterministic, given to it and to
+    ``generate``: a family's ``input_layouts`` entry ``audio_settings`` names them, with
+    why (a σ-VAE that adds random noise to its latents unless told not to)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return dict(INPUT_LAYOUTS.get(model_type, ({}, ""))[0].get("audio_settings", {}))
+
+
+def audio_arguments(model: Any) -> tuple[str, str | None]:
+    """``(audio input, frame mask)``: the names under which ``get_audio_features`` takes
+    the audio (``input_features`` or ``input_values``) and the mask of its frames (None
+    for an encoder that takes none: it reads whole chunks and every frame of a chunk,
+    padding included, becomes an audio token).
+
+    :raises ValueError: when it takes neither kind of audio, or requires another input
+        (the driver feeds the audio and its mask only)
     """
     signature = inspect.signature(_audio_function(model)).parameters
     params = list(signature)
@@ -111,20 +129,16 @@ def audio_arguments(model: Any) -> tuple[str, str]:
             "input_features nor input_values, the audio exportcheck builds"
         )
     mask = next((n for n in params if "mask" in n), None)
-    if mask is None:
-        raise ValueError(
-            f"{type(model).__name__}.get_audio_features takes no mask of the audio frames "
-            f"({params}): exportcheck feeds padded batches and needs one"
-        )
     # a head that forwards to its base model's may declare fewer than that one requires
     inner = getattr(getattr(model, "model", None), "get_audio_features", None)
     declared = [signature] + ([inspect.signature(inner).parameters] if inner else [])
+    unread = unread_audio_arguments(model)
     others = sorted(
         {
             name
             for parameters in declared
             for name, p in parameters.items()
-            if name not in (kind, mask)
+            if name not in (kind, mask, *unread)
             and p.default is p.empty
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         }
@@ -162,17 +176,29 @@ def _parts() -> dict[str, type]:
             super().__init__()
             self.model = model
             self.kind, self.mask_argument = audio_arguments(model)
+            self.settings = {
+                **dict.fromkeys(unread_audio_arguments(model)),
+                **audio_settings(model),
+            }
 
         def encode(self, audio: Any, mask: Any) -> Any:
-            out = self.model.get_audio_features(
-                **{self.kind: audio, self.mask_argument: mask}, return_dict=True
-            )
+            given = {self.kind: audio, **self.settings}
+            if self.mask_argument is not None:
+                given[self.mask_argument] = mask
+            out = self.model.get_audio_features(**given, return_dict=True)
             frames = out.pooler_output
             return frames.reshape(-1, frames.shape[-1])
 
         def forward(self, input_features: Any, input_features_mask: Any) -> Any:
             check_rank("input_features", input_features, 3, "mel bins and frames")
             return self.encode(input_features, input_features_mask)
+
+    class UnmaskedAudioEncoder(AudioEncoder):
+        """log-mel features of whole chunks -> the projected frames of every chunk."""
+
+        def forward(self, input_features: Any) -> Any:  # type: ignore[override]
+            check_rank("input_features", input_features, 3, "mel bins and frames")
+            return self.encode(input_features, None)
 
     class WaveAudioEncoder(AudioEncoder):
         """the raw waveform and its sample mask -> the projected frames, padding left out."""
@@ -209,6 +235,7 @@ def _parts() -> dict[str, type]:
     return {
         "input_features": AudioEncoder,
         "input_values": WaveAudioEncoder,
+        "unmasked": UnmaskedAudioEncoder,
         "embed_tokens": EmbedTokens,
         "decoder": Decoder,
     }
@@ -219,6 +246,21 @@ def _parts() -> dict[str, type]:
 CHUNK_SECONDS = 2
 
 
+def _mel_bins(config: Any) -> int | None:
+    """``num_mel_bins`` of an audio config, or of the first of its sub-configs (nested
+    any depth) that sets it."""
+    if config is None:
+        return None
+    bins = getattr(config, "num_mel_bins", None)
+    if isinstance(bins, int):
+        return bins
+    for key in getattr(config, "sub_configs", {}) or {}:
+        bins = _mel_bins(getattr(config, key, None))
+        if bins is not None:
+            return bins
+    return None
+
+
 def _audio_features_extractor(config: Any, kind: str = "input_features") -> Any:
     """The model type's feature extractor, with the mel bins of its audio encoder and, when
     it pads every clip to a fixed chunk, chunks of :data:`CHUNK_SECONDS`."""
@@ -226,7 +268,7 @@ def _audio_features_extractor(config: Any, kind: str = "input_features") -> Any:
 
     extractor = feature_extractor(config, kind)
     kwargs = {}
-    bins = getattr(getattr(config, "audio_config", None), "num_mel_bins", None)
+    bins = _mel_bins(getattr(config, "audio_config", None))
     if isinstance(bins, int) and getattr(extractor, "feature_size", bins) != bins:
         kwargs["feature_size"] = bins
     if isinstance(getattr(extractor, "chunk_length", None), int):
@@ -252,29 +294,53 @@ def _fit_encoder_to_chunk(config: Any, extractor: Any) -> str | None:
     )
 
 
+def frames_multiple(config: Any) -> int:
+    """The multiple of frames a model's processor pads its features to, beyond what the
+    feature extractor does: a family's ``input_layouts`` entry ``frames_multiple_of``
+    names it, with why (1: none)."""
+    model_type = getattr(config, "model_type", None)
+    return int(INPUT_LAYOUTS.get(model_type, ({}, ""))[0].get("frames_multiple_of", 1))
+
+
+def frames_axis(audio: Any, mask: Any) -> int:
+    """The axis of the frames (or samples) of ``audio``: the last one as long as its mask
+    (log-mel features come as (batch, bins, frames) or (batch, frames, bins))."""
+    axes = [i for i, n in enumerate(audio.shape) if i > 0 and n == mask.shape[-1]]
+    return axes[-1] if axes else audio.dim() - 1
+
+
 def audio_inputs(
-    extractor: Any, kind: str, seconds: tuple[float, ...], seed: int
+    extractor: Any, kind: str, seconds: tuple[float, ...], seed: int, multiple: int = 1
 ) -> dict[str, Any]:
     """What the feature extractor returns for random waveforms of ``seconds``, padded as
-    it pads by default (to its chunk, or to the longest clip), with the mask of the real
-    frames (or samples), under the audio encoder graph's input names."""
+    it pads by default (to its chunk, or to the longest clip), then on the right to a
+    multiple of ``multiple`` frames, with the mask of the real frames (or samples), under
+    the audio encoder graph's input names."""
     import numpy as np
+    import torch
 
     rng = np.random.default_rng(seed)
     rate = extractor.sampling_rate
     waves = [rng.standard_normal(int(s * rate)).astype("float32") * 0.1 for s in seconds]
     out = extractor(waves, sampling_rate=rate, return_tensors="pt", return_attention_mask=True)
-    mask = next(
-        (out[k] for k in ("attention_mask", "padding_mask", "input_features_mask") if k in out),
-        None,
-    )
+    audio_name, mask_name = ENCODER_INPUTS[kind]
+    # the mask of what the graph takes first: an extractor may return the samples' mask
+    # beside the frames' (padding_mask beside input_features_mask)
+    names = (mask_name, "attention_mask", "padding_mask", "input_features_mask")
+    mask = next((out[k] for k in names if k in out), None)
     if mask is None:
         raise ValueError(
             f"{type(extractor).__name__} returns no mask ({sorted(out)}): exportcheck feeds "
             "padded batches and needs one"
         )
-    audio_name, mask_name = ENCODER_INPUTS[kind]
-    return {audio_name: out[kind], mask_name: mask}
+    audio = out[kind]
+    padding = -mask.shape[-1] % multiple
+    if padding:
+        axis = frames_axis(audio, mask)
+        widths = [0, 0] * (audio.dim() - 1 - axis) + [0, padding]
+        audio = torch.nn.functional.pad(audio, widths)
+        mask = torch.nn.functional.pad(mask, (0, padding))
+    return {audio_name: audio, mask_name: mask}
 
 
 def _text_ids(config: Any, shape: tuple[int, int], generator: Any, avoid: int) -> Any:
@@ -316,7 +382,8 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
     prepare_weights(model, config)
     token = audio_token(config)
     parts = _parts()
-    encoder = parts[kind](model)
+    masked = audio_arguments(model)[1] is not None
+    encoder = parts[kind if masked or kind != "input_features" else "unmasked"](model)
     embed = parts["embed_tokens"](model)
     decoder = parts["decoder"](model)
     text = config.get_text_config(decoder=True)
@@ -325,10 +392,14 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
 
     audio_name, mask_name = ENCODER_INPUTS[kind]
     audio_sets = [
-        audio_inputs(extractor, kind, seconds, seed + i)
+        audio_inputs(extractor, kind, seconds, seed + i, frames_multiple(config))
         for i, (_, seconds) in enumerate(AUDIO_SETS)
     ]
-    audio_sets.append(audio_inputs(extractor, kind, (BOUND_SECONDS,) * BATCH_MAX, seed + 99))
+    audio_sets.append(
+        audio_inputs(
+            extractor, kind, (BOUND_SECONDS,) * BATCH_MAX, seed + 99, frames_multiple(config)
+        )
+    )
     notes = [
         f"audio LM: {type(model).__name__} merges its audio encoder's frames into a causal "
         "LM's input embeddings at the audio token's positions; exported as audio_encoder, "
@@ -336,27 +407,37 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
     ]
     if chunk_note:
         notes.append(chunk_note)
-    lengths = {s[audio_name].shape[-1] for s in audio_sets}
+    axis = frames_axis(audio_sets[0][audio_name], audio_sets[0][mask_name])
+    lengths = {s[audio_name].shape[axis] for s in audio_sets}
     if len(lengths) == 1:
         # the feature extractor pads every clip to one chunk: the length stays static
         audio_shapes = {audio_name: {0: batch}, mask_name: {0: batch}}
         notes.append(
             f"{audio_name} length static: {type(extractor).__name__} pads every clip to one "
             f"chunk of {lengths.pop()} (its chunk_length set to {CHUNK_SECONDS} s for the "
-            "tiny model); the clips' lengths differ by the mask"
+            "tiny model)" + ("; the clips' lengths differ by the mask" if masked else "")
         )
     else:
         length = torch.export.Dim.DYNAMIC
         audio_shapes = {
-            audio_name: {0: batch, audio_sets[0][audio_name].dim() - 1: length},
+            audio_name: {0: batch, axis: length},
             mask_name: {0: batch, 1: length},
         }
     audio_labels = [
-        f"batch={s[audio_name].shape[0]} length={s[audio_name].shape[-1]}"
-        + (" padded" if bool((s[mask_name] == 0).any()) else "")
+        f"batch={s[audio_name].shape[0]} length={s[audio_name].shape[axis]}"
+        + (" padded" if masked and bool((s[mask_name] == 0).any()) else "")
         for s in audio_sets
     ]
     audio_labels[-1] += " at bounds"
+    if not masked:
+        # every frame of the padded chunk becomes an audio token, as in the model
+        audio_sets = [_graph_audio(s, encoder) for s in audio_sets]
+        del audio_shapes[mask_name]
+        notes.append(
+            f"audio encoder without a mask: {type(model).__name__}.get_audio_features takes "
+            "the features alone, so the padding of each clip's chunk is encoded as audio, "
+            "as the model does; the text steps still take padded batches"
+        )
 
     seq_max, cache_max = length_bounds(text)
     shapes = [*DECODER_SETS, (BATCH_MAX, seq_max, cache_max, 0)]
@@ -444,6 +525,13 @@ def check_eager(m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
     return out
 
 
+def _graph_audio(feeds: dict[str, Any], encoder: Any) -> dict[str, Any]:
+    """The audio feeds the encoder graph takes: without the mask when it takes none."""
+    if encoder.mask_argument is not None:
+        return feeds
+    return {k: v for k, v in feeds.items() if k != ENCODER_INPUTS[encoder.kind][1]}
+
+
 def generation_inputs(m: UntrainedModel) -> dict[str, Any]:
     """The prompt of the generation stage: per row, text tokens, as many audio tokens as
     the encoder returns frames for its clip, text tokens; and the clips' audio under the
@@ -452,7 +540,14 @@ def generation_inputs(m: UntrainedModel) -> dict[str, Any]:
 
     encoder = next(c for c in m.components if c.name == "audio_encoder").module
     extractor = _audio_features_extractor(m.config, encoder.kind)
-    audio = audio_inputs(extractor, encoder.kind, (GENERATION_AUDIO, GENERATION_AUDIO), 4321)
+    audio = audio_inputs(
+        extractor,
+        encoder.kind,
+        (GENERATION_AUDIO, GENERATION_AUDIO),
+        4321,
+        frames_multiple(m.config),
+    )
+    audio = _graph_audio(audio, encoder)
     with torch.no_grad():
         frames = encoder(**audio).shape[0] // 2
     token = audio_token(m.config)
@@ -475,13 +570,15 @@ def generate_eager(m: UntrainedModel) -> Generation:
 
     feeds = generation_inputs(m)
     kind, mask_argument = audio_arguments(m.model)
-    audio, mask = feeds["audio"].values()
+    audio = feeds["audio"]
     given = {
         "input_ids": feeds["input_ids"],
         "attention_mask": feeds["attention_mask"],
-        kind: audio,
-        mask_argument: mask,
+        kind: audio[ENCODER_INPUTS[kind][0]],
+        **audio_settings(m.model),
     }
+    if mask_argument is not None:
+        given[mask_argument] = audio[ENCODER_INPUTS[kind][1]]
     return greedy_generate(m.model, given, NEW_TOKENS)
 
 
