@@ -18,9 +18,7 @@ def test_the_fused_runtime_is_not_part_of_an_exporter_by_default():
 
 @pytest.mark.models
 def test_a_llama_graph_fuses_and_stays_correct(tmp_path):
-    report = validate(
-        "llama", runtimes=["exported_program", "onnx", "onnx_ort"], save_dir=tmp_path
-    )
+    report = validate("llama", runtimes=["exported_program", "onnx", "onnx_ort"], save_dir=tmp_path)
     assert report.ok, report.table()
     assert report.verdicts == {"exported_program": True, "onnx": True, "onnx_ort": True}
     fused = report.artifacts["model/onnx_ort"]
