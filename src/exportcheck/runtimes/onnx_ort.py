@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any
 
 from . import register
@@ -54,11 +55,12 @@ class OnnxFusedRuntime(OnnxRuntime):
     )
 
     def convert(self, program: Any, component: Any, folder: str) -> Any:
-        plain = os.path.join(folder, f"{component.name}.onnx")
-        if not os.path.exists(plain):  # the plain runtime did not run before this one
-            plain = super().convert(program, component, folder)
-        fused = os.path.join(folder, f"{component.name}.fused.onnx")
-        fuse_for_ort(plain, fused)
+        # converted again, not read from the plain runtime's file: a folder given with
+        # --save may hold one from an earlier run
+        with tempfile.TemporaryDirectory(prefix="exportcheck-") as tmp:
+            plain = super().convert(program, component, tmp)
+            fused = os.path.join(folder, f"{component.name}.fused.onnx")
+            fuse_for_ort(plain, fused)
         return fused
 
     def details(self, artifact: Any) -> dict[str, Any]:

@@ -7,10 +7,12 @@ their forward embeds the prompt's token ids, runs the audio encoder and its proj
 placeholder token, and runs a causal LM on the result. A runtime drives them as three
 graphs and one merge:
 
-* ``audio_encoder``: log-mel ``input_features`` and their frame mask -> the projected
-  audio frames of every row, the padded frames left out (``get_audio_features``'s
-  ``pooler_output``: its length depends on the mask's values, so the graph's output has a
-  data-dependent size);
+* ``audio_encoder``: log-mel ``input_features`` and their frame mask (or the raw
+  waveform ``input_values`` and its ``padding_mask``) -> the projected audio frames of
+  every row, the padded frames left out (``get_audio_features``'s ``pooler_output``: its
+  length depends on the mask's values, so the graph's output has a data-dependent size);
+  an encoder that takes no mask reads whole chunks, and every frame of a chunk, its
+  padding included, is audio;
 * ``embed_tokens``: token ids -> input embeddings;
 * the merge, in the driver: the frames replace the embeddings of the audio tokens, in
   order (``masked_scatter``, as the model's forward does);
