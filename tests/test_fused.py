@@ -42,3 +42,34 @@ def test_a_llama_graph_fuses_and_stays_correct(tmp_path):
 def test_optimize_needs_the_onnx_exporter(capsys):
     with pytest.raises(SystemExit, match="--optimize ort fuses the ONNX graph"):
         main(["validate", "llama", "--exporter", "export", "--optimize", "ort"])
+
+
+def test_a_model_with_external_weights_fuses_into_another_folder(tmp_path):
+    # a large model keeps its weights beside the .onnx file; the fused copy must carry
+    # its own, not point at a file of the source's folder
+    import numpy as np
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exportcheck.runtimes.onnx_ort import fuse_for_ort
+
+    weight = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    source = str(tmp_path / "src" / "model.onnx")
+    onnx.save(model, source, save_as_external_data=True, location="model.onnx.data")
+    target = str(tmp_path / "dst" / "model.onnx")
+    fuse_for_ort(source, target)
+    assert (tmp_path / "dst" / "model.onnx.data").exists()
+    (tmp_path / "src" / "model.onnx.data").unlink()  # the fused copy must not need it
+    session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
+    x = np.ones((1, 64), dtype=np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ weight, rtol=1e-6)

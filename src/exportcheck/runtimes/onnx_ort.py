@@ -34,10 +34,16 @@ def fuse_for_ort(source: str, target: str) -> dict[str, int]:
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     model = onnx_ir.load(source)
+    # weights the source keeps in a side file go to one beside the target: saved as is,
+    # the target would point at a file that is not in its folder
+    external = any(
+        isinstance(v.const_value, onnx_ir.ExternalTensor) for v in model.graph.initializers.values()
+    )
     model, counts = optimize_for_ort(model)
     applied = {name: int(n) for name, n in sorted(counts.items()) if n}
     model.metadata_props[FUSIONS_KEY] = json.dumps(applied)
-    onnx_ir.save(model, target)
+    data = os.path.basename(target) + ".data" if external else None
+    onnx_ir.save(model, target, external_data=data)
     return applied
 
 
