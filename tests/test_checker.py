@@ -183,18 +183,18 @@ def test_three_architectures_through_sweep_and_report(tmp_path):
     assert (page_dir / "conversion_time.png").stat().st_size > 1000
 
 
-def _row(source, failed=None, error=""):
-    stages = [
-        {"stage": s, "ok": True, "seconds": 1.0}
-        for s in ("build", "eager", "export", "exported_run", "onnx", "ort_session", "ort_run")
-    ]
+_PLAIN = ("build", "eager", "export", "exported_run", "onnx", "ort_session", "ort_run")
+
+
+def _row(source, failed=None, error="", exporter="onnx", names=_PLAIN):
+    stages = [{"stage": s, "ok": True, "seconds": 1.0} for s in names]
     if failed:
         i = [s["stage"] for s in stages].index(failed)
         stages = stages[: i + 1]
         stages[i].update(ok=False, error_type="UserError", error=error)
     return {
         "source": source,
-        "exporter": "onnx",
+        "exporter": exporter,
         "ok": failed is None,
         "stages": stages,
         "runs": [],
@@ -397,3 +397,44 @@ def test_an_error_cut_after_an_underscore_is_not_a_rest_reference():
         rst, writer="html5", settings_overrides={"report_level": 2, "halt_level": 2}
     )
     assert "MAPPING_" in html["body"]
+
+
+def _fused_row(source, fusions, failed=None, error=""):
+    fused = ("build", "eager", "export", "exported_run", "fuse", "fused_session", "fused_run")
+    row = _row(source, failed, error, exporter="fused", names=fused)
+    row.update(task="text-generation", artifacts={"model/onnx_ort": {"fusions": fusions}})
+    return row
+
+
+def test_the_fused_sweep_is_counted_on_its_task_page_and_in_the_overview(tmp_path):
+    from exportcheck.report import fused_summary, summaries_markdown, task_summaries, write_status
+
+    folder = tmp_path / "text-generation"
+    folder.mkdir()
+    rows = [_row("a"), _row("b"), _row("c")]
+    for row in rows:
+        row["task"] = "text-generation"
+    (folder / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    fused = [
+        _fused_row("a", {"sdpa": 2, "skip_rms_normalization": 4}),
+        _fused_row("b", {}),
+        _fused_row(
+            "c", {"sdpa": 2}, "fused_session", "Node (Gemm) Input 0 expected to have rank 2"
+        ),
+    ]
+    (folder / "fused.jsonl").write_text("\n".join(json.dumps(r) for r in fused))
+    summary = fused_summary(fused)
+    # a fusion that breaks the graph is not counted; a correct graph with no fusion apart
+    assert (summary["fuse_and_correct"], summary["unfused_correct"], summary["failed"]) == (1, 1, 1)
+    assert summary["kinds"] == {"sdpa": 1, "skip_rms_normalization": 1}
+    write_status(str(tmp_path))
+    page = (folder / "index.rst").read_text()
+    assert "\nFused for onnxruntime\n" in page and "**1 of 3** model types fuse" in page
+    assert "stay correct with no fusion applied: b." in page
+    assert "Input 0 expected to have rank 2" in page
+    overview = (tmp_path / "index.rst").read_text()
+    assert "Fused for onnxruntime, text-generation: **1 of 3** model types" in overview
+    table = summaries_markdown(task_summaries(str(tmp_path)))
+    assert table.endswith(
+        "Fused for onnxruntime (text-generation): 1 of 3 model types fuse and stay correct."
+    )

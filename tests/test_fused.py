@@ -12,8 +12,11 @@ from exportcheck.runtimes import EXPORTERS
 from exportcheck.runtimes.onnx_ort import FUSIONS_KEY
 
 
-def test_the_fused_runtime_is_not_part_of_an_exporter_by_default():
-    assert all("onnx_ort" not in runtimes for runtimes in EXPORTERS.values())
+def test_the_fused_runtime_is_only_in_the_fused_exporter():
+    # --exporter onnx checks the plain graph; --exporter fused (a sweep of the fused
+    # graphs) the ExportedProgram and the fused conversion
+    assert all("onnx_ort" not in rts for name, rts in EXPORTERS.items() if name != "fused")
+    assert EXPORTERS["fused"] == ("exported_program", "onnx_ort")
 
 
 @pytest.mark.models

@@ -542,6 +542,12 @@ def write_report(results: str, out_dir: str, title: str | None = None) -> list[s
         ".. image:: conversion_time.png",
         "",
     ]
+    fused = os.path.join(os.path.dirname(os.path.abspath(results)), FUSED_RESULTS)
+    if os.path.isfile(fused) and read_results(fused):
+        local = os.path.join(out_dir, FUSED_RESULTS)
+        if os.path.abspath(local) != os.path.abspath(fused):
+            shutil.copyfile(fused, local)
+        lines += _fused_lines(fused)
     notes = _note_rows(summary)
     if notes:
         lines += [
@@ -560,6 +566,89 @@ def write_report(results: str, out_dir: str, title: str | None = None) -> list[s
         f.write("\n".join(lines))
     written.append(page)
     return written
+
+
+#: the results file of ``exportcheck sweep --exporter fused`` beside a task's results.jsonl
+FUSED_RESULTS = "fused.jsonl"
+
+
+def fused_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a sweep of the graphs fused for onnxruntime (``--exporter fused``) found: per
+    model type, the fusions applied and whether the fused graph stayed correct (green on
+    the ``onnx_ort`` runtime: every input set and the generation loop).
+
+    ``fuse_and_correct`` counts the types with one fusion or more whose fused graph is
+    green; ``unfused_correct`` the green ones no fusion applied to; ``failed`` the rest.
+    """
+    latest: dict[str, dict[str, Any]] = {}
+    for row in map(upgrade_row, rows):
+        latest[row["source"]] = row
+    types = []
+    for source, row in sorted(latest.items()):
+        fusions: collections.Counter = collections.Counter()
+        for key, details in (row.get("artifacts") or {}).items():
+            if key.endswith("/onnx_ort"):
+                fusions.update((details or {}).get("fusions") or {})
+        correct = bool(verdict(row).get("onnx_ort", False))
+        error = "" if correct else _first_error(row)
+        types.append(
+            {"source": source, "fusions": dict(fusions), "correct": correct, "error": error}
+        )
+    kinds = collections.Counter(k for t in types if t["correct"] for k in t["fusions"])
+    return {
+        "types": types,
+        "total": len(types),
+        "fuse_and_correct": sum(bool(t["fusions"]) and t["correct"] for t in types),
+        "unfused_correct": sum(not t["fusions"] and t["correct"] for t in types),
+        "failed": sum(not t["correct"] for t in types),
+        "kinds": kinds,
+    }
+
+
+def _fused_lines(path: str) -> list[str]:
+    """The task page's section on the fused graphs of ``path``."""
+    summary = fused_summary(read_results(path))
+    total = summary["total"]
+    failed = [t for t in summary["types"] if not t["correct"]]
+    unfused = [t["source"] for t in summary["types"] if t["correct"] and not t["fusions"]]
+    lines = [
+        "Fused for onnxruntime",
+        "---------------------",
+        "",
+        "The ONNX conversion rewritten with onnxruntime's fused operators "
+        "(``exportcheck sweep --exporter fused``; attention as ``MultiHeadAttention``, "
+        "skip and RMS normalizations, ...) and checked like the plain graph: every input "
+        "set against eager, and the generation loop.",
+        "",
+        f"* **{summary['fuse_and_correct']} of {total}** model types fuse (one fusion or "
+        f"more) and stay correct ({100 * summary['fuse_and_correct'] / total:.1f} %).",
+        f"* {summary['unfused_correct']} stay correct with no fusion applied"
+        + (f": {', '.join(unfused)}." if unfused else "."),
+        f"* {summary['failed']} fail: their fused graph does not load, run or match.",
+        f"* Results file: :download:`{os.path.basename(path)} <{os.path.basename(path)}>`.",
+        "",
+        _rst_table(
+            ["fusion", "model types where it applied and the graph stayed correct"],
+            [[k, str(n)] for k, n in summary["kinds"].most_common()] or [["none", "0"]],
+        ),
+        "",
+    ]
+    if failed:
+        lines += [
+            _rst_table(
+                ["model type", "fusions applied", "first error"],
+                [
+                    [
+                        t["source"],
+                        ", ".join(f"{k} {v}" for k, v in t["fusions"].items()),
+                        t["error"],
+                    ]
+                    for t in failed
+                ],
+            ),
+            "",
+        ]
+    return lines
 
 
 def verdict_changes(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -632,9 +721,20 @@ def task_summaries(status_dir: str) -> list[dict[str, Any]]:
                 "everywhere": summary["everywhere"],
                 "columns": list(summary["depth"]),
                 "minutes": None if summary["elapsed"] is None else summary["elapsed"] / 60,
+                "fused": _fused_count(path),
             }
         )
     return out
+
+
+def _fused_count(results: str) -> tuple[int, int] | None:
+    """(fuse and stay correct, swept) of the fused sweep beside ``results``, if any."""
+    fused = os.path.join(os.path.dirname(os.path.abspath(results)), FUSED_RESULTS)
+    rows = read_results(fused) if os.path.isfile(fused) else []
+    if not rows:
+        return None
+    summary = fused_summary(rows)
+    return summary["fuse_and_correct"], summary["total"]
 
 
 def summaries_markdown(summaries: list[dict[str, Any]]) -> str:
@@ -650,6 +750,14 @@ def summaries_markdown(summaries: list[dict[str, Any]]) -> str:
             + ("" if t["minutes"] is None else f"{t['minutes']:.1f} min")
             + " |"
         )
+    fused = [t for t in summaries if t.get("fused")]
+    if fused:
+        lines.append("")
+        lines += [
+            f"Fused for onnxruntime ({t['task']}): {t['fused'][0]} of {t['fused'][1]} model "
+            "types fuse and stay correct."
+            for t in fused
+        ]
     return "\n".join(lines)
 
 
@@ -708,6 +816,13 @@ def write_status(status_dir: str) -> list[str]:
         ),
         "",
         ".. image:: tasks.png",
+        "",
+        *(
+            f"* Fused for onnxruntime, {t['task']}: **{t['fused'][0]} of {t['fused'][1]}** "
+            f"model types fuse and stay correct (:doc:`details <{t['task']}/index>`)."
+            for t in summaries
+            if t.get("fused")
+        ),
         "",
         ".. toctree::",
         "   :maxdepth: 1",

@@ -17,7 +17,7 @@ import os
 import tempfile
 from typing import Any
 
-from . import register
+from . import EXPORTERS, register
 from .onnx import OnnxRuntime, onnx_summary
 
 __all__ = ["FUSIONS_KEY", "OnnxFusedRuntime", "fuse_for_ort"]
@@ -85,3 +85,7 @@ class OnnxFusedRuntime(OnnxRuntime):
 
 
 register(OnnxFusedRuntime())
+
+# ``--exporter fused`` (a sweep of the fused graph alone): the ExportedProgram, then its
+# fused ONNX conversion; the plain one is what ``--exporter onnx`` validates
+EXPORTERS["fused"] = ("exported_program", "onnx_ort")
