@@ -180,3 +180,44 @@ def test_the_reformer_eager_fixes_are_still_needed_and_keep_unpadded_steps():
     assert all(c["abs"] <= 1e-6 for c in fixed), fixed
     assert len(same[0].past_buckets_states.buckets_cache) == entries
     assert all(torch.equal(outs[i].logits, same[i].logits) for i in unpadded)
+
+
+@pytest.mark.models
+def test_the_nemotron_chunk_rewrites_keep_eager_numbers():
+    # nemotron_asr_chunks and nemotron_diarization_one_chunk are covered by the generic
+    # test above (their guards come back without them); this shows they change no
+    # number: one chunk (every clip the task checks) is bitwise the original, and chunks
+    # shrunk to 5 encoder frames, over lengths that are and are not multiples of them,
+    # differ by the padding of the shorter contexts only (float32 rounding).
+    from exportcheck.patches import PATCHES
+
+    m = untrained_model("nemo_speechlm")
+    tower = m.model.model.audio_tower
+    config = tower.config.diarization_config
+    bins = tower.config.asr_config.num_mel_bins
+    generator = torch.Generator().manual_seed(0)
+
+    def outputs(frames, patched):
+        features = torch.randn(2, frames, bins, generator=generator)
+        mask = torch.ones(2, frames, dtype=torch.long)
+        mask[1, frames - 40 :] = 0
+        with torch.no_grad():
+            expected = tower(features, input_features_mask=mask)
+            with (
+                PATCHES["nemotron_asr_chunks"].apply(tower) as asr,
+                PATCHES["nemotron_diarization_one_chunk"].apply(tower) as diarization,
+            ):
+                got = tower(features, input_features_mask=mask)
+        assert asr.changed and diarization.changed == patched, (asr, diarization)
+        return [
+            (getattr(expected, k), getattr(got, k))
+            for k in ("last_hidden_state", "asr_last_hidden_state", "speaker_logits")
+        ]
+
+    for frames in (168, 200):
+        assert all(torch.equal(a, b) for a, b in outputs(frames, True))
+    config.chunk_length, config.chunk_left_context, config.chunk_right_context = 5, 2, 3
+    for frames in (160, 168, 184):  # 20, 21 and 23 encoder frames: 4 or 5 chunks
+        pairs = outputs(frames, False)  # the diarization runs the original: several chunks
+        assert torch.equal(*pairs[2])
+        assert all(float((a - b).abs().max()) <= 1e-5 for a, b in pairs[:2]), pairs
