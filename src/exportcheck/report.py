@@ -547,7 +547,7 @@ def write_report(results: str, out_dir: str, title: str | None = None) -> list[s
         local = os.path.join(out_dir, FUSED_RESULTS)
         if os.path.abspath(local) != os.path.abspath(fused):
             shutil.copyfile(fused, local)
-        lines += _fused_lines(fused)
+        lines += _fused_lines(fused, rows)
     notes = _note_rows(summary)
     if notes:
         lines += [
@@ -605,11 +605,16 @@ def fused_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _fused_lines(path: str) -> list[str]:
-    """The task page's section on the fused graphs of ``path``."""
+def _fused_lines(path: str, plain_rows: list[dict[str, Any]]) -> list[str]:
+    """The task page's section on the fused graphs of ``path``; ``plain_rows``, the task's
+    sweep, tell the failures the fusions cause from those the plain graph has too."""
     summary = fused_summary(read_results(path))
     total = summary["total"]
     failed = [t for t in summary["types"] if not t["correct"]]
+    plain = {}
+    for row in map(upgrade_row, plain_rows):
+        plain[row["source"]] = bool(verdict(row).get("onnx", False))
+    broken = [t["source"] for t in failed if plain.get(t["source"])]
     unfused = [t["source"] for t in summary["types"] if t["correct"] and not t["fusions"]]
     lines = [
         "Fused for onnxruntime",
@@ -624,7 +629,14 @@ def _fused_lines(path: str) -> list[str]:
         f"more) and stay correct ({100 * summary['fuse_and_correct'] / total:.1f} %).",
         f"* {summary['unfused_correct']} stay correct with no fusion applied"
         + (f": {', '.join(unfused)}." if unfused else "."),
-        f"* {summary['failed']} fail: their fused graph does not load, run or match.",
+        f"* {summary['failed']} are not green; "
+        + (
+            f"{len(broken)} of them {'is' if len(broken) == 1 else 'are'} green as a plain "
+            f"ONNX graph, so the fusions broke {'it' if len(broken) == 1 else 'them'}: "
+            f"{', '.join(broken)}."
+            if broken
+            else "none of them is green as a plain ONNX graph either."
+        ),
         f"* Results file: :download:`{os.path.basename(path)} <{os.path.basename(path)}>`.",
         "",
         _rst_table(
