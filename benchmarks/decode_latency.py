@@ -199,6 +199,19 @@ def _builder_feeds(session, case: dict) -> dict:
     return {n: feeds[n] for n in names}
 
 
+def _hf_feeds(session, case: dict) -> dict:
+    """transformers.exporters' inputs by name: ``input.cache.layers.{i}.keys/values``."""
+    feeds = {"input_ids": case["input_ids"], "attention_mask": case["attention_mask"]}
+    for i, (k, v) in enumerate(case["past"]):
+        feeds[f"input.cache.layers.{i}.keys"] = k
+        feeds[f"input.cache.layers.{i}.values"] = v
+    names = [i.name for i in session.get_inputs()]
+    missing = set(names) - set(feeds)
+    if missing:
+        raise ValueError(f"transformers.exporters' graph takes inputs not fed here: {missing}")
+    return {n: feeds[n] for n in names}
+
+
 class _Runner:
     """One way, loaded once: ``logits(case)`` returns the last position's logits."""
 
@@ -237,6 +250,8 @@ class _Runner:
             return _torch_inputs(case)
         if self.way == "builder":
             return _builder_feeds(self.session, case)
+        if self.way == "hf":
+            return _hf_feeds(self.session, case)
         from exportcheck import ort_feeds
 
         return ort_feeds(self.session, _torch_inputs(case))
@@ -263,7 +278,8 @@ def measure(way: str, folder: str, shapes: list, threads: int, runs: int) -> dic
     load = time.perf_counter() - begin
     check = _case(config, batch=2, past=16, new=1, seed=1)
     logits = np.asarray(runner.call(runner.prepared(check)))[:, -1, :]
-    result = {"way": way, "load_s": load, "check_logits": logits.tolist(), "times": {}}
+    np.save(os.path.join(folder, f"check_{way}.npy"), logits)  # the driver compares them
+    result = {"way": way, "load_s": load, "times": {}}
     for kind, batch, length in shapes:
         past, new = (length, 1) if kind == "decode" else (0, length)
         case = _case(config, batch, past, new, seed=2)
@@ -447,6 +463,15 @@ def run(args, folder: str) -> dict:
             row.update(peak_kb=peak, repeat=r)
             report["runs"].append(row)
             print(f"repeat {r} {way}: {row['times']}", file=sys.stderr)
+    import numpy as np
+
+    if "eager" in args.ways:  # every way's logits of the check set against eager's
+        expected = np.load(os.path.join(folder, "check_eager.npy"))
+        report["check_max_abs_diff"] = {
+            way: float(np.abs(np.load(os.path.join(folder, f"check_{way}.npy")) - expected).max())
+            for way in args.ways
+            if way != "eager"
+        }
     report["bandwidth"] = max(bandwidths)
     report["bandwidths"] = bandwidths
     report["shapes"] = shapes
@@ -462,11 +487,8 @@ def _kv_bytes_per_token(folder: str) -> int:
 
 def render(report: dict) -> str:
     """The markdown table: per shape, each way's median time and its ratios."""
-    import numpy as np
 
     ways = list(dict.fromkeys(r["way"] for r in report["runs"]))
-    first = {w: next(r for r in report["runs"] if r["way"] == w) for w in ways}
-    reference = np.asarray(first["eager"]["check_logits"]) if "eager" in first else None
     lines = [
         f"{report['source']}"
         + (f" ({report['layers']} layers)" if report.get("layers") else "")
@@ -475,17 +497,15 @@ def render(report: dict) -> str:
         f"{report['weight_bytes'] / 1e6:.0f} MB",
         "",
     ]
-    if reference is not None:
-        diffs = ", ".join(
-            f"{TITLES[w]} {np.abs(np.asarray(first[w]['check_logits']) - reference).max():.1e}"
-            for w in ways
-            if w != "eager"
-        )
+    if report.get("check_max_abs_diff"):
+        diffs = ", ".join(f"{TITLES[w]} {d:.1e}" for w, d in report["check_max_abs_diff"].items())
         lines += [f"max abs diff of the logits to eager (batch 2, 16 cached, 1 new): {diffs}", ""]
     medians = _medians(report)
     header = ["shape", *(f"{TITLES[w]} ms" for w in ways)]
     if "builder" in ways:
         header += [f"{TITLES[w]} / builder" for w in ways if w != "builder"]
+    if "fused" in ways and "eager" in ways:
+        header.append("fused / eager")
     header += ["floor ms", "fused / floor" if "fused" in ways else "best / floor"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for kind, batch, length in report["shapes"]:
@@ -494,6 +514,8 @@ def render(report: dict) -> str:
         cells = [key, *(f"{ms[w]:.1f}" for w in ways)]
         if "builder" in ways:
             cells += [f"{ms[w] / ms['builder']:.2f}" for w in ways if w != "builder"]
+        if "fused" in ways and "eager" in ways:
+            cells.append(f"{ms['fused'] / ms['eager']:.2f}")
         if kind == "decode":
             read = report["weight_bytes"] + batch * length * report["kv_bytes_per_token"]
             floor = 1e3 * read / report["bandwidth"]

@@ -45,3 +45,13 @@ needs_experts_implementation = pytest.mark.skipif(
     not hasattr(transformers.PretrainedConfig(), "_experts_implementation"),
     reason=f"transformers {transformers.__version__} configs have no experts implementation",
 )
+
+
+def load_script(path):
+    """A Python file that is not in a package (docs hooks, a benchmark), as a module."""
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

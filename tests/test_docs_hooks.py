@@ -1,18 +1,14 @@
 """The docs build refuses recipe pages that report a zero running time."""
 
-import importlib.util
 from pathlib import Path
+
+from support import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _hooks():
-    spec = importlib.util.spec_from_file_location(
-        "gallery_hooks", ROOT / "docs" / "gallery_hooks.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "docs" / "gallery_hooks.py")
 
 
 def test_zero_running_time_is_reported(tmp_path):
