@@ -1,6 +1,6 @@
 """
 Fused for onnxruntime: attention and layer norms as contrib operators, checked
-=============================================================================
+==============================================================================
 
 onnxruntime runs faster when a graph uses its fused contrib operators
 (``MultiHeadAttention``, ``SkipSimplifiedLayerNormalization``, ...) instead of the
