@@ -86,6 +86,23 @@ def audio_token(config: Any) -> int:
     )
 
 
+def audio_function_of(model_type: str | None) -> Any:
+    """A family's ``input_layouts`` entry ``audio_features``: a function computing what
+    ``get_audio_features`` would return, for a model whose forward runs its audio
+    encoder inline and has no such method (None when the family declares none)."""
+    return INPUT_LAYOUTS.get(model_type, ({}, ""))[0].get("audio_features")
+
+
+def bind_audio_function(model: Any) -> None:
+    """Bind the family's ``audio_features`` (:func:`audio_function_of`) to ``model`` as its
+    ``get_audio_features``, on this instance only."""
+    import types
+
+    function = audio_function_of(getattr(model.config, "model_type", None))
+    if function is not None:
+        model.get_audio_features = types.MethodType(function, model)
+
+
 def _audio_function(model: Any) -> Any:
     """``get_audio_features`` where its parameters are declared (a head may forward
     ``*args, **kwargs`` to its base model's)."""
@@ -382,6 +399,7 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
     torch.manual_seed(seed)
     model = auto.from_config(config).to(torch.float32).eval()
     prepare_weights(model, config)
+    bind_audio_function(model)
     token = audio_token(config)
     parts = _parts()
     masked = audio_arguments(model)[1] is not None

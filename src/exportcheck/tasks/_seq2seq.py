@@ -179,12 +179,16 @@ def _parts() -> dict[str, type]:
 
 def _audio_lm_class(task: Any, config: Any) -> bool:
     """True when the task's auto class maps ``config`` to an audio LM (a model with
-    ``get_audio_features`` that is not an encoder-decoder)."""
+    ``get_audio_features``, or whose family gives one, that is not an encoder-decoder)."""
     import transformers
+
+    from ._audio_lm import audio_function_of
 
     mapping = getattr(transformers.models.auto.modeling_auto, task.mapping, {})
     cls = getattr(transformers, mapping.get(config.model_type, ""), None)
-    return cls is not None and hasattr(cls, "get_audio_features")
+    if cls is None:
+        return False
+    return hasattr(cls, "get_audio_features") or audio_function_of(config.model_type) is not None
 
 
 def check_rank(name: str, tensor: Any, rank: int, layout: str) -> None:
