@@ -221,3 +221,26 @@ def test_the_nemotron_chunk_rewrites_keep_eager_numbers():
         pairs = outputs(frames, False)  # the diarization runs the original: several chunks
         assert torch.equal(*pairs[2])
         assert all(float((a - b).abs().max()) <= 1e-5 for a, b in pairs[:2]), pairs
+
+
+@pytest.mark.models
+def test_the_moonshine_encoder_copy_is_still_needed_and_keeps_the_first_call():
+    # moonshine_streaming's decoder adds its position embeddings to the caller's encoder
+    # states in place; the patch passes it a copy, and the first call's logits stay
+    from exportcheck.patches import PATCHES
+
+    m = untrained_model("moonshine_streaming", task="automatic-speech-recognition")
+    init = next(c for c in m.components if c.name == "decoder_init")
+    feeds = dict(init.input_sets[0])
+    before = feeds["encoder_hidden_states"].clone()
+    feeds["encoder_hidden_states"] = before.clone()
+    with torch.no_grad():
+        first = init.module(**feeds)["logits"]
+    assert not torch.equal(feeds["encoder_hidden_states"], before)  # shifted in place
+    feeds["encoder_hidden_states"] = before.clone()
+    with PATCHES["moonshine_encoder_copy"].apply(m.model) as record, torch.no_grad():
+        again = init.module(**feeds)["logits"]
+        twice = init.module(**feeds)["logits"]
+    assert record.changed
+    assert torch.equal(feeds["encoder_hidden_states"], before)
+    assert torch.equal(first, again) and torch.equal(again, twice)

@@ -29,6 +29,7 @@ from typing import Any
 from ..dims import BATCH_MAX, length_bounds, sequence_bound
 from ..families import ONE_TOKEN_DECODE
 from ..models import UntrainedModel, prepare_weights
+from ..patches import eager_fixes
 from . import Component, Generation, Task, _audio_lm
 from ._encoder import token_inputs
 from ._tokens import random_ids
@@ -372,7 +373,9 @@ class Seq2Seq(Task):
                 }
             )
             prefix = random_ids(decoder_config, (n_batch, cached), generator)
-            with torch.no_grad():
+            # with the family's eager fixes, as validate's reference: a decoder that
+            # changed its inputs in place would otherwise store changed states in the sets
+            with torch.no_grad(), eager_fixes(model):
                 prefill = DecoderInit(model, cache_argument)(prefix, states, **masks)
             # in the order of DecoderStep.forward: the ONNX inputs follow it
             step_sets.append(
