@@ -272,19 +272,21 @@ register(
                     "seven sets, but its ONNX conversion fails in the decompositions "
                     "('Failed to decompose the FX graph for ONNX compatibility': "
                     "\"aten::sub() Expected a value of type 'Tensor' for argument 'self' but "
-                    "instead found type 'float'\"; the exported graph itself holds no "
-                    "subtraction from a Python float, so the op is produced by a "
-                    "decomposition, not located yet). The first decoder step, several "
-                    "tokens without a cache, cannot be exported with a dynamic length: "
-                    "'Constraints violated (seq_length)! ... generated guard (((-1) + "
+                    "instead found type 'float'\"): ProphetNetEncoder.forward "
+                    "(transformers/models/prophetnet/modeling_prophetnet.py:1011) computes "
+                    "1.0 - (the integer mask repeated per head), exported as "
+                    "aten.rsub.Scalar on an int64 tensor, which the ONNX exporter's "
+                    "decomposition turns into sub(1.0, tensor); the same model fed a "
+                    "float mask converts. The first decoder step, several tokens without a "
+                    "cache, cannot be exported with a dynamic length: 'Constraints "
+                    "violated (seq_length)! ... generated guard (((-1) + "
                     "4*L['decoder_input_ids'].size()[1]) // "
-                    "L['decoder_input_ids'].size()[1]) == 3 ... min(L['decoder_input_ids']"
-                    ".size()[1], 16*L['decoder_input_ids'].size()[1]*L['decoder_input_ids']"
-                    ".size()[1]) == L['decoder_input_ids'].size()[1]': the precomputed "
-                    "relative-position buckets of the n-gram streams are viewed from "
-                    "repeated tensors, the path prophetnet_decode_step rewrites for the "
-                    "cached step only. Eager's decode step equals the full decoder forward "
-                    "with prophetnet_predict_layout",
+                    "L['decoder_input_ids'].size()[1]) == 3', the number of pieces "
+                    "hidden_states.chunk(1 + ngram, dim=1) checks in "
+                    "ProphetNetNgramSelfAttention.forward (:602): true for every length, "
+                    "but not provable by the symbolic shapes, and a torch._check of the "
+                    "same expression does not discharge it. Eager's decode step equals the "
+                    "full decoder forward with prophetnet_predict_layout",
                 ),
             },
         },
