@@ -596,6 +596,9 @@ _NOT_RUN_IN_EAGER = {
     "test_patches_apply_inside_and_restore_after nests it",
     "mbart_shift_squeeze": "only the masked LM shifts tokens, not the causal LM built here; "
     "tests/test_encoder_families.py nests it on the masked LM",
+    "prophetnet_float_masks": "only the encoder-decoder reads the encoder's mask, not the "
+    "causal LM built here; tests/test_patches_needed.py runs it on text2text-generation's "
+    "encoder",
 }
 #: generic patches (no model types of their own) -> a model type that runs through them
 _GENERIC_MODEL_TYPES = {

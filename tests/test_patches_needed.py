@@ -35,6 +35,9 @@ _ELSEWHERE = {
     "lasr_contiguous_subsampling": "tests/test_ctc.py",
     # its error shows in the conversion of the task's component as validate builds it
     "siglip2_scalar_checks": "tests/test_image_classification.py",
+    # text2text-generation's graphs: shown below
+    "prophetnet_streams_split": "tests/test_patches_needed.py",
+    "prophetnet_float_masks": "tests/test_patches_needed.py",
 }
 
 
@@ -244,3 +247,29 @@ def test_the_moonshine_encoder_copy_is_still_needed_and_keeps_the_first_call():
     assert record.changed
     assert torch.equal(feeds["encoder_hidden_states"], before)
     assert torch.equal(first, again) and torch.equal(again, twice)
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(
+    ("name", "component", "runtime"),
+    [
+        ("prophetnet_streams_split", "decoder_init", "exported_program"),
+        ("prophetnet_float_masks", "encoder", "onnx"),
+    ],
+)
+def test_the_prophetnet_text2text_patches_are_still_needed(name, component, runtime, tmp_path):
+    # the first decoder step (several tokens) and the encoder exist in text2text-generation
+    # only; without the patch, their export or conversion fails with the error it names
+    m = untrained_model("prophetnet", task="text2text-generation")
+    c = next(x for x in m.components if x.name == component)
+    feeds = c.input_sets[0]
+    patches = export_patches(c.module, exclude=(name,), runtime=runtime)
+    with pytest.raises(Exception) as failure, patches, torch.no_grad():
+        program = torch.export.export(
+            c.module, (), kwargs=copy.deepcopy(feeds), dynamic_shapes=c.dynamic_shapes
+        )
+        if runtime == "onnx":
+            torch.onnx.export(program, (), str(tmp_path / "m.onnx"), kwargs=copy.deepcopy(feeds))
+    text = _error_text(failure.value)
+    missing = [f for f in _fragments(PATCHES[name].fixes) if f not in text]
+    assert not missing, f"{name}: {missing} not in\n{text[:3000]}"

@@ -40,23 +40,17 @@ def _prophetnet_buckets(self, offsets, position_ids):
 
 
 def prophetnet_main_relative(self, hidden_states, attn_weights, position_ids, buckets):
-    """get_main_relative_pos_embeddings: the decode step gathers with expanded buckets."""
-    if buckets is not None:  # no cache: the decoder precomputed the buckets
-        return passthrough(
-            prophetnet_main_relative.original,
-            self,
-            hidden_states,
-            attn_weights,
-            position_ids,
-            buckets,
-        )
+    """get_main_relative_pos_embeddings, gathering with buckets broadcast over the heads:
+    those the decoder precomputed (no cache, a row of buckets per query) or, in the
+    decode step, the new token's."""
     batch, heads, tgt, src = attn_weights.shape
-    buckets = _prophetnet_buckets(
-        self, torch.arange(1, src + 1, device=position_ids.device), position_ids
-    )
+    if buckets is None:
+        buckets = _prophetnet_buckets(
+            self, torch.arange(1, src + 1, device=position_ids.device), position_ids
+        )
     rel = self.relative_pos_embeddings(hidden_states)  # (batch, tgt, buckets * heads)
     rel = rel.view(batch, tgt, self.num_buckets, heads).permute(0, 3, 1, 2)
-    return torch.gather(rel, 3, buckets[:, None].expand(batch, heads, tgt, src))
+    return torch.gather(rel, 3, buckets.long()[:, None].expand(batch, heads, tgt, src))
 
 
 def prophetnet_predict_relative(self, hidden_states, attn_weights, position_ids, buckets):
@@ -256,6 +250,98 @@ PROPHETNET_DECODE_STEP = Patch(
 )
 
 
+def prophetnet_streams_chunk(self, chunks, dim=0):
+    """torch.Tensor.chunk, in equal pieces by narrow when the length is a multiple of the
+    piece count (the same pieces); otherwise the original."""
+    from torch.fx.experimental.symbolic_shapes import guard_or_false
+
+    length = self.shape[dim]
+    if not guard_or_false(length % chunks == 0):
+        return passthrough(prophetnet_streams_chunk.original, self, chunks, dim)
+    size = length // chunks
+    return tuple(self.narrow(dim, i * size, size) for i in range(chunks))
+
+
+def _install_prophetnet_streams_split(patcher: Any, model: Any) -> None:
+    """Cut ProphetNet's main and predict streams into equal pieces by narrowing.
+
+    Fixes: the first decoder step (several tokens, no cache) exported with a dynamic
+    length: ``Constraints violated (seq_length)! ... generated guard (((-1) +
+    4*L['decoder_input_ids'].size()[1]) // L['decoder_input_ids'].size()[1]) == 3``.
+    ProphetNetNgramSelfAttention.forward
+    (transformers/models/prophetnet/modeling_prophetnet.py:602-605) cuts the hidden states,
+    queries, keys and values of its 1 + ngram streams with ``chunk``, whose decomposition
+    checks that pieces of ceil(length / pieces) give that many pieces: true for every
+    length, not provable by the symbolic shapes. The streams have equal lengths, so the
+    replacement narrows each piece at its offset: the same tensors. It replaces
+    ``torch.Tensor.chunk`` while ProphetNet is exported (those four lines are the model's
+    only calls) and narrows only a length known to be a multiple of the piece count,
+    where ``chunk`` gives the same pieces; any other call runs the original.
+
+    Remove when: torch.export proves the piece count of ``chunk`` on a multiple of it.
+    """
+    patcher.replace(torch.Tensor, "chunk", prophetnet_streams_chunk)
+
+
+PROPHETNET_STREAMS_SPLIT = Patch(
+    name="prophetnet_streams_split",
+    fixes="Constraints violated (seq_length)! ... ((-1) + 4*L['decoder_input_ids'].size()[1]) "
+    "// L['decoder_input_ids'].size()[1]) == 3",
+    remove_when="torch.export proves the piece count of chunk on a multiple of it",
+    install=_install_prophetnet_streams_split,
+    model_types=("prophetnet",),
+)
+
+
+def _float_masks(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    for name in ("attention_mask", "encoder_attention_mask"):
+        mask = kwargs.get(name)
+        if isinstance(mask, torch.Tensor) and not mask.is_floating_point():
+            kwargs[name] = mask.to(self.dtype)
+    return kwargs
+
+
+def prophetnet_encoder_float_masks(self, *args, **kwargs):
+    """ProphetNetEncoder.forward with its mask as floats."""
+    return prophetnet_encoder_float_masks.original(self, *args, **_float_masks(self, kwargs))
+
+
+def prophetnet_model_float_masks(self, *args, **kwargs):
+    """ProphetNetModel.forward with the encoder's mask, which its decoder also reads, as
+    floats."""
+    return prophetnet_model_float_masks.original(self, *args, **_float_masks(self, kwargs))
+
+
+def _install_prophetnet_float_masks(patcher: Any, model: Any) -> None:
+    """Give ProphetNet's encoder and its decoder's cross-attention their masks as floats.
+
+    Fixes: the ONNX conversion, ``Failed to decompose the FX graph for ONNX
+    compatibility`` (``aten::sub() Expected a value of type 'Tensor' for argument 'self'
+    but instead found type 'float'``): ProphetNetEncoder.forward and ProphetNetDecoder.forward
+    (transformers/models/prophetnet/modeling_prophetnet.py:1011, :1189) compute ``1.0 -
+    mask`` on the integer masks, exported as ``aten.rsub.Scalar`` on an int64 tensor,
+    which the ONNX exporter's decomposition turns into ``sub(1.0, tensor)``, a call it
+    cannot trace. On a float mask the same expression converts. ``1.0 - mask`` is a float
+    either way: the same numbers.
+
+    Remove when: the ONNX exporter decomposes ``rsub`` of an integer tensor.
+    """
+    patcher.replace_in(MODULE, "ProphetNetEncoder", "forward", prophetnet_encoder_float_masks)
+    # (ProphetNetDecoder.forward is prophetnet_cached_mask's: the decoder gets the encoder's
+    # mask through the model)
+    patcher.replace_in(MODULE, "ProphetNetModel", "forward", prophetnet_model_float_masks)
+
+
+PROPHETNET_FLOAT_MASKS = Patch(
+    name="prophetnet_float_masks",
+    fixes="Failed to decompose the FX graph for ONNX compatibility ... aten::sub() Expected "
+    "a value of type 'Tensor' for argument 'self' but instead found type 'float'",
+    remove_when="the ONNX exporter decomposes rsub of an integer tensor",
+    install=_install_prophetnet_float_masks,
+    model_types=("prophetnet",),
+)
+
+
 register(
     Family(
         name="prophetnet",
@@ -263,32 +349,12 @@ register(
         one_token_decode={
             "prophetnet": "with a cache, the n-gram decoder accepts exactly one new token"
         },
-        patches=(PROPHETNET_DECODE_STEP, PROPHETNET_PREDICT_LAYOUT, PROPHETNET_CACHED_MASK),
-        task_known_failures={
-            "text2text-generation": {
-                "prophetnet": (
-                    r"ConversionError: Failed to decompose the FX graph",
-                    "two failures. The encoder's ExportedProgram matches eager on all "
-                    "seven sets, but its ONNX conversion fails in the decompositions "
-                    "('Failed to decompose the FX graph for ONNX compatibility': "
-                    "\"aten::sub() Expected a value of type 'Tensor' for argument 'self' but "
-                    "instead found type 'float'\"): ProphetNetEncoder.forward "
-                    "(transformers/models/prophetnet/modeling_prophetnet.py:1011) computes "
-                    "1.0 - (the integer mask repeated per head), exported as "
-                    "aten.rsub.Scalar on an int64 tensor, which the ONNX exporter's "
-                    "decomposition turns into sub(1.0, tensor); the same model fed a "
-                    "float mask converts. The first decoder step, several tokens without a "
-                    "cache, cannot be exported with a dynamic length: 'Constraints "
-                    "violated (seq_length)! ... generated guard (((-1) + "
-                    "4*L['decoder_input_ids'].size()[1]) // "
-                    "L['decoder_input_ids'].size()[1]) == 3', the number of pieces "
-                    "hidden_states.chunk(1 + ngram, dim=1) checks in "
-                    "ProphetNetNgramSelfAttention.forward (:602): true for every length, "
-                    "but not provable by the symbolic shapes, and a torch._check of the "
-                    "same expression does not discharge it. Eager's decode step equals the "
-                    "full decoder forward with prophetnet_predict_layout",
-                ),
-            },
-        },
+        patches=(
+            PROPHETNET_DECODE_STEP,
+            PROPHETNET_PREDICT_LAYOUT,
+            PROPHETNET_CACHED_MASK,
+            PROPHETNET_STREAMS_SPLIT,
+            PROPHETNET_FLOAT_MASKS,
+        ),
     )
 )
