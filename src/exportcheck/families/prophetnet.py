@@ -274,13 +274,16 @@ def _install_prophetnet_streams_split(patcher: Any, model: Any) -> None:
     checks that pieces of ceil(length / pieces) give that many pieces: true for every
     length, not provable by the symbolic shapes. The streams have equal lengths, so the
     replacement narrows each piece at its offset: the same tensors. It replaces
-    ``torch.Tensor.chunk`` while ProphetNet is exported (those four lines are the model's
-    only calls) and narrows only a length known to be a multiple of the piece count,
+    ``torch.Tensor.chunk`` while a model holding ProphetNet modules is exported (given to
+    :func:`exportcheck.export_patches`; those four lines are the model's only calls) and
+    narrows only a length known to be a multiple of the piece count,
     where ``chunk`` gives the same pieces; any other call runs the original.
 
     Remove when: torch.export proves the piece count of ``chunk`` on a multiple of it.
     """
-    patcher.replace(torch.Tensor, "chunk", prophetnet_streams_chunk)
+    # torch.Tensor is everyone's: replaced only while a ProphetNet model is exported
+    if model is not None and any(type(m).__module__ == MODULE for m in model.modules()):
+        patcher.replace(torch.Tensor, "chunk", prophetnet_streams_chunk)
 
 
 PROPHETNET_STREAMS_SPLIT = Patch(
