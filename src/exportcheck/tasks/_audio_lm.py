@@ -389,9 +389,6 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
     import torch
     import transformers
 
-    from ..caches import cache_dynamic_shapes
-    from ..tasks.text_generation import _contiguous
-
     auto = getattr(transformers, task.auto_class)
     kind = _audio_kind(task, config)
     extractor = _audio_features_extractor(config, kind)
@@ -404,9 +401,6 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
     parts = _parts()
     masked = audio_arguments(model)[1] is not None
     encoder = parts[kind if masked or kind != "input_features" else "unmasked"](model)
-    embed = parts["embed_tokens"](model)
-    decoder = parts["decoder"](model)
-    text = config.get_text_config(decoder=True)
     generator = torch.Generator().manual_seed(seed)
     batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
 
@@ -459,6 +453,42 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
             "as the model does; the text steps still take padded batches"
         )
 
+    return merged_lm(
+        task.name,
+        model,
+        config,
+        notes,
+        Component("audio_encoder", encoder, audio_sets, audio_shapes, audio_labels),
+        token,
+        generator,
+        batch,
+    )
+
+
+def merged_lm(
+    task_name: str,
+    model: Any,
+    config: Any,
+    notes: list[str],
+    encoder: Component,
+    token: int,
+    generator: Any,
+    batch: Any,
+) -> UntrainedModel:
+    """The model of an LM whose forward merges an encoder's outputs into its input
+    embeddings at the positions of ``token``: the ``encoder`` component, then
+    ``embed_tokens`` and the ``decoder`` step on input embeddings with their input sets
+    (prompts of text tokens, none of them ``token``, one set left-padded, the last at the
+    declared bounds)."""
+    import torch
+
+    from ..caches import cache_dynamic_shapes
+    from ..tasks.text_generation import _contiguous
+
+    parts = _parts()
+    embed = parts["embed_tokens"](model)
+    decoder = parts["decoder"](model)
+    text = config.get_text_config(decoder=True)
     seq_max, cache_max = length_bounds(text)
     shapes = [*DECODER_SETS, (BATCH_MAX, seq_max, cache_max, 0)]
     step_sets, prompts, prompt_masks, embed_sets, labels = [], [], [], [], []
@@ -504,10 +534,10 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
         shapes=[(b, n, c) for b, n, c, _ in shapes],
         prompts=prompts,
         prompt_masks=prompt_masks,
-        task=task.name,
+        task=task_name,
         notes=notes,
         components=[
-            Component("audio_encoder", encoder, audio_sets, audio_shapes, audio_labels),
+            encoder,
             Component(
                 "embed_tokens",
                 embed,
@@ -603,29 +633,80 @@ def generate_eager(m: UntrainedModel) -> Generation:
 
 
 def generate(m: UntrainedModel, call: Any, forced: Any) -> Generation:
-    """The encoder once, the token embeddings of the prompt with the frames scattered over
-    the audio tokens, the prompt's first position eagerly (the decoder graph takes a
-    cache), the rest of the prompt through the decoder graph, then one step per token."""
+    """The encoder once, then :func:`merged_generate` on the prompt."""
+    feeds = generation_inputs(m)
+    return merged_generate(
+        m, call, forced, "audio_encoder", feeds["audio"], feeds, audio_token(m.config), "frames"
+    )
+
+
+def merge(embeds: Any, ids: Any, token: int, features: Any, what: str) -> Any:
+    """``embeds`` with the rows of ``features`` in place of the embeddings of ``token``, in
+    order, as the models' forward does (``masked_scatter``).
+
+    :raises ValueError: when the prompt holds another number of ``token`` than there are
+        rows of ``features``
+    """
+    placeholders = int((ids == token).sum())
+    if placeholders != features.shape[0]:
+        raise ValueError(
+            f"the prompt holds {placeholders} placeholder tokens (id {token}) and the encoder "
+            f"returned {features.shape[0]} {what}: put one placeholder per {what[:-1]} in "
+            "input_ids, as the model's processor expands them"
+        )
+    where = (ids == token)[..., None].expand_as(embeds)
+    return embeds.masked_scatter(where, features.to(embeds.dtype))
+
+
+def merged_generate(
+    m: UntrainedModel,
+    call: Any,
+    forced: Any,
+    encoder: str,
+    encoder_feeds: dict[str, Any],
+    feeds: dict[str, Any],
+    token: int,
+    what: str,
+) -> Generation:
+    """The ``encoder`` component once, the token embeddings of the prompt with its outputs
+    merged over the ``token`` positions (:func:`merge`), the prompt's first position
+    eagerly (the decoder graph takes a cache), the rest of the prompt through the decoder
+    graph, then one step per token."""
     import torch
 
-    feeds = generation_inputs(m)
     ids, mask = feeds["input_ids"], feeds["attention_mask"]
-    frames = call("audio_encoder", feeds["audio"])
-    embeds = call("embed_tokens", {"input_ids": ids})
-    where = (ids == audio_token(m.config))[..., None].expand_as(embeds)
-    merged = embeds.masked_scatter(where, frames.to(embeds.dtype))
+    # the prompt in chunks of at most the graphs' declared new positions
+    step = next(c for c in m.components if c.name == "decoder")
+    bound = getattr(step.dynamic_shapes["inputs_embeds"][1], "max", ids.shape[1])
+    features = call(encoder, encoder_feeds)
+    embeds = torch.cat(
+        [
+            call("embed_tokens", {"input_ids": ids[:, start : start + bound]})
+            for start in range(0, ids.shape[1], bound)
+        ],
+        1,
+    )
+    merged = merge(embeds, ids, token, features, what)
     with torch.no_grad():
         first = m.model(inputs_embeds=merged[:, :1], attention_mask=mask[:, :1], use_cache=True)
-    out = call(
-        "decoder",
-        {"inputs_embeds": merged[:, 1:], "attention_mask": mask, "cache": _cache_of(first)},
-    )
+    out, cache, chunks = None, _cache_of(first), 0
+    for start in range(1, merged.shape[1], bound):
+        end = min(start + bound, merged.shape[1])
+        out = call(
+            "decoder",
+            {
+                "inputs_embeds": merged[:, start:end],
+                "attention_mask": mask[:, :end],
+                "cache": cache,
+            },
+        )
+        cache, chunks = out["cache"], chunks + 1
     logits = [out["logits"][:, -1].detach().float()]
     seen = mask
     for t in range(NEW_TOKENS - 1):
-        token = forced[:, t : t + 1]
-        seen = torch.cat([seen, torch.ones_like(token)], 1)
-        step = call("embed_tokens", {"input_ids": token})
+        token_ids = forced[:, t : t + 1]
+        seen = torch.cat([seen, torch.ones_like(token_ids)], 1)
+        step = call("embed_tokens", {"input_ids": token_ids})
         out = call(
             "decoder", {"inputs_embeds": step, "attention_mask": seen, "cache": out["cache"]}
         )
@@ -633,9 +714,11 @@ def generate(m: UntrainedModel, call: Any, forced: Any) -> Generation:
     return Generation(
         tokens=torch.stack([step.argmax(-1) for step in logits], 1),
         logits=logits,
-        calls=3 + 2 * (NEW_TOKENS - 1),
+        calls=1 + -(-ids.shape[1] // bound) + chunks + 2 * (NEW_TOKENS - 1),
         prefill=(
-            "audio encoder once, the frames merged into the prompt's embeddings, the first "
-            f"of its {ids.shape[1]} positions eager, the rest through the decoder graph"
+            f"{encoder.replace('_', ' ')} once, its {what} merged into the prompt's "
+            f"embeddings, the first of its {ids.shape[1]} positions eager, the rest through "
+            "the decoder graph"
+            + (f" in {chunks} chunks of at most {bound} positions" if chunks > 1 else "")
         ),
     )

@@ -1,0 +1,515 @@
+"""image-text-to-text: vision-language models exported as the parts a runtime drives.
+
+The model is built with ``AutoModelForImageTextToText``
+(``MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES``). Its forward embeds the prompt's token
+ids, runs the vision encoder and its projector (``get_image_features``), scatters the
+image features over the positions of the image placeholder token and runs a causal LM on
+the result. It is exported as three graphs and one merge, as a runtime drives them:
+
+* ``vision_encoder``: the image inputs as the model's processor gives them -> the image
+  features of every image, one row per image token;
+* ``embed_tokens``: token ids -> input embeddings;
+* the merge, in the driver: the features replace the embeddings of the image tokens, in
+  order (``masked_scatter``, as the forward does); a prompt with another number of image
+  tokens than there are feature rows is refused with a sentence saying so;
+* ``decoder``: a decode step of the causal LM on input embeddings with the cache of the
+  positions before -> logits and the grown cache.
+
+Two layouts of image inputs are built from the config, without a processor:
+
+* ``pixels``: ``pixel_values`` ``(images, channels, height, width)`` at the vision
+  config's ``image_size``. The resolution stays static: the processors of these models
+  resize every image to that size (LLaVA, Gemma 3, PaliGemma, InternVL, ...). Dynamic:
+  ``images``.
+* ``stacked``: the same images, which ``get_image_features`` takes as the image list
+  of one prompt, ``(1, images, channels, height, width)`` (Idefics 2 and 3, SmolVLM);
+  ``generate`` gets one image per prompt row.
+* ``grid``: the patches of images of varying resolution flattened into one sequence,
+  ``pixel_values`` ``(patches, channels * temporal_patch_size * patch_size ** 2)`` with
+  ``image_grid_thw`` ``(images, 3)`` (the Qwen2-VL family's processor). Dynamic:
+  ``patches`` and ``images``; each input set has grids of its own, and two of them are
+  resolutions the export did not see.
+
+The decoder step is checked against a full forward over its prompt and new embeddings.
+Generation: the vision encoder once, the merged prompt (text, the image's tokens, text),
+then 8 greedy steps through each runtime against eager ``generate(do_sample=False)``
+with the same image.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import re
+from typing import Any
+
+from ..dims import BATCH_MAX
+from ..models import UntrainedModel, prepare_weights
+from . import Component, Generation, Task, _audio_lm, register
+
+__all__ = ["ImageTextToText", "check_image_inputs", "image_token", "vision_layout"]
+
+#: images of each ``pixels`` input set: every set a distinct count, the last at the bound
+IMAGE_COUNTS = [2, 1, 3, 4, 5, 6, BATCH_MAX]
+#: the grids ``(t, h, w)`` of the images of each ``grid`` input set, in patches before the
+#: spatial merge (multiplied by it): the first is traced, the others unseen, the last
+#: holds the most patches
+GRIDS = [
+    [(1, 2, 2), (1, 2, 3)],
+    [(1, 3, 2)],
+    [(1, 2, 2), (1, 1, 1), (1, 3, 3)],
+    [(1, 4, 2)],
+    [(1, 1, 2), (1, 2, 1), (1, 1, 1), (1, 2, 2)],
+    [(1, 3, 4)],
+    [(1, 4, 4), (1, 4, 4)],
+]
+#: patches per side of the images of a fixed-resolution encoder: a larger image_size of
+#: the tiny config is shrunk to this many patches
+PATCHES_PER_SIDE = 8
+#: text tokens before and after the image in the generation prompt
+GENERATION_TEXT = (3, 2)
+_TOKEN_NAMES = ("image_token_id", "image_token_index")
+
+
+def image_token(config: Any) -> int:
+    """The id of the image placeholder token.
+
+    :raises ValueError: when the config names none
+    """
+    for name in _TOKEN_NAMES:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(
+        f"{type(config).__name__} names no image placeholder token ({' or '.join(_TOKEN_NAMES)}): "
+        "exportcheck exports models that merge image features at that token's positions"
+    )
+
+
+def _image_function(model: Any) -> Any:
+    function = getattr(model, "get_image_features", None)
+    if function is None:
+        raise ValueError(
+            f"{type(model).__name__} has no get_image_features: exportcheck exports "
+            "vision-language models whose forward merges image features into the input "
+            "embeddings, and this one consumes the image otherwise"
+        )
+    params = inspect.signature(function).parameters
+    if all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values()):
+        inner = getattr(getattr(model, "model", None), "get_image_features", None)
+        if inner is not None:
+            return inner
+    return function
+
+
+def vision_layout(model: Any) -> str:
+    """``pixels``, ``stacked`` or ``grid``: how ``get_image_features`` takes the image (see
+    the module).
+
+    :raises ValueError: for a function that requires other inputs
+    """
+    params = inspect.signature(_image_function(model)).parameters
+    required = [
+        name
+        for name, p in params.items()
+        if p.default is p.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and name != "pixel_values"
+    ]
+    if "pixel_values" not in params or required:
+        raise ValueError(
+            f"{type(model).__name__}.get_image_features takes {list(params)}: exportcheck "
+            "builds pixel_values, with image_grid_thw for patch sequences, and no other "
+            "required input"
+        )
+    if "image_grid_thw" in params:
+        return "grid"
+    functions = [
+        _image_function(model),
+        getattr(getattr(model, "model", None), "get_image_features", None),
+    ]
+    source = "".join(inspect.getsource(f) for f in functions if f is not None)
+    return "stacked" if re.search(r"batch_size, num_images, num_channels", source) else "pixels"
+
+
+def _vision_config(config: Any) -> Any:
+    return getattr(config, "vision_config", None) or config
+
+
+def _get(config: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _side(value: Any) -> int:
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+
+
+def check_image_inputs(layout: str, pixel_values: Any, channels: int, width: int) -> None:
+    """A ValueError that says what the vision encoder takes, unless ``pixel_values`` has
+    the rank and channels (or patch width) of ``layout``."""
+    shape = tuple(getattr(pixel_values, "shape", ()))
+    if layout == "pixels":
+        ok = len(shape) == 4 and shape[1] == channels
+        wanted = f"(images, {channels}, height, width)"
+    else:
+        ok = len(shape) == 2 and shape[1] == width
+        wanted = (
+            f"(patches, {width}): the patches of every image flattened, as the processor "
+            "gives them with image_grid_thw"
+        )
+    if not ok:
+        raise ValueError(
+            f"pixel_values must be {wanted}; got shape {shape}. Pass what the model's image "
+            "processor returns (a single image as a batch of one: pixel_values[None])."
+        )
+
+
+@functools.cache
+def _parts() -> dict[str, type]:
+    import torch
+
+    def features(out: Any) -> Any:
+        """The feature rows of ``get_image_features``'s output, one per image token."""
+        found = getattr(out, "pooler_output", None)
+        if found is None:
+            found = out[0] if isinstance(out, tuple) and len(out) == 1 else out
+        if isinstance(found, (list, tuple)):
+            found = torch.cat([f.reshape(-1, f.shape[-1]) for f in found], 0)
+        return found.reshape(-1, found.shape[-1])
+
+    class PixelEncoder(torch.nn.Module):
+        """pixel values of images of one resolution -> the image features."""
+
+        layout = "pixels"
+
+        def __init__(self, model: Any, channels: int, width: int) -> None:
+            super().__init__()
+            self.model = model
+            self.channels, self.width = channels, width
+
+        def forward(self, pixel_values: Any) -> Any:
+            check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            return features(self.model.get_image_features(pixel_values=pixel_values))
+
+    class StackedEncoder(PixelEncoder):
+        """pixel values of images of one resolution -> the image features, the images given
+        to ``get_image_features`` as the list of one prompt (``(1, images, ...)``)."""
+
+        layout = "stacked"
+
+        def forward(self, pixel_values: Any) -> Any:
+            check_image_inputs("pixels", pixel_values, self.channels, self.width)
+            return features(self.model.get_image_features(pixel_values=pixel_values[None]))
+
+    class GridEncoder(PixelEncoder):
+        """the flattened patches of images and their grids -> the image features."""
+
+        layout = "grid"
+
+        def forward(self, pixel_values: Any, image_grid_thw: Any) -> Any:  # type: ignore[override]
+            check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            return features(
+                self.model.get_image_features(
+                    pixel_values=pixel_values, image_grid_thw=image_grid_thw
+                )
+            )
+
+    return {"pixels": PixelEncoder, "stacked": StackedEncoder, "grid": GridEncoder}
+
+
+def _grid_sizes(config: Any) -> tuple[int, int, int, int]:
+    """(channels, temporal patch, patch, spatial merge) of a patch-sequence encoder."""
+    vision = _vision_config(config)
+    channels = int(_get(vision, "in_channels", "num_channels", "in_chans", default=3))
+    temporal = int(_get(vision, "temporal_patch_size", default=2))
+    patch = _side(_get(vision, "patch_size", "spatial_patch_size", default=14))
+    merge = int(_get(vision, "spatial_merge_size", "merge_size", default=2))
+    return channels, temporal, patch, merge
+
+
+def _pixel_sizes(config: Any) -> tuple[int, int]:
+    """(channels, side) of a fixed-resolution encoder."""
+    vision = _vision_config(config)
+    channels = int(_get(vision, "num_channels", "in_channels", default=3))
+    size = _get(vision, "image_size", default=None)
+    if size is None:
+        raise ValueError(
+            f"{type(vision).__name__} sets no image_size: exportcheck builds pixel_values "
+            "at the resolution the model's processor resizes images to"
+        )
+    return channels, _side(size)
+
+
+def _image_sets(layout: str, config: Any, generator: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    import torch
+
+    if layout != "grid":
+        channels, side = _pixel_sizes(config)
+        sets = [
+            {"pixel_values": torch.randn((n, channels, side, side), generator=generator)}
+            for n in IMAGE_COUNTS
+        ]
+        labels = [f"images={n} {side}x{side}" for n in IMAGE_COUNTS]
+    else:
+        channels, temporal, patch, merge = _grid_sizes(config)
+        width = channels * temporal * patch * patch
+        sets, labels = [], []
+        for grids in GRIDS:
+            thw = torch.tensor([(t, h * merge, w * merge) for t, h, w in grids], dtype=torch.int64)
+            patches = int(thw.prod(-1).sum())
+            sets.append(
+                {
+                    "pixel_values": torch.randn((patches, width), generator=generator),
+                    "image_grid_thw": thw,
+                }
+            )
+            labels.append(
+                f"images={len(grids)} patches={patches} grids="
+                + ",".join(f"{h}x{w}" for _, h, w in thw.tolist())
+            )
+    labels[-1] += " at bounds"
+    return sets, labels
+
+
+def _modeling_source(config: Any) -> str:
+    """The source of the modeling module of ``config``'s model type ("" if none)."""
+    import importlib
+
+    name = str(getattr(config, "model_type", "")).replace("-", "_")
+    try:
+        module = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
+    except ImportError:
+        return ""
+    return inspect.getsource(module)
+
+
+def fit_config(config: Any) -> list[str]:
+    """Make the tiny config's vision-to-text sizes agree, as the checkpoints' do; returns a
+    note for each change.
+
+    * ``mrope_section``: the rotary frequencies given to time, height and width; their
+      sum must be half the rotary dimensions. A config without it takes the modeling
+      code's default, sized for the published head dim: the tiny head dim gets sections
+      of the same proportions.
+    * ``mm_tokens_per_image``: Gemma 3 pools the patches of each side by
+      ``patches // sqrt(tokens)``; the tiny vision config has fewer patches per side than
+      the published token count, so the tokens become the square of half its patches.
+    """
+    import re
+
+    notes = []
+    text = config.get_text_config(decoder=True)
+    source = _modeling_source(config)
+    rope = getattr(text, "rope_parameters", None)
+    if "mrope_section" in source and isinstance(rope, dict) and "rope_type" in rope:
+        heads = getattr(text, "num_attention_heads", 1)
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        partial = rope.get("partial_rotary_factor", getattr(text, "partial_rotary_factor", 1.0))
+        half = int(head_dim * (partial or 1.0)) // 2
+        found = re.search(r"mrope_section\", \[(\d+), (\d+), (\d+)\]", source)
+        old = list(
+            rope.get("mrope_section")
+            or ([int(x) for x in found.groups()] if found else [16, 24, 24])
+        )
+        if sum(old) != half:
+            new = [max(1, round(x * half / sum(old))) for x in old[:-1]]
+            new.append(half - sum(new))
+            rope["mrope_section"] = new
+            notes.append(
+                f"rope mrope_section {old} -> {new}: the sections of time, height and width "
+                f"sum to half the tiny model's rotary dimensions ({half})"
+            )
+    vision = _vision_config(config)
+    size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+    if isinstance(patch, (list, tuple)) and len(set(patch)) == 1:
+        patch = patch[0]
+    side = size[0] if isinstance(size, (list, tuple)) and len(set(size)) == 1 else size
+    shuffle = getattr(config, "scale_factor", None)
+    if isinstance(side, int) and isinstance(patch, int):
+        too_many = side > PATCHES_PER_SIDE * patch
+        unshuffled = isinstance(shuffle, int) and (side // patch) % shuffle != 0
+        if too_many or unshuffled:
+            fitted = PATCHES_PER_SIDE * patch
+            vision.image_size = [fitted] * len(size) if isinstance(size, (list, tuple)) else fitted
+            why = (
+                f"a multiple of the {shuffle}x{shuffle} patches the pixel shuffle groups"
+                if unshuffled and not too_many
+                else "few image tokens for the tiny model"
+            )
+            notes.append(
+                f"vision_config.image_size {size} -> {vision.image_size}: {PATCHES_PER_SIDE} "
+                f"patches per side, {why} (the position table is sized from it)"
+            )
+    layers = getattr(vision, "num_hidden_layers", None)
+    for name in ("vision_feature_layers", "vision_feature_layer"):
+        chosen = getattr(config, name, None)
+        if isinstance(layers, int) and isinstance(chosen, (list, tuple)):
+            # hidden_states holds the embeddings and each layer's output: layers + 1
+            kept = [max(-(layers + 1), min(i, layers)) for i in chosen]
+            if kept != list(chosen):
+                setattr(config, name, kept)
+                notes.append(
+                    f"{name} {list(chosen)} -> {kept}: the layers read are clamped to the "
+                    f"tiny vision encoder's {layers} (as many, so the projector's width stays)"
+                )
+    tokens = getattr(config, "mm_tokens_per_image", None)
+    size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+    if isinstance(tokens, int) and isinstance(size, int) and isinstance(patch, int):
+        side = size // patch
+        if side % round(tokens**0.5):
+            fitted = (side // 2) ** 2
+            config.mm_tokens_per_image = fitted
+            notes.append(
+                f"mm_tokens_per_image {tokens} -> {fitted}: the tiny vision encoder has "
+                f"{side} patches per side, pooled to {side // 2} tokens per side"
+            )
+    return notes
+
+
+class ImageTextToText(Task):
+    """Vision-language LMs: vision encoder, token embedding and decoder step with cache."""
+
+    name = "image-text-to-text"
+    mapping = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
+    auto_class = "AutoModelForImageTextToText"
+    rank = 45
+    new_tokens = _audio_lm.NEW_TOKENS
+    status_intro = (
+        "Every vision-language model of the installed transformers "
+        "(``MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES``), built untrained from a tiny "
+        "config and exported as the parts a runtime drives: the vision encoder (pixel "
+        "values, with ``image_grid_thw`` for the Qwen2-VL family's patch sequences -> one "
+        "feature row per image token), the token embedding and the decoder step on input "
+        "embeddings with its cache. Each graph runs on seven input sets of distinct shapes "
+        "(one left-padded prompt, new image counts and grids, one set at the declared "
+        "bounds) against eager PyTorch; the decoder step is first checked against a full "
+        "forward. Then 8 tokens are generated greedily through each runtime (the vision "
+        "encoder once, its features merged at the image tokens, each step's cache fed "
+        "back) and compared with eager ``generate(do_sample=False)`` on the same image."
+    )
+
+    def build(self, config: Any, *, seed: int = 0) -> UntrainedModel:
+        import torch
+        import transformers
+
+        fitted = fit_config(config)
+        torch.manual_seed(seed)
+        model = getattr(transformers, self.auto_class).from_config(config)
+        model = model.to(torch.float32).eval()
+        prepare_weights(model, config)
+        token = image_token(config)
+        layout = vision_layout(model)
+        if layout != "grid":
+            channels, side = _pixel_sizes(config)
+            width = 0
+        else:
+            channels, temporal, patch, _ = _grid_sizes(config)
+            width = channels * temporal * patch * patch
+        encoder = _parts()[layout](model, channels, width)
+        generator = torch.Generator().manual_seed(seed)
+        image_sets, image_labels = _image_sets(layout, config, generator)
+        images = torch.export.Dim("images", min=1, max=BATCH_MAX)
+        if layout != "grid":
+            image_shapes: dict[str, Any] = {"pixel_values": {0: images}}
+            resolution = (
+                f"pixel_values {side}x{side} static: the model's processor resizes every "
+                "image to its vision config's image_size"
+            )
+        else:
+            patches = torch.export.Dim("patches", min=1, max=2048)
+            image_shapes = {"pixel_values": {0: patches}, "image_grid_thw": {0: images}}
+            resolution = (
+                "images of any resolution: their patches flattened into one sequence of "
+                "dynamic length, the grids given by image_grid_thw"
+            )
+        notes = [
+            f"vision LM: {type(model).__name__} merges its vision encoder's features into "
+            "a causal LM's input embeddings at the image token's positions; exported as "
+            "vision_encoder, embed_tokens and decoder, the merge done by the driver as the "
+            "forward does it",
+            resolution,
+            *fitted,
+        ]
+        batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
+        return _audio_lm.merged_lm(
+            self.name,
+            model,
+            config,
+            notes,
+            Component("vision_encoder", encoder, image_sets, image_shapes, image_labels),
+            token,
+            generator,
+            batch,
+        )
+
+    def components(self, m: UntrainedModel) -> list[Component]:
+        return list(m.components)
+
+    def check_eager(self, m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
+        return _audio_lm.check_eager(m, atol)
+
+    def generation_inputs(self, m: UntrainedModel) -> dict[str, Any]:
+        """The prompt of the generation stage: two rows, each text tokens, the image
+        tokens of one image (as many as the encoder returns rows for it) and text tokens;
+        and both images under the vision encoder graph's input names."""
+        import torch
+
+        encoder = next(c for c in m.components if c.name == "vision_encoder")
+        generator = torch.Generator().manual_seed(4321)
+        first = encoder.input_sets[0]
+        if encoder.module.layout != "grid":
+            shape = (2, *first["pixel_values"].shape[1:])
+            image = {"pixel_values": torch.randn(shape, generator=generator)}
+        else:
+            grid = first["image_grid_thw"][:1].repeat(2, 1)
+            patches = int(grid.prod(-1).sum())
+            width = first["pixel_values"].shape[1]
+            image = {
+                "pixel_values": torch.randn((patches, width), generator=generator),
+                "image_grid_thw": grid,
+            }
+        with torch.no_grad():
+            rows = encoder.module(**copy.deepcopy(image)).shape[0] // 2
+        token = image_token(m.config)
+        text = m.config.get_text_config(decoder=True)
+        before, after = GENERATION_TEXT
+        ids = torch.cat(
+            [
+                _audio_lm._text_ids(text, (2, before), generator, token),
+                torch.full((2, rows), token),
+                _audio_lm._text_ids(text, (2, after), generator, token),
+            ],
+            1,
+        )
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "image": image}
+
+    def generate_eager(self, m: UntrainedModel) -> Generation:
+        from .text_generation import greedy_generate
+
+        feeds = self.generation_inputs(m)
+        given = {k: v for k, v in feeds.items() if k != "image"}
+        image = dict(feeds["image"])
+        if vision_layout(m.model) == "stacked":  # one image per prompt
+            image["pixel_values"] = image["pixel_values"][:, None]
+        return greedy_generate(m.model, {**given, **image}, self.new_tokens)
+
+    def generate(self, m: UntrainedModel, call: Any, forced: Any) -> Generation:
+        feeds = self.generation_inputs(m)
+        return _audio_lm.merged_generate(
+            m,
+            call,
+            forced,
+            "vision_encoder",
+            feeds["image"],
+            feeds,
+            image_token(m.config),
+            "feature rows",
+        )
+
+
+register(ImageTextToText())

@@ -1,0 +1,158 @@
+"""image-text-to-text: a vision encoder whose features replace the image tokens of a causal
+LM's input embeddings, exported as vision encoder, token embedding and decoder step."""
+
+import copy
+
+import pytest
+import torch
+
+from exportcheck import export_patches, untrained_model, validate
+from exportcheck.tasks import _audio_lm, get_task, tasks_of
+from exportcheck.tasks.image_text_to_text import fit_config, image_token
+
+pytestmark = pytest.mark.models
+
+TASK = "image-text-to-text"
+
+
+@pytest.fixture(scope="module")
+def internvl():
+    return untrained_model("internvl", task=TASK)
+
+
+def test_a_vision_lm_is_built_as_three_graphs_with_the_decoder_on_embeddings(internvl):
+    assert [c.name for c in internvl.components] == ["vision_encoder", "embed_tokens", "decoder"]
+    encoder, _, step = internvl.components
+    assert set(step.input_sets[0]) == {"inputs_embeds", "attention_mask", "cache"}
+    assert any(s["attention_mask"][0, 0] == 0 for s in step.input_sets)  # a left-padded set
+    counts = [s["pixel_values"].shape[0] for s in encoder.input_sets]
+    assert len(set(counts)) == 7  # every set its own number of images
+    assert encoder.dynamic_shapes["pixel_values"][0].__name__ == "images"
+    # the tiny config's 448 is shrunk to 8 patches a side, and the note says so
+    assert internvl.config.vision_config.image_size == [112, 112]
+    assert any("image_size [448, 448] -> [112, 112]" in n for n in internvl.notes)
+
+
+def test_the_default_task_of_a_vision_lm_is_image_text_to_text():
+    assert tasks_of("llava") == [TASK]
+    assert "vision encoder" in get_task(TASK).status_intro
+
+
+@pytest.mark.parametrize(
+    "model_type",
+    [
+        "internvl",
+        # get_image_features returns a list per image: patch llava_image_rows
+        "llava",
+        # Gemma 3 pools the patches: mm_tokens_per_image fitted to the tiny encoder
+        "gemma3",
+    ],
+)
+def test_a_vision_lm_validates_and_generates_through_both_runtimes(model_type):
+    report = validate(untrained_model(model_type, task=TASK), exporter="onnx")
+    assert report.ok, report.table()
+    row = report.to_dict()
+    assert row["verdicts"] == {"exported_program": True, "onnx": True}
+    for runtime in ("exported", "ort"):
+        assert report.generation[runtime]["tokens_equal_generate"], report.generation
+    consistent = next(s for s in report.stages if s["stage"] == "eager_consistent")
+    assert consistent["ok"]
+
+
+def test_an_unseen_image_count_merged_into_a_prompt_decodes_as_eager(internvl):
+    # the exported vision encoder on 3 images (traced on 2), its rows merged at the image
+    # tokens, then the exported decoder step on the merged embeddings: as the eager
+    # forward on the ids and pixels
+    m = internvl
+    encoder, _, step = m.components
+    programs = {}
+    for c in m.components:
+        with export_patches(c.module), torch.no_grad():
+            programs[c.name] = torch.export.export(
+                c.module, (), copy.deepcopy(c.input_sets[0]), dynamic_shapes=c.dynamic_shapes
+            )
+    generator = torch.Generator().manual_seed(7)
+    pixels = torch.randn((3, *encoder.input_sets[0]["pixel_values"].shape[1:]), generator=generator)
+    with torch.no_grad():
+        rows = programs["vision_encoder"].module()(pixel_values=pixels)
+        assert torch.allclose(rows, encoder.module(pixel_values=pixels), atol=1e-5)
+    per_image = rows.shape[0] // 3
+    token = image_token(m.config)
+    text = m.config.get_text_config(decoder=True)
+    # row 0: 2 images, row 1: 1 image and text in its place
+    ids = torch.cat(
+        [
+            _audio_lm._text_ids(text, (2, 4), generator, token),
+            torch.full((2, per_image), token),
+            _audio_lm._text_ids(text, (2, 3), generator, token),
+            torch.full((2, per_image), token),
+            _audio_lm._text_ids(text, (2, 2), generator, token),
+        ],
+        1,
+    )
+    ids[1, 4 + per_image + 3 :][:per_image] = 5
+    mask = torch.ones_like(ids)
+    with export_patches(m.model), torch.no_grad():
+        embeds = torch.cat(
+            [
+                programs["embed_tokens"].module()(input_ids=ids[:, i : i + 32])
+                for i in range(0, ids.shape[1], 32)
+            ],
+            1,
+        )
+        merged = _audio_lm.merge(embeds, ids, token, rows, "feature rows")
+        first = m.model(inputs_embeds=merged[:, :1], attention_mask=mask[:, :1], use_cache=True)
+        cache = _audio_lm._cache_of(first)
+        bound = step.dynamic_shapes["inputs_embeds"][1].max
+        for start in range(1, ids.shape[1], bound):
+            end = min(start + bound, ids.shape[1])
+            out = programs["decoder"].module()(
+                inputs_embeds=merged[:, start:end], attention_mask=mask[:, :end], cache=cache
+            )
+            cache = out["cache"]
+        expected = m.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+    assert float((out["logits"][:, -1] - expected[:, -1]).abs().max()) < 1e-4
+
+
+def test_pixel_values_of_the_wrong_rank_or_channels_say_what_is_expected(internvl):
+    encoder = internvl.components[0].module
+    pixels = internvl.components[0].input_sets[0]["pixel_values"]
+    with pytest.raises(ValueError, match=r"pixel_values must be \(images, 3, height, width\)"):
+        encoder(pixel_values=pixels[0])
+    with pytest.raises(ValueError, match=r"got shape \(2, 1, 112, 112\).*pixel_values\[None\]"):
+        encoder(pixel_values=pixels[:, :1])
+
+
+def test_a_prompt_with_another_number_of_image_tokens_than_features_is_refused(internvl):
+    token = image_token(internvl.config)
+    ids = torch.tensor([[1, token, token, 2]])
+    embeds = torch.zeros((1, 4, 8))
+    with pytest.raises(ValueError, match=r"holds 2 placeholder tokens .* returned 3 feature rows"):
+        _audio_lm.merge(embeds, ids, token, torch.ones((3, 8)), "feature rows")
+
+
+def test_a_model_without_image_features_or_image_token_says_why():
+    with pytest.raises(ValueError, match=r"names no image placeholder token"):
+        untrained_model("blip-2", task=TASK)
+    with pytest.raises(ValueError, match=r"has no get_image_features"):
+        untrained_model("fuyu", task=TASK)
+
+
+def test_a_model_type_without_the_task_lists_its_tasks():
+    with pytest.raises(ValueError, match=r"'bert' has no image-text-to-text model.*fill-mask"):
+        untrained_model("bert", task=TASK)
+
+
+def test_the_tiny_configs_sizes_are_fitted_as_the_notes_say():
+    from exportcheck.models import resolve_config
+
+    config = resolve_config("qwen2_vl", {}, shrink=True)
+    notes = fit_config(config)
+    text = config.get_text_config(decoder=True)
+    sections = text.rope_parameters["mrope_section"]
+    assert sum(sections) == text.hidden_size // text.num_attention_heads // 2
+    assert any("mrope_section [16, 24, 24]" in n for n in notes)
+    gemma = resolve_config("gemma3", {}, shrink=True)
+    notes = fit_config(gemma)
+    assert gemma.mm_tokens_per_image == 16  # 8 patches a side, pooled to 4
+    assert any("mm_tokens_per_image 256 -> 16" in n for n in notes)
