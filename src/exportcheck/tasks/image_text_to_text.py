@@ -115,7 +115,7 @@ def vision_layout(model: Any) -> str:
         for name, p in params.items()
         if p.default is p.empty
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        and name != "pixel_values"
+        and name not in ("pixel_values", "image_grid_thw")
     ]
     if "pixel_values" not in params or required:
         raise ValueError(
@@ -277,15 +277,15 @@ def _image_sets(layout: str, config: Any, generator: Any) -> tuple[list[dict[str
 
 
 def _modeling_source(config: Any) -> str:
-    """The source of the modeling module of ``config``'s model type ("" if none)."""
+    """The source of the modeling module beside ``config``'s configuration module ("" if
+    there is none)."""
     import importlib
 
-    name = str(getattr(config, "model_type", "")).replace("-", "_")
+    name = type(config).__module__.replace(".configuration_", ".modeling_")
     try:
-        module = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
-    except ImportError:
+        return inspect.getsource(importlib.import_module(name))
+    except (ImportError, OSError, TypeError):
         return ""
-    return inspect.getsource(module)
 
 
 def fit_config(config: Any) -> list[str]:
@@ -304,7 +304,7 @@ def fit_config(config: Any) -> list[str]:
 
     notes = []
     text = config.get_text_config(decoder=True)
-    source = _modeling_source(config)
+    source = _modeling_source(config) + _modeling_source(text)
     rope = getattr(text, "rope_parameters", None)
     if "mrope_section" in source and isinstance(rope, dict) and "rope_type" in rope:
         heads = getattr(text, "num_attention_heads", 1)
