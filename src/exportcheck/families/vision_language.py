@@ -1,0 +1,260 @@
+"""The image-text-to-text ledger: every model type of the task's mapping that is not green,
+with the error it fails with and why, grouped by cause.
+
+The task exports models that merge image features at placeholder tokens (see
+:mod:`exportcheck.tasks.image_text_to_text`); the groups below are the models built
+otherwise, the image inputs the task does not build yet, the variable-resolution
+encoders whose export is data-dependent, and the tiny configs or models that fail on
+their own.
+"""
+
+from __future__ import annotations
+
+from . import Family, register
+
+TASK = "image-text-to-text"
+
+#: model types whose config names no image placeholder token
+_NO_TOKEN = {
+    "blip": "an image captioner: the text decoder cross-attends to the vision states",
+    "blip-2": "a Q-Former's query outputs are prepended to the prompt, not scattered",
+    "git": "the image tokens are prepended as a prefix of the decoder's sequence",
+    "idefics": "gated cross-attention layers read the image, the prompt holds no features",
+    "instructblip": "a Q-Former, conditioned on its own prompt ids, feeds prepended queries",
+    "instructblipvideo": "a Q-Former over video frames feeds prepended queries",
+    "kosmos-2": "image features replace an embedded span marked by an image mask",
+    "kosmos-2.5": "flattened patches with their own positions; features fill a masked span",
+    "minicpm_ocr": "image_token_id is None in the shipped config (its processor sets it)",
+    "minicpmv4_6": "image_token_id is None in the shipped config (its processor sets it)",
+    "minicpmv4_7": "image_token_id is None in the shipped config (its processor sets it)",
+    "mistral4": "the mapping names Mistral4ForCausalLM, whose config is text-only",
+    "nemotron_h_omni": "image_token_id is None in the shipped config",
+    "pi0": "a vision-language-action policy: images and state prefix an action expert",
+    "pix2struct": "an encoder-decoder: the encoder reads the patches, the decoder the text",
+    "pp_formulanet": "an encoder-decoder for formula recognition",
+    "udop": "an encoder-decoder over text, layout and image",
+    "vision-encoder-decoder": "an encoder-decoder: the decoder cross-attends to the image",
+}
+#: model types without get_image_features
+_NO_FEATURES = {
+    "deepseek_vl": "the image embedding has another name and signature",
+    "deepseek_vl_hybrid": "the image embedding has another name and signature",
+    "dots3_note": "the image embedding has another name and signature",
+    "fuyu": "image patches are linearly embedded inside its forward, with no encoder",
+    "janus": "the image embedding has another name and signature",
+    "mllama": "cross-attention layers read the vision states; nothing is scattered",
+}
+#: model types whose get_image_features requires other inputs than pixel values
+_OTHER_INPUTS = {
+    "lfm2_vl": "spatial_shapes and pixel_attention_mask of NaFlex-style padded patches",
+    "lighton_ocr": "image_sizes of images of any size (Pixtral encoder)",
+    "llava_next": "image_sizes, to unpad the any-resolution tiles",
+    "llava_next_video": "image_sizes, to unpad the any-resolution tiles",
+    "llava_onevision": "image_sizes, vision_aspect_ratio and batch_num_images of its tiles",
+    "mistral3": "image_sizes of images of any size (Pixtral encoder)",
+    "mistral_large4": "image_sizes of images of any size (Pixtral encoder)",
+}
+#: model types whose vision config sets no image size
+_NO_SIZE = {
+    "florence2": "a DaViT encoder: its processor's size is not in the vision config",
+    "gemma4": "variable-resolution patches with position ids, sized by the processor",
+    "gemma4_unified": "variable-resolution patches with position ids, sized by the processor",
+    "t5gemma2": "an encoder-decoder whose SigLIP encoder size is in the processor only",
+    "unlimited_ocr": "global and local views, sized by the processor",
+}
+#: variable-resolution encoders (flattened patches with image_grid_thw)
+_GRID = [
+    "cosmos3_omni",
+    "exaone4_5",
+    "glm46v",
+    "glm4v",
+    "glm4v_moe",
+    "glm5_next",
+    "glm_ocr",
+    "glmga",
+    "hunyuan_vl",
+    "hyperclovax_vision_v2",
+    "lfm3_vl",
+    "minimax_m3_vl",
+    "qwen2_5_omni_thinker",
+    "qwen2_5_vl",
+    "qwen2_vl",
+    "qwen3_5",
+    "qwen3_5_moe",
+    "qwen3_omni_moe_thinker",
+    "qwen3_vl",
+    "qwen3_vl_moe",
+    "qwen4_exp",
+]
+_GRID_REASON = (
+    "the vision encoder of a variable-resolution model is data-dependent in the image "
+    "grids: its attention runs each image apart, splitting the patches with "
+    "cu_seqlens.tolist() (Qwen2-VL: transformers/models/qwen2_vl/modeling_qwen2_vl.py:"
+    "401-403), its rotary positions loop over the rows of image_grid_thw, and "
+    "get_image_features splits the features by the grids' sizes; torch.export cannot "
+    "guard on those values. The fix is a rewrite of those three places as tensor "
+    "operations (one attention with a block-diagonal mask, positions computed from the "
+    "patch index), not yet done"
+)
+_BUILD_CONFIG = (
+    r"Class validation error for validator 'validate_architecture'",
+    "the tiny config fails its own validation: a width or rope section the shrinking "
+    "left at the published value must equal the shrunk one ({}), a tie the generic "
+    "shrinking does not know",
+)
+
+_UNBUILT = (
+    "the model fails to build from the shrunk config with this error, inside "
+    "transformers' construction or first call; its cause is not investigated yet"
+)
+
+_ENTRIES: dict[str, tuple[str, str]] = {
+    **{
+        t: (
+            r"names no image placeholder token",
+            f"no image_token_id or image_token_index in its config: {why}; the task's "
+            "merge writes features over placeholder tokens, so this model needs a "
+            "decomposition of its own",
+        )
+        for t, why in _NO_TOKEN.items()
+    },
+    **{
+        t: (
+            r"has no get_image_features",
+            f"no get_image_features, the vision encoder graph the task exports: {why}",
+        )
+        for t, why in _NO_FEATURES.items()
+    },
+    **{
+        t: (
+            r"get_image_features takes \[",
+            f"get_image_features requires {why}, which the task does not build from the "
+            "config yet (only pixel_values, and image_grid_thw for patch sequences)",
+        )
+        for t, why in _OTHER_INPUTS.items()
+    },
+    **{
+        t: (
+            r"sets no image_size",
+            f"the task builds pixel_values at the vision config's image_size, and {why}",
+        )
+        for t, why in _NO_SIZE.items()
+    },
+    **{t: (r"data-dependent expression", _GRID_REASON) for t in _GRID},
+    **{
+        t: (_BUILD_CONFIG[0], _BUILD_CONFIG[1].format(tie))
+        for t, tie in {
+            "apertus1p5": "WavTokenizer's codebook_dim and hidden_size",
+            "cosmos3_edge": "mrope_section and half of head_dim",
+            "granite_docling": "vision_config.out_hidden_size and text hidden_size",
+            "hy_v4_vl": "mrope_section and qk_rope_head_dim // 2",
+            "inkling2": "vision_config.text_hidden_size and text hidden_size",
+            "inkling2_loop": "vision_config.text_hidden_size and text hidden_size",
+            "molmo2": "adapter_config.vision_feature_layer and the vision layers kept",
+            "muse_spark": "audio_config.out_hidden_size and text hidden_size",
+        }.items()
+    },
+    "chameleon": (
+        r"'NoneType' object has no attribute 'get'",
+        _UNBUILT,
+    ),
+    "emu3": (
+        r"'NoneType' object has no attribute 'get'",
+        _UNBUILT,
+    ),
+    "cohere_compass": (
+        r"KeyError: 'full_attention'",
+        _UNBUILT,
+    ),
+    "deepseek_ocr2": (
+        r"'NoneType' object is not subscriptable",
+        _UNBUILT,
+    ),
+    "diffusion_gemma": (
+        r"empty\(\): argument 'size'",
+        _UNBUILT,
+    ),
+    "evolla": (
+        r"Unrecognized configuration class",
+        "a protein-text model: AutoModelForImageTextToText has no class for its config "
+        "in transformers 5.24, though the mapping names it",
+    ),
+    "fast_vlm": (
+        r"requires the timm library",
+        "its vision tower is a timm model, and timm is not installed with the torch pin",
+    ),
+    "perception_lm": (
+        r"requires the timm library",
+        "its vision tower is a timm model, and timm is not installed with the torch pin",
+    ),
+    "inkling_mm_model": (
+        r"No module named 'scipy'",
+        "its modeling code imports scipy, which is not installed with the torch pin",
+    ),
+    "granite4_vision": (
+        r"object of type 'NoneType' has no len\(\)",
+        _UNBUILT,
+    ),
+    "llama4": (
+        r"has no attribute 'image_outputs'",
+        _UNBUILT,
+    ),
+    "step3p7": (
+        r"Could not find a `sliding_window` argument",
+        _UNBUILT,
+    ),
+    "aria": (
+        r"Number of patches 49 not found in patch_to_query_dict",
+        "its projector maps the patch count to a query count from a table of the "
+        "published resolutions (490 and 980 pixels); the tiny 7x7 patches have no entry",
+    ),
+    "ernie4_5_vl_moe": (
+        r"mat1 and mat2 shapes cannot be multiplied \(40x1176 and 588x64\)",
+        "its patch embedding takes one frame per patch (temporal patch 1) while its "
+        "config does not say so; the task builds two frames per patch",
+    ),
+    "kimi_k25": (
+        r"Expected 3D \(unbatched\) or 4D \(batched\) input to conv2d",
+        "its patch embedding is a conv2d on unflattened patches, not the flattened "
+        "patch rows the grid layout builds",
+    ),
+    "paddleocr_vl": (
+        r"not enough values to unpack \(expected 5, got 3\)",
+        "its encoder takes the patches as (images, patches, channels, height, width), "
+        "not the flattened rows the grid layout builds",
+    ),
+    "video_llama_3": (
+        r"missing 1 required positional argument: 'image_merge_sizes'",
+        "get_image_features declares image_grid_thw optional but requires "
+        "image_merge_sizes through its vision model",
+    ),
+    "muse_glimmer": (
+        r"mat1 and mat2 shapes cannot be multiplied \(10x256 and 6144x4096\)",
+        "its projector keeps the published input width (6144) while the tiny vision "
+        "encoder gives 256: a width tie the shrinking does not know",
+    ),
+    "ovis2": (
+        r"IndexError: index out of range in self",
+        "its image token id (151665) is outside the tiny text vocabulary: eager "
+        "generate embeds the placeholder itself (the visual vocabulary is separate)",
+    ),
+    "paligemma": (
+        r"eager is inconsistent: the decode step differs from a full forward",
+        "a prefix LM: the prompt attends bidirectionally (token_type_ids), so a decode "
+        "step over the cache of a causal prefill is not the full forward; the decoder "
+        "graph needs the prefix mask as an input",
+    ),
+    "idefics2": (
+        r"GatherND node.*invalid index found",
+        "the exported program is correct, but in onnxruntime the ONNX graph's GatherND "
+        "receives an index past its data; the converted gather was not traced further",
+    ),
+}
+
+register(
+    Family(
+        name="vision_language",
+        model_types=tuple(sorted(_ENTRIES)),
+        task_known_failures={TASK: _ENTRIES},
+    )
+)
