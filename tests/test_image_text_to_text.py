@@ -46,6 +46,8 @@ def test_the_default_task_of_a_vision_lm_is_image_text_to_text():
         "llava",
         # Gemma 3 pools the patches: mm_tokens_per_image fitted to the tiny encoder
         "gemma3",
+        # images of any resolution: patch vision_segment_attention, multimodal rope
+        "qwen2_vl",
     ],
 )
 def test_a_vision_lm_validates_and_generates_through_both_runtimes(model_type):
@@ -156,3 +158,49 @@ def test_the_tiny_configs_sizes_are_fitted_as_the_notes_say():
     notes = fit_config(gemma)
     assert gemma.mm_tokens_per_image == 16  # 8 patches a side, pooled to 4
     assert any("mm_tokens_per_image 256 -> 16" in n for n in notes)
+
+
+@pytest.fixture(scope="module")
+def qwen2_vl():
+    return untrained_model("qwen2_vl", task=TASK)
+
+
+def test_a_variable_resolution_encoder_takes_what_the_processor_computes_from_the_grids(
+    qwen2_vl,
+):
+    encoder = qwen2_vl.components[0]
+    first = encoder.input_sets[0]
+    assert set(first) == {"pixel_values", "image_grid_thw", "vision_position_ids", "cu_seqlens"}
+    grids = {tuple(map(tuple, s["image_grid_thw"].tolist())) for s in encoder.input_sets}
+    assert len(grids) == 7  # every set its own images and resolutions
+    # the decoder step takes the three rows of multimodal rope positions
+    step = qwen2_vl.components[2]
+    assert step.input_sets[0]["position_ids"].shape[0] == 3
+
+
+def test_the_exported_grid_encoder_matches_get_image_features_on_unseen_resolutions(qwen2_vl):
+    # the export saw two images of 4x4 and 4x6 patches; two sets of other resolutions (and
+    # image counts) through the ExportedProgram equal the model's own get_image_features,
+    # which derives positions and bounds from the grids itself
+    from exportcheck.tasks.image_text_to_text import grid_inputs
+
+    encoder = qwen2_vl.components[0]
+    with export_patches(encoder.module), torch.no_grad():
+        program = torch.export.export(
+            encoder.module,
+            (),
+            copy.deepcopy(encoder.input_sets[0]),
+            dynamic_shapes=encoder.dynamic_shapes,
+        )
+    generator = torch.Generator().manual_seed(3)
+    width = encoder.input_sets[0]["pixel_values"].shape[1]
+    for grids in ([(1, 6, 8)], [(1, 2, 2), (1, 8, 4), (1, 4, 10)]):
+        thw = torch.tensor(grids)
+        pixels = torch.randn((int(thw.prod(-1).sum()), width), generator=generator)
+        feeds = {"pixel_values": pixels, "image_grid_thw": thw, **grid_inputs(qwen2_vl.model, thw)}
+        with torch.no_grad():
+            got = program.module()(**feeds)
+            own = qwen2_vl.model.get_image_features(pixel_values=pixels, image_grid_thw=thw)
+        expected = torch.cat(list(own.pooler_output))
+        assert got.shape == expected.shape == (int(thw.prod(-1).sum()) // 4, got.shape[1])
+        assert float((got - expected).abs().max()) < 1e-4, grids

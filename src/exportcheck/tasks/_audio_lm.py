@@ -251,7 +251,25 @@ def _parts() -> dict[str, type]:
             )
             return {"logits": out.logits, "cache": _cache_of(out)}
 
+    class PositionedDecoder(Decoder):
+        """A decode step that takes the rotary positions of its new embeddings, for a
+        model whose positions are not the count of tokens before (multimodal rope: the
+        image tokens of the prompt have positions of their own)."""
+
+        def forward(  # type: ignore[override]
+            self, inputs_embeds: Any, attention_mask: Any, position_ids: Any, cache: Any
+        ) -> dict[str, Any]:
+            out = self.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+            )
+            return {"logits": out.logits, "cache": _cache_of(out)}
+
     return {
+        "positioned_decoder": PositionedDecoder,
         "input_features": AudioEncoder,
         "input_values": WaveAudioEncoder,
         "unmasked": UnmaskedAudioEncoder,
@@ -465,6 +483,14 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
     )
 
 
+def text_positions(mask: Any, rows: int) -> Any:
+    """The rotary positions of text tokens under ``mask`` ``(batch, length)``: each real
+    token's index among the real tokens of its row, 0 on padding, repeated over ``rows``
+    (``(rows, batch, length)``)."""
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return positions[None].expand(rows, *positions.shape).contiguous()
+
+
 def merged_lm(
     task_name: str,
     model: Any,
@@ -474,12 +500,14 @@ def merged_lm(
     token: int,
     generator: Any,
     batch: Any,
+    position_rows: int = 0,
 ) -> UntrainedModel:
     """The model of an LM whose forward merges an encoder's outputs into its input
     embeddings at the positions of ``token``: the ``encoder`` component, then
     ``embed_tokens`` and the ``decoder`` step on input embeddings with their input sets
     (prompts of text tokens, none of them ``token``, one set left-padded, the last at the
-    declared bounds)."""
+    declared bounds). ``position_rows``: the decoder takes ``position_ids`` of that many
+    rows (3 for multimodal rope), those of text (:func:`text_positions`) in its sets."""
     import torch
 
     from ..caches import cache_dynamic_shapes
@@ -487,7 +515,7 @@ def merged_lm(
 
     parts = _parts()
     embed = parts["embed_tokens"](model)
-    decoder = parts["decoder"](model)
+    decoder = parts["positioned_decoder" if position_rows else "decoder"](model)
     text = config.get_text_config(decoder=True)
     seq_max, cache_max = length_bounds(text)
     shapes = [*DECODER_SETS, (BATCH_MAX, seq_max, cache_max, 0)]
@@ -497,19 +525,19 @@ def merged_lm(
         mask = torch.ones((n_batch, cached), dtype=torch.int64)
         mask[0, :pad] = 0
         new_ids = _text_ids(text, (n_batch, new), generator, token)
+        whole = torch.cat([mask, torch.ones((n_batch, new), dtype=torch.int64)], 1)
+        given = {}
+        if position_rows:
+            given = {"position_ids": text_positions(mask, position_rows)}
         with torch.no_grad():
             prompt = embed(prompt_ids)
-            out = model(inputs_embeds=prompt, attention_mask=mask, use_cache=True)
+            out = model(inputs_embeds=prompt, attention_mask=mask, use_cache=True, **given)
             new_embeds = embed(new_ids)
-        step_sets.append(
-            {
-                "inputs_embeds": new_embeds,
-                "attention_mask": torch.cat(
-                    [mask, torch.ones((n_batch, new), dtype=torch.int64)], 1
-                ),
-                "cache": _contiguous(_cache_of(out)),
-            }
-        )
+        step = {"inputs_embeds": new_embeds, "attention_mask": whole}
+        if position_rows:
+            step["position_ids"] = text_positions(whole, position_rows)[..., -new:].contiguous()
+        step["cache"] = _contiguous(_cache_of(out))
+        step_sets.append(step)
         embed_sets.append({"input_ids": new_ids})
         prompts.append(prompt)
         prompt_masks.append(mask)
@@ -521,6 +549,7 @@ def merged_lm(
     step_shapes = {
         "inputs_embeds": {0: batch, 1: seq_length},
         "attention_mask": {0: batch, 1: torch.export.Dim.DYNAMIC},
+        **({"position_ids": {1: batch, 2: seq_length}} if position_rows else {}),
         "cache": cache_dynamic_shapes(step_sets[0]["cache"], batch, cache_length),
     }
     embed_labels = [lab.split(" cache=")[0] for lab in labels]
@@ -565,10 +594,15 @@ def check_eager(m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
         new = feeds["inputs_embeds"]
         with torch.no_grad():
             got = step.module(**copy.deepcopy(feeds))["logits"]
+            given = {}
+            if "position_ids" in feeds:
+                rows = feeds["position_ids"].shape[0]
+                given["position_ids"] = text_positions(feeds["attention_mask"], rows)
             whole = m.model(
                 inputs_embeds=torch.cat([m.prompts[i], new], 1),
                 attention_mask=feeds["attention_mask"],
                 use_cache=False,
+                **given,
             ).logits[:, -new.shape[1] :]
         diff = float((got.double() - whole.double()).abs().max())
         out.append({"input_set": i, "abs": diff, "ok": diff <= atol})
@@ -667,11 +701,16 @@ def merged_generate(
     feeds: dict[str, Any],
     token: int,
     what: str,
+    positions: tuple[Any, Any] | None = None,
 ) -> Generation:
     """The ``encoder`` component once, the token embeddings of the prompt with its outputs
     merged over the ``token`` positions (:func:`merge`), the prompt's first position
     eagerly (the decoder graph takes a cache), the rest of the prompt through the decoder
-    graph, then one step per token."""
+    graph, then one step per token.
+
+    ``positions``: for a decoder that takes ``position_ids``, those of the prompt
+    ``(rows, batch, length)`` and the offset ``(batch, 1)`` of every later token's
+    position from its index, as the model's processor side computes them."""
     import torch
 
     ids, mask = feeds["input_ids"], feeds["attention_mask"]
@@ -687,8 +726,16 @@ def merged_generate(
         1,
     )
     merged = merge(embeds, ids, token, features, what)
+
+    def at(start: int, end: int) -> dict[str, Any]:
+        if positions is None:
+            return {}
+        return {"position_ids": positions[0][..., start:end].contiguous()}
+
     with torch.no_grad():
-        first = m.model(inputs_embeds=merged[:, :1], attention_mask=mask[:, :1], use_cache=True)
+        first = m.model(
+            inputs_embeds=merged[:, :1], attention_mask=mask[:, :1], use_cache=True, **at(0, 1)
+        )
     out, cache, chunks = None, _cache_of(first), 0
     for start in range(1, merged.shape[1], bound):
         end = min(start + bound, merged.shape[1])
@@ -697,6 +744,7 @@ def merged_generate(
             {
                 "inputs_embeds": merged[:, start:end],
                 "attention_mask": mask[:, :end],
+                **at(start, end),
                 "cache": cache,
             },
         )
@@ -707,9 +755,12 @@ def merged_generate(
         token_ids = forced[:, t : t + 1]
         seen = torch.cat([seen, torch.ones_like(token_ids)], 1)
         step = call("embed_tokens", {"input_ids": token_ids})
-        out = call(
-            "decoder", {"inputs_embeds": step, "attention_mask": seen, "cache": out["cache"]}
-        )
+        given = {"inputs_embeds": step, "attention_mask": seen}
+        if positions is not None:
+            rows = positions[0].shape[0]
+            index = text_positions(seen, rows)[..., -1:] + positions[1][None]
+            given["position_ids"] = index
+        out = call("decoder", {**given, "cache": out["cache"]})
         logits.append(out["logits"][:, -1].detach().float())
     return Generation(
         tokens=torch.stack([step.argmax(-1) for step in logits], 1),

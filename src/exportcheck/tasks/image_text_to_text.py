@@ -15,7 +15,7 @@ the result. It is exported as three graphs and one merge, as a runtime drives th
 * ``decoder``: a decode step of the causal LM on input embeddings with the cache of the
   positions before -> logits and the grown cache.
 
-Two layouts of image inputs are built from the config, without a processor:
+Three layouts of image inputs are built from the config, without a processor:
 
 * ``pixels``: ``pixel_values`` ``(images, channels, height, width)`` at the vision
   config's ``image_size``. The resolution stays static: the processors of these models
@@ -26,9 +26,19 @@ Two layouts of image inputs are built from the config, without a processor:
   ``generate`` gets one image per prompt row.
 * ``grid``: the patches of images of varying resolution flattened into one sequence,
   ``pixel_values`` ``(patches, channels * temporal_patch_size * patch_size ** 2)`` with
-  ``image_grid_thw`` ``(images, 3)`` (the Qwen2-VL family's processor). Dynamic:
-  ``patches`` and ``images``; each input set has grids of its own, and two of them are
-  resolutions the export did not see.
+  ``image_grid_thw`` ``(images, 3)`` (the Qwen2-VL family's processor), and what the
+  processor side computes from the grids with transformers' own helpers
+  (:func:`grid_inputs`: each patch's rotary position, the images' cumulative lengths,
+  the windows of window attention, the taps of an interpolated position table). The
+  tower reads those instead of looping over the grids' values; its attention over the
+  images runs as one masked attention (patch ``vision_segment_attention``). Dynamic: the
+  image tokens (patches are a multiple of the merged block) and ``images``; each input
+  set has grids of its own.
+
+A model with multimodal rope (``get_rope_index``) gets a decoder step that takes
+``position_ids`` ``(3, batch, seq_length)``: text positions in the checked sets, the
+positions ``get_rope_index`` gives the prompt and its offset for every later token in
+generation.
 
 The decoder step is checked against a full forward over its prompt and new embeddings.
 Generation: the vision encoder once, the merged prompt (text, the image's tokens, text),
@@ -207,19 +217,108 @@ def _parts() -> dict[str, type]:
             return features(self.model.get_image_features(pixel_values=pixel_values[None]))
 
     class GridEncoder(PixelEncoder):
-        """the flattened patches of images and their grids -> the image features."""
+        """the flattened patches of images, their grids and what the processor side
+        computes from the grids (:func:`grid_inputs`) -> the image features.
+
+        The vision tower is called with the precomputed tensors, which it takes instead
+        of deriving them from the grids' values with Python loops; its merged output is
+        what ``get_image_features`` returns, before splitting it per image. The optional
+        inputs are those of towers with window attention (the windows' order and bounds)
+        and with an interpolated position table (each patch's taps and weights)."""
 
         layout = "grid"
 
-        def forward(self, pixel_values: Any, image_grid_thw: Any) -> Any:  # type: ignore[override]
+        def forward(  # type: ignore[override]
+            self,
+            pixel_values: Any,
+            image_grid_thw: Any,
+            vision_position_ids: Any,
+            cu_seqlens: Any,
+            window_index: Any = None,
+            cu_window_seqlens: Any = None,
+            interp_indices: Any = None,
+            interp_weights: Any = None,
+        ) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
-            return features(
-                self.model.get_image_features(
-                    pixel_values=pixel_values, image_grid_thw=image_grid_thw
-                )
-            )
+            optional = {
+                "window_index": window_index,
+                "cu_window_seqlens": cu_window_seqlens,
+                "interp_indices": interp_indices,
+                "interp_weights": interp_weights,
+            }
+            tower = vision_tower(self.model)
+            return tower(
+                pixel_values.to(tower.dtype),
+                grid_thw=image_grid_thw,
+                position_ids=vision_position_ids,
+                cu_seqlens=cu_seqlens,
+                **{k: v for k, v in optional.items() if v is not None},
+            ).pooler_output
 
-    return {"pixels": PixelEncoder, "stacked": StackedEncoder, "grid": GridEncoder}
+    return {
+        "pixels": PixelEncoder,
+        "stacked": StackedEncoder,
+        "grid": GridEncoder,
+    }
+
+
+def rope_index(model: Any) -> Any:
+    """``get_rope_index`` of a model with multimodal rope (of the model or of its base
+    model): the prompt's positions and every row's offset, None for other models."""
+    for owner in (model, getattr(model, "model", None)):
+        function = getattr(owner, "get_rope_index", None)
+        if function is not None:
+            return function
+    return None
+
+
+def vision_tower(model: Any) -> Any:
+    """The vision tower of a variable-resolution model (``visual``, of the model or of its
+    base model), None when it has none."""
+    for owner in (model, getattr(model, "model", None)):
+        tower = getattr(owner, "visual", None)
+        if tower is not None:
+            return tower
+    return None
+
+
+def _window(tower: Any) -> tuple[int, int] | None:
+    """(window size, patch size) of a tower with window attention, None without."""
+    size = getattr(tower, "window_size", None)
+    patch = getattr(tower, "patch_size", None)
+    return (size, patch) if isinstance(size, int) and isinstance(patch, int) else None
+
+
+def grid_inputs(model: Any, grid: Any) -> dict[str, Any]:
+    """What the processor side computes from the grids ``(images, 3)`` for the vision
+    tower, with transformers' own helpers: the rotary position of every patch, the
+    cumulative lengths of the images, and for window attention the windows' order and
+    bounds."""
+    from transformers import vision_utils
+
+    tower = vision_tower(model)
+    merge = tower.spatial_merge_size
+    out = {
+        "vision_position_ids": vision_utils.get_vision_position_ids(grid, merge),
+        "cu_seqlens": vision_utils.get_vision_cu_seqlens(grid),
+    }
+    window = _window(tower)
+    if window is not None:
+        out["window_index"], out["cu_window_seqlens"] = vision_utils.get_vision_window_index(
+            grid, merge, *window
+        )
+    side = getattr(tower, "num_grid_per_side", None)
+    if isinstance(side, int):
+        out["interp_indices"], out["interp_weights"] = (
+            vision_utils.get_vision_interpolation_indices_and_weights(
+                grid,
+                side,
+                mode=getattr(tower, "interpolation_mode", "bilinear"),
+                align_corners=bool(getattr(tower, "interpolation_align_corners", False)),
+                spatial_merge_size=tower.config.spatial_merge_size,
+            )
+        )
+    return out
 
 
 def _grid_sizes(config: Any) -> tuple[int, int, int, int]:
@@ -245,7 +344,9 @@ def _pixel_sizes(config: Any) -> tuple[int, int]:
     return channels, _side(size)
 
 
-def _image_sets(layout: str, config: Any, generator: Any) -> tuple[list[dict[str, Any]], list[str]]:
+def _image_sets(
+    layout: str, model: Any, config: Any, generator: Any
+) -> tuple[list[dict[str, Any]], list[str]]:
     import torch
 
     if layout != "grid":
@@ -266,6 +367,7 @@ def _image_sets(layout: str, config: Any, generator: Any) -> tuple[list[dict[str
                 {
                     "pixel_values": torch.randn((patches, width), generator=generator),
                     "image_grid_thw": thw,
+                    **grid_inputs(model, thw),
                 }
             )
             labels.append(
@@ -345,6 +447,14 @@ def fit_config(config: Any) -> list[str]:
                 f"vision_config.image_size {size} -> {vision.image_size}: {PATCHES_PER_SIDE} "
                 f"patches per side, {why} (the position table is sized from it)"
             )
+    width = getattr(vision, "out_hidden_size", None)
+    if isinstance(width, int) and width != text.hidden_size:
+        vision.out_hidden_size = text.hidden_size
+        notes.append(
+            f"vision_config.out_hidden_size {width} -> {text.hidden_size}: the vision tower's "
+            "merger writes rows of the language model's width, which the tiny text config "
+            "shrank"
+        )
     layers = getattr(vision, "num_hidden_layers", None)
     for name in ("vision_feature_layers", "vision_feature_layer"):
         chosen = getattr(config, name, None)
@@ -410,9 +520,17 @@ class ImageTextToText(Task):
         else:
             channels, temporal, patch, _ = _grid_sizes(config)
             width = channels * temporal * patch * patch
+        if layout == "grid":
+            tower = vision_tower(model)
+            if tower is None:
+                raise ValueError(
+                    f"{type(model).__name__} has no vision tower named visual: exportcheck "
+                    "feeds a variable-resolution encoder the positions and image bounds "
+                    "precomputed from the grids, through that tower"
+                )
         encoder = _parts()[layout](model, channels, width)
         generator = torch.Generator().manual_seed(seed)
-        image_sets, image_labels = _image_sets(layout, config, generator)
+        image_sets, image_labels = _image_sets(layout, model, config, generator)
         images = torch.export.Dim("images", min=1, max=BATCH_MAX)
         if layout != "grid":
             image_shapes: dict[str, Any] = {"pixel_values": {0: images}}
@@ -421,11 +539,27 @@ class ImageTextToText(Task):
                 "image to its vision config's image_size"
             )
         else:
-            patches = torch.export.Dim("patches", min=1, max=2048)
-            image_shapes = {"pixel_values": {0: patches}, "image_grid_thw": {0: images}}
+            # the tower merges merge x merge patches into one token
+            merge = _grid_sizes(config)[3]
+            patches = torch.export.Dim("image_tokens", min=1, max=512) * merge**2
+            dynamic = torch.export.Dim.DYNAMIC
+            image_shapes = {
+                "pixel_values": {0: patches},
+                "image_grid_thw": {0: images},
+                "vision_position_ids": {0: patches},
+                "cu_seqlens": {0: images + 1},
+            }
+            extras = {"window_index", "cu_window_seqlens", "interp_indices", "interp_weights"}
+            for name in sorted(extras & set(image_sets[0])):
+                # windows: as many as the grids hold; taps: one row per patch
+                image_shapes[name] = {0: patches if name.startswith("interp") else dynamic}
             resolution = (
                 "images of any resolution: their patches flattened into one sequence of "
-                "dynamic length, the grids given by image_grid_thw"
+                "dynamic length, with the grids and what the processor side computes from "
+                "them (each patch's rotary position, the images' bounds"
+                + (", the windows' order and bounds" if "window_index" in image_sets[0] else "")
+                + (", the position table's taps" if "interp_indices" in image_sets[0] else "")
+                + ") as inputs"
             )
         notes = [
             f"vision LM: {type(model).__name__} merges its vision encoder's features into "
@@ -436,6 +570,13 @@ class ImageTextToText(Task):
             *fitted,
         ]
         batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
+        rows = 3 if rope_index(model) is not None else 0
+        if rows:
+            notes.append(
+                "multimodal rope: the decoder step takes position_ids (3, batch, "
+                "seq_length), time, height and width; text tokens have one position on "
+                "all three, image tokens their place in the image, as get_rope_index gives"
+            )
         return _audio_lm.merged_lm(
             self.name,
             model,
@@ -445,6 +586,7 @@ class ImageTextToText(Task):
             token,
             generator,
             batch,
+            position_rows=rows,
         )
 
     def components(self, m: UntrainedModel) -> list[Component]:
@@ -472,6 +614,7 @@ class ImageTextToText(Task):
             image = {
                 "pixel_values": torch.randn((patches, width), generator=generator),
                 "image_grid_thw": grid,
+                **grid_inputs(m.model, grid),
             }
         with torch.no_grad():
             rows = encoder.module(**copy.deepcopy(image)).shape[0] // 2
@@ -493,13 +636,28 @@ class ImageTextToText(Task):
 
         feeds = self.generation_inputs(m)
         given = {k: v for k, v in feeds.items() if k != "image"}
-        image = dict(feeds["image"])
+        # what the model's processor gives: the pixels, and the grids
+        image = {k: v for k, v in feeds["image"].items() if k in ("pixel_values", "image_grid_thw")}
         if vision_layout(m.model) == "stacked":  # one image per prompt
             image["pixel_values"] = image["pixel_values"][:, None]
+        if "mm_token_type_ids" in inspect.signature(m.model.forward).parameters:
+            # what the processor returns beside the ids: 1 on image tokens
+            given["mm_token_type_ids"] = (given["input_ids"] == image_token(m.config)).int()
         return greedy_generate(m.model, {**given, **image}, self.new_tokens)
 
     def generate(self, m: UntrainedModel, call: Any, forced: Any) -> Generation:
         feeds = self.generation_inputs(m)
+        token = image_token(m.config)
+        positions = None
+        index = rope_index(m.model)
+        if index is not None:
+            ids = feeds["input_ids"]
+            positions = index(
+                ids,
+                mm_token_type_ids=(ids == token).int(),
+                image_grid_thw=feeds["image"]["image_grid_thw"],
+                attention_mask=feeds["attention_mask"],
+            )
         return _audio_lm.merged_generate(
             m,
             call,
@@ -507,8 +665,9 @@ class ImageTextToText(Task):
             "vision_encoder",
             feeds["image"],
             feeds,
-            image_token(m.config),
+            token,
             "feature rows",
+            positions=positions,
         )
 
 
