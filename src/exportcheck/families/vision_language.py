@@ -62,40 +62,58 @@ _NO_SIZE = {
     "t5gemma2": "an encoder-decoder whose SigLIP encoder size is in the processor only",
     "unlimited_ocr": "global and local views, sized by the processor",
 }
-#: variable-resolution encoders (flattened patches with image_grid_thw)
-_GRID = [
-    "cosmos3_omni",
-    "exaone4_5",
-    "glm46v",
-    "glm4v",
-    "glm4v_moe",
-    "glm5_next",
-    "glm_ocr",
-    "glmga",
-    "hunyuan_vl",
-    "hyperclovax_vision_v2",
-    "lfm3_vl",
-    "minimax_m3_vl",
-    "qwen2_5_omni_thinker",
-    "qwen2_5_vl",
-    "qwen2_vl",
-    "qwen3_5",
-    "qwen3_5_moe",
-    "qwen3_omni_moe_thinker",
-    "qwen3_vl",
-    "qwen3_vl_moe",
-    "qwen4_exp",
-]
-_GRID_REASON = (
-    "the vision encoder of a variable-resolution model is data-dependent in the image "
-    "grids: its attention runs each image apart, splitting the patches with "
-    "cu_seqlens.tolist() (Qwen2-VL: transformers/models/qwen2_vl/modeling_qwen2_vl.py:"
-    "401-403), its rotary positions loop over the rows of image_grid_thw, and "
-    "get_image_features splits the features by the grids' sizes; torch.export cannot "
-    "guard on those values. The fix is a rewrite of those three places as tensor "
-    "operations (one attention with a block-diagonal mask, positions computed from the "
-    "patch index), not yet done"
-)
+#: variable-resolution encoders (flattened patches with image_grid_thw) that the grid
+#: layout does not carry yet
+_GRID: dict[str, tuple[str, str]] = {
+    **{
+        t: (
+            r"has no vision tower named visual",
+            "its variable-resolution tower has another name and a projector or a "
+            f"row-separator step after it ({why}); the grid layout calls the tower named "
+            "visual with the tensors precomputed from the grids",
+        )
+        for t, why in {
+            "ernie4_5_vl_moe": "vision_model, then a resampler",
+            "kimi_k25": "vision_tower, with its own frame and temporal-merge indices",
+            "muse_glimmer": "a pixel-shuffle merger after its tower",
+            "video_llama_3": "vision_model, with per-image merge sizes (image_merge_sizes)",
+            "hunyuan_vl": "vision_tower, whose output gets a separator per row of patches",
+            "hyperclovax_vision_v2": "vision_model, then a projector",
+            "lfm3_vl": "vision_tower, then multi_modal_projector",
+            "minimax_m3_vl": "vision_tower, then multi_modal_projector",
+        }.items()
+    },
+    **{
+        t: (
+            r"eager's step-by-step loop differs from generate",
+            "DeepStack: the vision tower also returns features of its early layers, which "
+            "the language model adds to the hidden states of the image tokens in its first "
+            "layers (deepstack_visual_embeds, visual_pos_masks); the task's decoder graph "
+            "takes the merged input embeddings only, so its loop misses them",
+        )
+        for t in ("cosmos3_omni", "qwen3_vl", "qwen3_vl_moe")
+    },
+    **{
+        t: (
+            r"object has no attribute 'vision_start_token_id'",
+            "its get_rope_index reads vision_start_token_id from the thinker config, which "
+            "the tiny config (as shipped) does not set: the prompt's multimodal positions "
+            "cannot be computed",
+        )
+        for t in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker")
+    },
+    "paddleocr_vl": (
+        r"'PaddleOCRVisionModel' object has no attribute 'spatial_merge_size'",
+        "its tower is named visual but merges no patches (the projector does), so it has "
+        "no spatial_merge_size, which the positions precomputed from the grids need",
+    ),
+    "glm5_next": (
+        r"Guard failed: \(15 \+ inputs_embeds\.size\(\)\[1\] \+ cache\['indexer_keys'\]",
+        "the vision encoder and the decoder step export, but the decoder's sparse-attention "
+        "indexer guards that the cached and new positions fill one block of 16, which the "
+        "generation's prompt (longer, with its image tokens) does not",
+    ),
+}
 _BUILD_CONFIG = (
     r"Class validation error for validator 'validate_architecture'",
     "the tiny config fails its own validation: a width or rope section the shrinking "
@@ -140,7 +158,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         )
         for t, why in _NO_SIZE.items()
     },
-    **{t: (r"data-dependent expression", _GRID_REASON) for t in _GRID},
+    **_GRID,
     **{
         t: (_BUILD_CONFIG[0], _BUILD_CONFIG[1].format(tie))
         for t, tie in {
@@ -207,31 +225,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         r"Number of patches 49 not found in patch_to_query_dict",
         "its projector maps the patch count to a query count from a table of the "
         "published resolutions (490 and 980 pixels); the tiny 7x7 patches have no entry",
-    ),
-    "ernie4_5_vl_moe": (
-        r"mat1 and mat2 shapes cannot be multiplied \(40x1176 and 588x64\)",
-        "its patch embedding takes one frame per patch (temporal patch 1) while its "
-        "config does not say so; the task builds two frames per patch",
-    ),
-    "kimi_k25": (
-        r"Expected 3D \(unbatched\) or 4D \(batched\) input to conv2d",
-        "its patch embedding is a conv2d on unflattened patches, not the flattened "
-        "patch rows the grid layout builds",
-    ),
-    "paddleocr_vl": (
-        r"not enough values to unpack \(expected 5, got 3\)",
-        "its encoder takes the patches as (images, patches, channels, height, width), "
-        "not the flattened rows the grid layout builds",
-    ),
-    "video_llama_3": (
-        r"missing 1 required positional argument: 'image_merge_sizes'",
-        "get_image_features declares image_grid_thw optional but requires "
-        "image_merge_sizes through its vision model",
-    ),
-    "muse_glimmer": (
-        r"mat1 and mat2 shapes cannot be multiplied \(10x256 and 6144x4096\)",
-        "its projector keeps the published input width (6144) while the tiny vision "
-        "encoder gives 256: a width tie the shrinking does not know",
     ),
     "ovis2": (
         r"IndexError: index out of range in self",
