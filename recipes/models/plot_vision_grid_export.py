@@ -1,6 +1,6 @@
 """
 Images of any resolution: exporting a Qwen2-VL vision encoder
-============================================================
+=============================================================
 
 Qwen2-VL and its relatives do not resize images to one size. The processor cuts each
 image into patches of 14 pixels, flattens the patches of every image into one sequence
