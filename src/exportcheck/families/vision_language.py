@@ -24,9 +24,9 @@ _NO_TOKEN = {
     "instructblipvideo": "a Q-Former over video frames feeds prepended queries",
     "kosmos-2": "image features replace an embedded span marked by an image mask",
     "kosmos-2.5": "flattened patches with their own positions; features fill a masked span",
-    "minicpm_ocr": "image_token_id is None in the shipped config (its processor sets it)",
-    "minicpmv4_6": "image_token_id is None in the shipped config (its processor sets it)",
-    "minicpmv4_7": "image_token_id is None in the shipped config (its processor sets it)",
+    "minicpm_ocr": "image_token_id is None in the shipped config",
+    "minicpmv4_6": "image_token_id is None in the shipped config",
+    "minicpmv4_7": "image_token_id is None in the shipped config",
     "mistral4": "the mapping names Mistral4ForCausalLM, whose config is text-only",
     "nemotron_h_omni": "image_token_id is None in the shipped config",
     "pi0": "a vision-language-action policy: images and state prefix an action expert",
@@ -57,9 +57,9 @@ _OTHER_INPUTS = {
 #: model types whose vision config sets no image size
 _NO_SIZE = {
     "florence2": "a DaViT encoder: its processor's size is not in the vision config",
-    "gemma4": "variable-resolution patches with position ids, sized by the processor",
-    "gemma4_unified": "variable-resolution patches with position ids, sized by the processor",
-    "t5gemma2": "an encoder-decoder whose SigLIP encoder size is in the processor only",
+    "gemma4": "its shipped config leaves vision_config None",
+    "gemma4_unified": "its shipped config leaves vision_config None",
+    "t5gemma2": "an encoder-decoder whose vision config sits inside its encoder config",
     "unlimited_ocr": "global and local views, sized by the processor",
 }
 #: variable-resolution encoders (flattened patches with image_grid_thw) that the grid
@@ -68,16 +68,16 @@ _GRID: dict[str, tuple[str, str]] = {
     **{
         t: (
             r"has no vision tower named visual",
-            "its variable-resolution tower has another name and a projector or a "
-            f"row-separator step after it ({why}); the grid layout calls the tower named "
-            "visual with the tensors precomputed from the grids",
+            "its variable-resolution tower is not the attribute named visual, or other "
+            f"steps follow it ({why}); the grid layout calls the tower named visual with "
+            "the tensors precomputed from the grids",
         )
         for t, why in {
-            "ernie4_5_vl_moe": "vision_model, then a resampler",
+            "ernie4_5_vl_moe": "its tower is not an attribute named visual",
             "kimi_k25": "vision_tower, with its own frame and temporal-merge indices",
             "muse_glimmer": "a pixel-shuffle merger after its tower",
-            "video_llama_3": "vision_model, with per-image merge sizes (image_merge_sizes)",
-            "hunyuan_vl": "vision_tower, whose output gets a separator per row of patches",
+            "video_llama_3": "its encoder also requires per-image merge sizes, image_merge_sizes",
+            "hunyuan_vl": "vision_tower, then steps on the merged grid of each image",
             "hyperclovax_vision_v2": "vision_model, then a projector",
             "lfm3_vl": "vision_tower, then multi_modal_projector",
             "minimax_m3_vl": "vision_tower, then multi_modal_projector",
@@ -228,8 +228,9 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     ),
     "ovis2": (
         r"IndexError: index out of range in self",
-        "its image token id (151665) is outside the tiny text vocabulary: eager "
-        "generate embeds the placeholder itself (the visual vocabulary is separate)",
+        "its image token id (151665) lies outside the tiny text vocabulary (1024), which "
+        "the tiny config does not move it into; eager generate fails embedding the "
+        "prompt's image tokens",
     ),
     "paligemma": (
         r"eager is inconsistent: the decode step differs from a full forward",
