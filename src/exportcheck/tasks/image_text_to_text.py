@@ -33,7 +33,7 @@ Three layouts of image inputs are built from the config, without a processor:
   tower reads those instead of looping over the grids' values; its attention over the
   images runs as one masked attention (patch ``vision_segment_attention``). Dynamic: the
   image tokens (patches are a multiple of the merged block) and ``images``; each input
-  set has grids of its own.
+  set has grids of its own, the last at the declared bounds (4 images, 32 tokens).
 
 A model with multimodal rope (``get_rope_index``) gets a decoder step that takes
 ``position_ids`` ``(3, batch, seq_length)``: text positions in the checked sets, the
@@ -62,17 +62,21 @@ __all__ = ["ImageTextToText", "check_image_inputs", "image_token", "vision_layou
 
 #: images of each ``pixels`` input set: every set a distinct count, the last at the bound
 IMAGE_COUNTS = [2, 1, 3, 4, 5, 6, BATCH_MAX]
-#: the grids ``(t, h, w)`` of the images of each ``grid`` input set, in patches before the
-#: spatial merge (multiplied by it): the first is traced, the others unseen, the last
-#: holds the most patches
+#: images and image tokens (merged patches) of one call, at most: the bounds the ``grid``
+#: layout declares and checks (small, for the sweep's time; a deployment declares its own)
+GRID_IMAGES_MAX = 4
+GRID_TOKENS_MAX = 32
+#: the grids ``(t, h, w)`` of the images of each ``grid`` input set, in image tokens (the
+#: patches are ``h * merge`` by ``w * merge``): the first is traced, the others unseen,
+#: the last at the declared bounds
 GRIDS = [
     [(1, 2, 2), (1, 2, 3)],
     [(1, 3, 2)],
     [(1, 2, 2), (1, 1, 1), (1, 3, 3)],
     [(1, 4, 2)],
     [(1, 1, 2), (1, 2, 1), (1, 1, 1), (1, 2, 2)],
-    [(1, 3, 4)],
-    [(1, 4, 4), (1, 4, 4)],
+    [(1, 4, 4), (1, 3, 4)],
+    [(1, 2, GRID_TOKENS_MAX // GRID_IMAGES_MAX // 2)] * GRID_IMAGES_MAX,
 ]
 #: patches per side of the images of a fixed-resolution encoder: a larger image_size of
 #: the tiny config is shrunk to this many patches
@@ -541,7 +545,8 @@ class ImageTextToText(Task):
         else:
             # the tower merges merge x merge patches into one token
             merge = _grid_sizes(config)[3]
-            patches = torch.export.Dim("image_tokens", min=1, max=512) * merge**2
+            patches = torch.export.Dim("image_tokens", min=1, max=GRID_TOKENS_MAX) * merge**2
+            images = torch.export.Dim("images", min=1, max=GRID_IMAGES_MAX)
             dynamic = torch.export.Dim.DYNAMIC
             image_shapes = {
                 "pixel_values": {0: patches},
