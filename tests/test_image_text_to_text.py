@@ -204,3 +204,46 @@ def test_the_exported_grid_encoder_matches_get_image_features_on_unseen_resoluti
         expected = torch.cat(list(own.pooler_output))
         assert got.shape == expected.shape == (int(thw.prod(-1).sum()) // 4, got.shape[1])
         assert float((got - expected).abs().max()) < 1e-4, grids
+
+
+def _tiny(model_type):
+    from transformers import CONFIG_MAPPING
+
+    from exportcheck.models.tiny import tiny_config
+
+    return CONFIG_MAPPING[model_type](), tiny_config(CONFIG_MAPPING[model_type]())
+
+
+def test_the_tiny_config_rescales_multimodal_rope_sections_to_the_rotary_dims():
+    published, tiny = _tiny("cosmos3_edge")  # its config validates the sum
+    assert published.text_config.rope_parameters["mrope_section"] == [24, 20, 20]
+    assert tiny.text_config.rope_parameters["mrope_section"] == [3, 2, 3]
+    assert sum(tiny.text_config.rope_parameters["mrope_section"]) == tiny.text_config.head_dim // 2
+    _, tiny = _tiny("hy_v4_vl")  # multi-head latent attention rotates qk_rope_head_dim
+    sections = tiny.text_config.rope_parameters["mrope_section"]
+    assert sum(sections) == tiny.text_config.qk_rope_head_dim // 2 and min(sections) >= 1
+
+
+@pytest.mark.parametrize(
+    "model_type, sub, key",
+    [
+        ("granite_docling", "vision_config", "out_hidden_size"),
+        ("inkling2", "vision_config", "text_hidden_size"),
+        ("muse_spark", "audio_config", "out_hidden_size"),
+    ],
+)
+def test_the_tiny_config_keeps_a_width_tied_to_the_text_model(model_type, sub, key):
+    published, tiny = _tiny(model_type)
+    assert getattr(getattr(published, sub), key) == published.text_config.hidden_size > 64
+    assert getattr(getattr(tiny, sub), key) == tiny.text_config.hidden_size == 64
+
+
+def test_the_tiny_config_leaves_untied_widths_and_clamps_adapter_layers():
+    published, tiny = _tiny("molmo2")
+    # published 3584 against a text width of 4096: no tie, so no change
+    assert tiny.adapter_config.text_hidden_size == published.adapter_config.text_hidden_size
+    assert published.adapter_config.vision_feature_layer == [24, 18]
+    assert tiny.adapter_config.vision_feature_layer == [1, 1]  # the 2 vision layers kept
+    published, tiny = _tiny("musicgen")  # EnCodec: no projection around the quantizer
+    assert published.audio_encoder.codebook_dim == published.audio_encoder.hidden_size
+    assert tiny.audio_encoder.codebook_dim == tiny.audio_encoder.hidden_size < 128

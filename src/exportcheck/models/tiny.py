@@ -18,8 +18,11 @@ Generic rules:
 * **Other dimensions** (multi-head latent attention, state-space and linear-attention
   heads, convolution kernels) shrink to small values with the same ratios.
 * **Rope.** Longrope's per-frequency factor lists are resampled to half the shrunk
-  rotary dimensions; ``original_max_position_embeddings`` shrinks with
-  ``max_position_embeddings`` so the scaling factor stays the published one.
+  rotary dimensions, and multimodal rope's ``mrope_section`` rescaled to sum to it;
+  ``original_max_position_embeddings`` shrinks with ``max_position_embeddings`` so the
+  scaling factor stays the published one.
+* **Ties.** A width the published config ties to another (a vision tower's
+  ``out_hidden_size`` to the text model's hidden size) stays tied.
 * Everything else (windows, rope type and factors, norms, activation) keeps the
   model's default.
 """
@@ -417,6 +420,9 @@ _ROPE_KEYS = ("rope_parameters", "rope_scaling")
 # Rope parameters with one value per rotary frequency (longrope): as many as half the
 # rotary dimensions.
 _FREQUENCY_LISTS = ("short_factor", "long_factor")
+# Multimodal rope's rotary frequencies given to time, height and width: they sum to half
+# the rotary dimensions.
+_SECTIONS = "mrope_section"
 
 
 def _rope_dicts(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -452,6 +458,8 @@ def _shrink_rope(data: dict[str, Any], original: dict[str, Any]) -> None:
       shrinks, the former shrinks by the same ratio, so the scaling factor (and
       longrope's attention factor, which derives from the ratio) stay the published
       ones, and the original context stays below the maximum as validation expects.
+    * Multimodal rope's ``mrope_section`` must sum to half the rotary dimensions: the
+      sections are rescaled in their published proportions.
     """
     rope = _rope_dicts(data)
     old_max, new_max = original.get("max_position_embeddings"), data.get("max_position_embeddings")
@@ -460,9 +468,10 @@ def _shrink_rope(data: dict[str, Any], original: dict[str, Any]) -> None:
             value = holder.get("original_max_position_embeddings")
             if _is_int(value):
                 holder["original_max_position_embeddings"] = max(1, value * new_max // old_max)
-    if not any(isinstance(r.get(k), list) for r in rope for k in _FREQUENCY_LISTS):
+    if not any(isinstance(r.get(k), list) for r in rope for k in (*_FREQUENCY_LISTS, _SECTIONS)):
         return
-    head_dim = data.get("head_dim")
+    # multi-head latent attention rotates qk_rope_head_dim of each head
+    head_dim = data.get("qk_rope_head_dim", data.get("head_dim"))
     heads = data.get("num_attention_heads")
     if not _is_int(head_dim) and _is_int(data.get("hidden_size")) and _is_int(heads):
         head_dim = data["hidden_size"] // heads
@@ -474,6 +483,20 @@ def _shrink_rope(data: dict[str, Any], original: dict[str, Any]) -> None:
         for key in _FREQUENCY_LISTS:
             if isinstance(params.get(key), list) and len(params[key]) != half:
                 params[key] = _resample(params[key], half)
+        sections = params.get(_SECTIONS)
+        ints = isinstance(sections, list) and sections and all(map(_is_int, sections))
+        if ints and sum(sections) != half:
+            params[_SECTIONS] = rescale_sections(sections, half)
+
+
+def rescale_sections(sections: list[int], total: int) -> list[int]:
+    """``sections`` rescaled to sum to ``total``, in the same proportions, none empty.
+
+    >>> rescale_sections([16, 24, 24], 8)
+    [2, 3, 3]
+    """
+    new = [max(1, round(x * total / sum(sections))) for x in sections[:-1]]
+    return [*new, total - sum(new)]
 
 
 def _shrink_dict(data: dict[str, Any]) -> None:
@@ -500,10 +523,43 @@ def _shrink_dict(data: dict[str, Any]) -> None:
         data["is_decoder"] = True
     for key in _derived_keys(cls, data):
         data.pop(key, None)
-    for value in data.values():
-        if isinstance(value, dict) and "model_type" in value:
-            _shrink_dict(value)
+    subs = {k: v for k, v in data.items() if isinstance(v, dict) and "model_type" in v}
+    published = {k: dict(v) for k, v in subs.items()}
+    for value in subs.values():
+        _shrink_dict(value)
+    _keep_ties(subs, published)
     _move_placeholder_tokens(data)  # once the text sub-config has its tiny vocabulary
+
+
+#: widths of a sub-config named for the language model's width they feed (a vision
+#: tower's merger output, an encoder's projection into the text embeddings)
+_TEXT_WIDTHS = ("out_hidden_size", "text_hidden_size")
+#: widths a config ties to its own hidden size when it has no projection between them
+_OWN_WIDTHS = ("codebook_dim",)
+
+
+def _keep_ties(subs: dict[str, dict[str, Any]], published: dict[str, dict[str, Any]]) -> None:
+    """Widths the published config ties together stay tied once shrunk: a sub-config's
+    :data:`_TEXT_WIDTHS` equal to the text config's hidden size follow its tiny hidden
+    size, and its :data:`_OWN_WIDTHS` equal to its own hidden size follow that (the
+    configs validate these ties). An adapter's ``vision_feature_layer`` indices are
+    clamped to the vision layers kept."""
+    text, old_text = subs.get("text_config", {}), published.get("text_config", {})
+    for name, sub in subs.items():
+        before = published[name]
+        for key in _TEXT_WIDTHS:
+            tied = _is_int(before.get(key)) and before.get(key) == old_text.get("hidden_size")
+            if name != "text_config" and tied and _is_int(text.get("hidden_size")):
+                sub[key] = text["hidden_size"]
+        for key in _OWN_WIDTHS:
+            if _is_int(before.get(key)) and before.get(key) == before.get("hidden_size"):
+                sub[key] = sub["hidden_size"]
+    # an adapter's layer indices into the vision tower stay inside the layers kept
+    layers = subs.get("vision_config", {}).get("num_hidden_layers")
+    for sub in subs.values():
+        chosen = sub.get("vision_feature_layer")
+        if _is_int(layers) and isinstance(chosen, list) and all(map(_is_int, chosen)):
+            sub["vision_feature_layer"] = [max(-layers, min(i, layers - 1)) for i in chosen]
 
 
 def _move_placeholder_tokens(data: dict[str, Any]) -> None:

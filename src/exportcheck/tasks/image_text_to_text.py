@@ -56,6 +56,7 @@ from typing import Any
 
 from ..dims import BATCH_MAX
 from ..models import UntrainedModel, prepare_weights
+from ..models.tiny import rescale_sections
 from . import Component, Generation, Task, _audio_lm, register
 
 __all__ = ["ImageTextToText", "check_image_inputs", "image_token", "vision_layout"]
@@ -423,8 +424,7 @@ def fit_config(config: Any) -> list[str]:
             or ([int(x) for x in found.groups()] if found else [16, 24, 24])
         )
         if sum(old) != half:
-            new = [max(1, round(x * half / sum(old))) for x in old[:-1]]
-            new.append(half - sum(new))
+            new = rescale_sections(old, half)
             rope["mrope_section"] = new
             notes.append(
                 f"rope mrope_section {old} -> {new}: the sections of time, height and width "
