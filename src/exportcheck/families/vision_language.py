@@ -158,10 +158,11 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     },
     **_GRID,
     "apertus1p5": (
-        r"The audio token range ends at \d+, beyond the vocabulary",
+        r"Class validation error for validator 'validate_architecture'",
         "a discrete-token model: its vocabulary holds the image and audio codebooks' "
         "token ranges after the text tokens (audio_token_offset + codebook_size), which "
-        "the tiny vocabulary of 1024 does not; the config refuses to build",
+        "the tiny vocabulary of 1024 does not; the config refuses to build ('The audio "
+        "token range ends at 266440, beyond the vocabulary')",
     ),
     "cosmos3_edge": (
         r"mat1 and mat2 shapes cannot be multiplied \(40x1536 and 768x64\)",
