@@ -247,3 +247,65 @@ def test_the_tiny_config_leaves_untied_widths_and_clamps_adapter_layers():
     published, tiny = _tiny("musicgen")  # EnCodec: no projection around the quantizer
     assert published.audio_encoder.codebook_dim == published.audio_encoder.hidden_size
     assert tiny.audio_encoder.codebook_dim == tiny.audio_encoder.hidden_size < 128
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl():
+    return untrained_model("qwen3_vl", task=TASK)
+
+
+def test_deepstack_features_added_densely_equal_the_models_masked_add(qwen3_vl):
+    """The decoder graph adds DeepStack features as a dense tensor, zero off the image
+    tokens; the language model adds them at a boolean mask: the hidden states agree
+    exactly, and differ from those without the features."""
+    language = qwen3_vl.model.model.language_model
+    hidden = qwen3_vl.config.text_config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    embeds = torch.randn((2, 7, hidden), generator=g)
+    mask = torch.zeros((2, 7), dtype=torch.bool)
+    mask[0, 2:5], mask[1, 1:4] = True, True
+    features = [torch.randn((6, hidden), generator=g) for _ in range(2)]
+    dense = torch.zeros((2, 2, 7, hidden))
+    for i, f in enumerate(features):
+        dense[i] = dense[i].masked_scatter(mask[..., None].expand(2, 7, hidden), f)
+    with torch.no_grad():
+        masked = language(
+            inputs_embeds=embeds, visual_pos_masks=mask, deepstack_visual_embeds=features
+        ).last_hidden_state
+        with _audio_lm.added_to_layers(qwen3_vl.model, dense):
+            added = language(inputs_embeds=embeds).last_hidden_state
+        plain = language(inputs_embeds=embeds).last_hidden_state  # the hooks are gone
+    assert torch.equal(added, masked)
+    assert (plain - masked).abs().max() > 1e-3
+
+
+def test_a_deepstack_model_exports_its_features_and_generates_as_generate(qwen3_vl):
+    encoder, _, step = qwen3_vl.components
+    assert any("DeepStack" in n for n in qwen3_vl.notes)
+    # the tower's early-layer features, for the tiny language model's 2 layers
+    assert step.input_sets[0]["deepstack_embeds"].shape[0] == 2
+    assert step.dynamic_shapes["deepstack_embeds"][2].__name__ == "seq_length"
+    with torch.no_grad():
+        out = encoder.module(**copy.deepcopy(encoder.input_sets[0]))
+    assert set(out) == {"features", "deepstack"}
+    assert out["deepstack"].shape[1:] == out["features"].shape
+    task = get_task(TASK)
+    assert all(c["ok"] for c in task.check_eager(qwen3_vl, 1e-4))
+    modules = {c.name: c.module for c in qwen3_vl.components}
+    with torch.no_grad():
+        reference = task.generate_eager(qwen3_vl)
+        loop = task.generate(qwen3_vl, lambda name, feeds: modules[name](**feeds), reference.tokens)
+        # without the features, the same loop is not generate's
+        zeroed = task.generate(
+            qwen3_vl,
+            lambda name, feeds: (
+                modules[name](**{**feeds, "deepstack_embeds": 0 * feeds["deepstack_embeds"]})
+                if name == "decoder"
+                else modules[name](**feeds)
+            ),
+            reference.tokens,
+        )
+    assert torch.equal(loop.tokens, reference.tokens)
+    logits = torch.stack(reference.logits)
+    assert torch.allclose(torch.stack(loop.logits), logits, atol=1e-4)
+    assert not torch.allclose(torch.stack(zeroed.logits), logits, atol=1e-4)

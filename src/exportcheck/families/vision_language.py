@@ -90,16 +90,6 @@ _GRID: dict[str, tuple[str, str]] = {
     },
     **{
         t: (
-            r"eager's step-by-step loop differs from generate",
-            "DeepStack: the vision tower also returns features of its early layers, which "
-            "the language model adds to the hidden states of the image tokens in its first "
-            "layers (deepstack_visual_embeds, visual_pos_masks); the task's decoder graph "
-            "takes the merged input embeddings only, so its loop misses them",
-        )
-        for t in ("cosmos3_omni", "qwen3_vl", "qwen3_vl_moe")
-    },
-    **{
-        t: (
             r"object has no attribute 'vision_start_token_id'",
             "its get_rope_index reads vision_start_token_id from the thinker config, which "
             "the tiny config (as shipped) does not set: the prompt's multimodal positions "

@@ -29,9 +29,11 @@ tokens, prefills it and runs 8 greedy steps through each runtime against eager
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 from ..dims import BATCH_MAX, length_bounds
@@ -268,7 +270,26 @@ def _parts() -> dict[str, type]:
             )
             return {"logits": out.logits, "cache": _cache_of(out)}
 
+    class DeepstackDecoder(PositionedDecoder):
+        """A positioned decode step that also takes DeepStack features ``(layers, batch,
+        seq_length, hidden)``: the vision tower's early-layer features written at the
+        image tokens' positions, zero elsewhere, added to the output of the language
+        model's first layers (:func:`added_to_layers`), where the forward adds them at
+        the image tokens."""
+
+        def forward(  # type: ignore[override]
+            self,
+            inputs_embeds: Any,
+            attention_mask: Any,
+            position_ids: Any,
+            deepstack_embeds: Any,
+            cache: Any,
+        ) -> dict[str, Any]:
+            with added_to_layers(self.model, deepstack_embeds):
+                return super().forward(inputs_embeds, attention_mask, position_ids, cache)
+
     return {
+        "deepstack_decoder": DeepstackDecoder,
         "positioned_decoder": PositionedDecoder,
         "input_features": AudioEncoder,
         "input_values": WaveAudioEncoder,
@@ -276,6 +297,42 @@ def _parts() -> dict[str, type]:
         "embed_tokens": EmbedTokens,
         "decoder": Decoder,
     }
+
+
+def text_layers(model: Any) -> Any:
+    """The decoder layers of a multimodal model's language model."""
+    base = getattr(model, "model", model)
+    for owner in (getattr(base, "language_model", None), base):
+        layers = getattr(owner, "layers", None)
+        if layers is not None:
+            return layers
+    raise ValueError(f"{type(model).__name__}: no language model layers found")
+
+
+@contextlib.contextmanager
+def added_to_layers(model: Any, dense: Any) -> Iterator[None]:
+    """Within the block, the output of the language model's layer ``i`` gets ``dense[i]``
+    added, for ``i`` below ``len(dense)``; ``dense`` is ``(layers, batch, seq_length,
+    hidden)``, zero where nothing is added. DeepStack models add their vision tower's
+    early-layer features to the hidden states of the image tokens this way (the forward
+    adds them at a mask's positions, ``hidden[mask] + features``: adding zeros elsewhere
+    gives the same values, with no data-dependent shape)."""
+
+    def hook(index: int) -> Any:
+        def add(module: Any, args: Any, out: Any) -> Any:
+            if isinstance(out, tuple):
+                return (out[0] + dense[index].to(out[0].dtype), *out[1:])
+            return out + dense[index].to(out.dtype)
+
+        return add
+
+    layers = text_layers(model)
+    handles = [layers[i].register_forward_hook(hook(i)) for i in range(dense.shape[0])]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 #: seconds of audio a feature extractor that pads every clip to a fixed chunk (Whisper's
@@ -501,13 +558,17 @@ def merged_lm(
     generator: Any,
     batch: Any,
     position_rows: int = 0,
+    deepstack: int = 0,
 ) -> UntrainedModel:
     """The model of an LM whose forward merges an encoder's outputs into its input
     embeddings at the positions of ``token``: the ``encoder`` component, then
     ``embed_tokens`` and the ``decoder`` step on input embeddings with their input sets
     (prompts of text tokens, none of them ``token``, one set left-padded, the last at the
     declared bounds). ``position_rows``: the decoder takes ``position_ids`` of that many
-    rows (3 for multimodal rope), those of text (:func:`text_positions`) in its sets."""
+    rows (3 for multimodal rope), those of text (:func:`text_positions`) in its sets.
+    ``deepstack``: the decoder also takes DeepStack features for that many layers
+    (:func:`added_to_layers`), random in its sets (each new position gets some, as an
+    image token would)."""
     import torch
 
     from ..caches import cache_dynamic_shapes
@@ -515,7 +576,10 @@ def merged_lm(
 
     parts = _parts()
     embed = parts["embed_tokens"](model)
-    decoder = parts["positioned_decoder" if position_rows else "decoder"](model)
+    kind = (
+        "deepstack_decoder" if deepstack else "positioned_decoder" if position_rows else "decoder"
+    )
+    decoder = parts[kind](model)
     text = config.get_text_config(decoder=True)
     seq_max, cache_max = length_bounds(text)
     shapes = [*DECODER_SETS, (BATCH_MAX, seq_max, cache_max, 0)]
@@ -536,6 +600,9 @@ def merged_lm(
         step = {"inputs_embeds": new_embeds, "attention_mask": whole}
         if position_rows:
             step["position_ids"] = text_positions(whole, position_rows)[..., -new:].contiguous()
+        if deepstack:
+            shape = (deepstack, *new_embeds.shape)
+            step["deepstack_embeds"] = new_embeds.std() * torch.randn(shape, generator=generator)
         step["cache"] = _contiguous(_cache_of(out))
         step_sets.append(step)
         embed_sets.append({"input_ids": new_ids})
@@ -550,6 +617,7 @@ def merged_lm(
         "inputs_embeds": {0: batch, 1: seq_length},
         "attention_mask": {0: batch, 1: torch.export.Dim.DYNAMIC},
         **({"position_ids": {1: batch, 2: seq_length}} if position_rows else {}),
+        **({"deepstack_embeds": {1: batch, 2: seq_length}} if deepstack else {}),
         "cache": cache_dynamic_shapes(step_sets[0]["cache"], batch, cache_length),
     }
     embed_labels = [lab.split(" cache=")[0] for lab in labels]
@@ -598,12 +666,17 @@ def check_eager(m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
             if "position_ids" in feeds:
                 rows = feeds["position_ids"].shape[0]
                 given["position_ids"] = text_positions(feeds["attention_mask"], rows)
-            whole = m.model(
-                inputs_embeds=torch.cat([m.prompts[i], new], 1),
-                attention_mask=feeds["attention_mask"],
-                use_cache=False,
-                **given,
-            ).logits[:, -new.shape[1] :]
+            added = feeds.get("deepstack_embeds")
+            if added is not None:  # nothing added over the prompt's text
+                shape = (*added.shape[:2], m.prompts[i].shape[1], added.shape[-1])
+                added = torch.cat([torch.zeros(shape), added], 2)
+            with added_to_layers(m.model, added) if added is not None else contextlib.nullcontext():
+                whole = m.model(
+                    inputs_embeds=torch.cat([m.prompts[i], new], 1),
+                    attention_mask=feeds["attention_mask"],
+                    use_cache=False,
+                    **given,
+                ).logits[:, -new.shape[1] :]
         diff = float((got.double() - whole.double()).abs().max())
         out.append({"input_set": i, "abs": diff, "ok": diff <= atol})
     return out
@@ -718,6 +791,9 @@ def merged_generate(
     step = next(c for c in m.components if c.name == "decoder")
     bound = getattr(step.dynamic_shapes["inputs_embeds"][1], "max", ids.shape[1])
     features = call(encoder, encoder_feeds)
+    deepstack = None
+    if isinstance(features, dict):  # a DeepStack tower: its early layers' features too
+        features, deepstack = features["features"], features["deepstack"]
     embeds = torch.cat(
         [
             call("embed_tokens", {"input_ids": ids[:, start : start + bound]})
@@ -726,15 +802,28 @@ def merged_generate(
         1,
     )
     merged = merge(embeds, ids, token, features, what)
+    added = None
+    if "deepstack_embeds" in step.input_sets[0]:
+        # each layer's features written at the image tokens, zero elsewhere
+        layers = step.input_sets[0]["deepstack_embeds"].shape[0]
+        zeros = torch.zeros_like(embeds)
+        added = torch.stack([merge(zeros, ids, token, deepstack[i], what) for i in range(layers)])
 
     def at(start: int, end: int) -> dict[str, Any]:
-        if positions is None:
-            return {}
-        return {"position_ids": positions[0][..., start:end].contiguous()}
+        given = {}
+        if positions is not None:
+            given["position_ids"] = positions[0][..., start:end].contiguous()
+        if added is not None:
+            given["deepstack_embeds"] = added[:, :, start:end].contiguous()
+        return given
 
-    with torch.no_grad():
+    first_added = added_to_layers(m.model, added[:, :, :1]) if added is not None else None
+    with torch.no_grad(), first_added or contextlib.nullcontext():
         first = m.model(
-            inputs_embeds=merged[:, :1], attention_mask=mask[:, :1], use_cache=True, **at(0, 1)
+            inputs_embeds=merged[:, :1],
+            attention_mask=mask[:, :1],
+            use_cache=True,
+            **{k: v for k, v in at(0, 1).items() if k != "deepstack_embeds"},
         )
     out, cache, chunks = None, _cache_of(first), 0
     for start in range(1, merged.shape[1], bound):
@@ -760,6 +849,8 @@ def merged_generate(
             rows = positions[0].shape[0]
             index = text_positions(seen, rows)[..., -1:] + positions[1][None]
             given["position_ids"] = index
+        if added is not None:  # a text token: nothing added
+            given["deepstack_embeds"] = torch.zeros((added.shape[0], *step.shape))
         out = call("decoder", {**given, "cache": out["cache"]})
         logits.append(out["logits"][:, -1].detach().float())
     return Generation(

@@ -233,6 +233,11 @@ def _parts() -> dict[str, type]:
 
         layout = "grid"
 
+        def __init__(self, model: Any, channels: int, width: int) -> None:
+            super().__init__(model, channels, width)
+            #: a DeepStack tower: it also returns features of its early layers
+            self.deepstack = deepstack_layers(model) > 0
+
         def forward(  # type: ignore[override]
             self,
             pixel_values: Any,
@@ -252,13 +257,16 @@ def _parts() -> dict[str, type]:
                 "interp_weights": interp_weights,
             }
             tower = vision_tower(self.model)
-            return tower(
+            out = tower(
                 pixel_values.to(tower.dtype),
                 grid_thw=image_grid_thw,
                 position_ids=vision_position_ids,
                 cu_seqlens=cu_seqlens,
                 **{k: v for k, v in optional.items() if v is not None},
-            ).pooler_output
+            )
+            if not self.deepstack:
+                return out.pooler_output
+            return {"features": out.pooler_output, "deepstack": torch.stack(out.deepstack_features)}
 
     return {
         "pixels": PixelEncoder,
@@ -285,6 +293,17 @@ def vision_tower(model: Any) -> Any:
         if tower is not None:
             return tower
     return None
+
+
+def deepstack_layers(model: Any) -> int:
+    """How many of the language model's first layers get a DeepStack tower's early-layer
+    features (as many as the tower gives, or as the language model has), 0 for other
+    models."""
+    tower = vision_tower(model)
+    mergers = getattr(tower, "deepstack_merger_list", None) if tower is not None else None
+    if not mergers:
+        return 0
+    return min(len(mergers), len(_audio_lm.text_layers(model)))
 
 
 def _window(tower: Any) -> tuple[int, int] | None:
@@ -582,6 +601,15 @@ class ImageTextToText(Task):
                 "seq_length), time, height and width; text tokens have one position on "
                 "all three, image tokens their place in the image, as get_rope_index gives"
             )
+        deepstack = deepstack_layers(model) if layout == "grid" else 0
+        if deepstack:
+            notes.append(
+                "DeepStack: the vision encoder also returns the features of its early "
+                f"layers, and the decoder step takes those of the {deepstack} layers the "
+                "tiny language model has (deepstack_embeds: each layer's features at the "
+                "image tokens' positions, zero elsewhere), added to the output of its first "
+                "layers as the forward adds them at the image tokens"
+            )
         return _audio_lm.merged_lm(
             self.name,
             model,
@@ -592,6 +620,7 @@ class ImageTextToText(Task):
             generator,
             batch,
             position_rows=rows,
+            deepstack=deepstack,
         )
 
     def components(self, m: UntrainedModel) -> list[Component]:
@@ -622,7 +651,8 @@ class ImageTextToText(Task):
                 **grid_inputs(m.model, grid),
             }
         with torch.no_grad():
-            rows = encoder.module(**copy.deepcopy(image)).shape[0] // 2
+            out = encoder.module(**copy.deepcopy(image))
+        rows = (out["features"] if isinstance(out, dict) else out).shape[0] // 2
         token = image_token(m.config)
         text = m.config.get_text_config(decoder=True)
         before, after = GENERATION_TEXT
