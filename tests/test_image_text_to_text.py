@@ -309,3 +309,21 @@ def test_a_deepstack_model_exports_its_features_and_generates_as_generate(qwen3_
     logits = torch.stack(reference.logits)
     assert torch.allclose(torch.stack(loop.logits), logits, atol=1e-4)
     assert not torch.allclose(torch.stack(zeroed.logits), logits, atol=1e-4)
+
+
+def test_an_omni_thinker_gets_the_vision_start_token_its_rope_index_reads():
+    m = untrained_model("qwen2_5_omni_thinker", task=TASK)
+    start, image = m.config.vision_start_token_id, image_token(m.config)
+    assert start < m.config.text_config.vocab_size and start != image
+    assert any(n.startswith(f"vision_start_token_id {start}:") for n in m.notes)
+    task = get_task(TASK)
+    ids = task.generation_inputs(m)["input_ids"]
+    for row in ids:
+        first = int((row == image).nonzero()[0])
+        assert row[first - 1] == start and int((row == start).sum()) == 1
+    modules = {c.name: c.module for c in m.components}
+    with torch.no_grad():
+        reference = task.generate_eager(m)
+        loop = task.generate(m, lambda name, feeds: modules[name](**feeds), reference.tokens)
+    assert torch.equal(loop.tokens, reference.tokens)
+    assert torch.allclose(torch.stack(loop.logits), torch.stack(reference.logits), atol=1e-4)

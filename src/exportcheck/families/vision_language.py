@@ -88,15 +88,6 @@ _GRID: dict[str, tuple[str, str]] = {
             "hy_v4_vl": "vision_tower",
         }.items()
     },
-    **{
-        t: (
-            r"object has no attribute 'vision_start_token_id'",
-            "its get_rope_index reads vision_start_token_id from the thinker config, which "
-            "the tiny config (as shipped) does not set: the prompt's multimodal positions "
-            "cannot be computed",
-        )
-        for t in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker")
-    },
     "paddleocr_vl": (
         r"'PaddleOCRVisionModel' object has no attribute 'spatial_merge_size'",
         "its tower is named visual but merges no patches (the projector does), so it has "

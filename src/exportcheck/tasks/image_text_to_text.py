@@ -501,7 +501,37 @@ def fit_config(config: Any) -> list[str]:
                 f"mm_tokens_per_image {tokens} -> {fitted}: the tiny vision encoder has "
                 f"{side} patches per side, pooled to {side // 2} tokens per side"
             )
+    start = _vision_start(config, source)
+    if start is not None and getattr(config, "vision_start_token_id", None) is None:
+        config.vision_start_token_id = start
+        notes.append(
+            f"vision_start_token_id {start}: get_rope_index finds each image by the token "
+            "before it, and this config (as shipped) does not name that token; it gets a "
+            "free id of the tiny vocabulary, and the prompt puts it before the image tokens "
+            "as the chat template does"
+        )
     return notes
+
+
+def _vision_start(config: Any, source: str) -> int | None:
+    """A free token id for the token the chat template puts before an image, when the
+    model's ``get_rope_index`` reads ``config.vision_start_token_id``; None otherwise."""
+    if "self.config.vision_start_token_id" not in source:
+        return None
+    given = getattr(config, "vision_start_token_id", None)
+    if isinstance(given, int):
+        return given
+    text = config.get_text_config(decoder=True)
+    used = {
+        value
+        for holder in (config, text)
+        for name, value in vars(holder).items()
+        if name.endswith(("_token_id", "_token_index")) and isinstance(value, int)
+    }
+    free = text.vocab_size - 1
+    while free in used:
+        free -= 1
+    return free
 
 
 class ImageTextToText(Task):
@@ -656,9 +686,13 @@ class ImageTextToText(Task):
         token = image_token(m.config)
         text = m.config.get_text_config(decoder=True)
         before, after = GENERATION_TEXT
+        start = getattr(m.config, "vision_start_token_id", None)
+        index = rope_index(m.model)
+        marked = index is not None and "vision_start_token_id" in inspect.getsource(index)
         ids = torch.cat(
             [
-                _audio_lm._text_ids(text, (2, before), generator, token),
+                _audio_lm._text_ids(text, (2, before - marked), generator, token),
+                *([torch.full((2, 1), start)] if marked else []),
                 torch.full((2, rows), token),
                 _audio_lm._text_ids(text, (2, after), generator, token),
             ],
@@ -681,18 +715,35 @@ class ImageTextToText(Task):
         return greedy_generate(m.model, {**given, **image}, self.new_tokens)
 
     def generate(self, m: UntrainedModel, call: Any, forced: Any) -> Generation:
+        import torch
+
         feeds = self.generation_inputs(m)
         token = image_token(m.config)
         positions = None
         index = rope_index(m.model)
         if index is not None:
             ids = feeds["input_ids"]
+            given = {}
+            if "mm_token_type_ids" in inspect.signature(index).parameters:
+                given["mm_token_type_ids"] = (ids == token).int()
             positions = index(
                 ids,
-                mm_token_type_ids=(ids == token).int(),
                 image_grid_thw=feeds["image"]["image_grid_thw"],
                 attention_mask=feeds["attention_mask"],
+                **given,
             )
+            # some return float positions (a video's time in seconds); an image's are
+            # whole numbers, given in the dtype the decoder graph declares
+            step = next(c for c in m.components if c.name == "decoder")
+            declared = step.input_sets[0]["position_ids"].dtype
+            if positions[0].dtype != declared:
+                cast = positions[0].to(declared)
+                if not torch.equal(cast.to(positions[0].dtype), positions[0]):
+                    raise ValueError(
+                        f"get_rope_index gave positions that are not whole numbers for the "
+                        f"decoder graph's {declared} position_ids"
+                    )
+                positions = (cast, positions[1].to(declared))
         return _audio_lm.merged_generate(
             m,
             call,
