@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from exportcheck import untrained_model, validate
-from exportcheck.families import KNOWN_FAILURES, TASK_KNOWN_FAILURES
+from exportcheck.families import KNOWN_FAILURES
 from exportcheck.models.sources import resolve_config
 from exportcheck.tasks import _audio_lm, get_task
 
@@ -116,6 +116,46 @@ def test_qwen3_asr_frames_fill_the_audio_tokens_embeddings():
     assert tuple(frames.shape) == (tokens, m.config.text_config.hidden_size)
 
 
+def test_qwen3_asr_encoder_takes_its_attention_windows_and_exports_only_patched():
+    """The encoder lists its attention windows from the mask's values: the graph takes
+    them (cu_seqlens, the modeling code's own computation from the mask), and without the
+    block-diagonal attention the export fails on the per-window split."""
+    import copy
+
+    from exportcheck import export_patches
+
+    m = untrained_model("qwen3_asr", task="automatic-speech-recognition")
+    encoder = m.components[0]
+    assert type(encoder.module).__name__ == "WindowedAudioEncoder"
+    assert any(n.startswith("attention windows as an input") for n in m.notes)
+    for feeds in encoder.input_sets:
+        mask = feeds["input_features_mask"]
+        assert torch.equal(feeds["cu_seqlens"], _audio_lm.audio_windows(m.model, mask))
+        # the windows cover the real frames of every clip, padding left out
+        with torch.no_grad():
+            frames = encoder.module(**copy.deepcopy(feeds))
+            expected = m.model.get_audio_features(
+                input_features=feeds["input_features"], input_features_mask=mask
+            ).pooler_output
+        assert torch.allclose(frames, expected.reshape(frames.shape), atol=1e-5)
+    first, *others = encoder.input_sets
+    unpatched = export_patches(encoder.module, exclude=("vision_segment_attention",))
+    with pytest.raises(Exception, match="data-dependent"), unpatched:
+        torch.export.export(
+            encoder.module,
+            (),
+            kwargs=copy.deepcopy(first),
+            dynamic_shapes=encoder.dynamic_shapes,
+        )
+    with export_patches(encoder.module), torch.no_grad():
+        program = torch.export.export(
+            encoder.module, (), kwargs=copy.deepcopy(first), dynamic_shapes=encoder.dynamic_shapes
+        )
+        for feeds in others:  # other batches, lengths and paddings
+            got = program.module()(**copy.deepcopy(feeds))
+            assert torch.allclose(got, encoder.module(**copy.deepcopy(feeds)), atol=1e-5)
+
+
 def test_an_encoder_that_requires_more_than_the_audio_and_its_mask_fails_at_build():
     class Model:
         def get_audio_features(self, input_features, input_features_mask, input_ids, **kw):
@@ -148,10 +188,6 @@ def test_the_audio_ledger_covers_the_types_that_cannot_be_built():
         "kyutai_speech_to_text",
         "vibevoice",
     }
-    # qwen3_asr builds and runs eager; its encoder's export is in the task ledgers, which
-    # tests/test_encoder_families.py validates
-    for task in AUDIO_TASKS:
-        assert "qwen3_asr" in TASK_KNOWN_FAILURES[task]
 
 
 class _Extractor:

@@ -31,6 +31,8 @@ MODEL_TYPES = (
     "glmga",
     "glm5_next",
     "glm_ocr",
+    # an audio encoder attending within windows listed in cu_seqlens, as the towers above
+    "qwen3_asr",
 )
 
 
@@ -103,8 +105,9 @@ def _install_segment_attention(patcher: Any, model: Any) -> None:
     passes ``cu_seqlens`` to the attention function, and answers that call with one
     scaled-dot-product attention under a block-diagonal mask (a position attends to the
     positions of its own image): the same result within float rounding, any number of
-    images of any sizes in one graph. Only the vision configs of the model take that
-    branch; its language model keeps its attention.
+    images of any sizes in one graph. Only the configs of those attention modules take
+    that branch (the vision tower's, or Qwen3-ASR's audio encoder's, which splits its
+    frames per attention window the same way); the language model keeps its attention.
 
     Remove when: the vision attention runs packed segments without a Python loop.
     """

@@ -214,6 +214,21 @@ def _parts() -> dict[str, type]:
             check_rank("input_features", input_features, 3, "mel bins and frames")
             return self.encode(input_features, input_features_mask)
 
+    class WindowedAudioEncoder(AudioEncoder):
+        """log-mel features, their frame mask and the bounds of the encoder's attention
+        windows (:func:`audio_windows`, computed from the mask on the processor side) ->
+        the projected frames, padding left out."""
+
+        def forward(  # type: ignore[override]
+            self, input_features: Any, input_features_mask: Any, cu_seqlens: Any
+        ) -> Any:
+            check_rank("input_features", input_features, 3, "mel bins and frames")
+            self.settings["cu_seqlens"] = cu_seqlens
+            try:
+                return self.encode(input_features, input_features_mask)
+            finally:
+                del self.settings["cu_seqlens"]
+
     class UnmaskedAudioEncoder(AudioEncoder):
         """log-mel features of whole chunks -> the projected frames of every chunk."""
 
@@ -289,6 +304,7 @@ def _parts() -> dict[str, type]:
                 return super().forward(inputs_embeds, attention_mask, position_ids, cache)
 
     return {
+        "windowed": WindowedAudioEncoder,
         "deepstack_decoder": DeepstackDecoder,
         "positioned_decoder": PositionedDecoder,
         "input_features": AudioEncoder,
@@ -437,6 +453,29 @@ def audio_inputs(
     return {audio_name: audio, mask_name: mask}
 
 
+def _window_function(model: Any) -> Any:
+    """The modeling code's ``get_audio_cu_seqlens`` of an audio LM whose encoder attends
+    within windows it lists from the frame mask, None for other models."""
+    import sys
+
+    return getattr(sys.modules[type(model).__module__], "get_audio_cu_seqlens", None)
+
+
+def audio_windows(model: Any, mask: Any) -> Any:
+    """The cumulative bounds of the attention windows of the frames ``mask`` marks, as
+    the encoder lists them from the mask (every clip cut in chunks of ``2 * n_window``
+    frames, windows of ``n_window_infer``), with the modeling code's own function: the
+    encoder reads the count of windows from the mask's values, which an exported graph
+    takes as an input instead."""
+    config = model.config.audio_config
+    chunk = 2 * config.n_window
+    batch, frames = mask.shape
+    lengths = mask.view(batch, frames // chunk, chunk).sum(-1).reshape(-1).long()
+    return _window_function(model)(
+        lengths, mask.sum(-1).long(), config.n_window_infer, config.n_window
+    )
+
+
 def _text_ids(config: Any, shape: tuple[int, int], generator: Any, avoid: int) -> Any:
     """Random text token ids, none of them the audio token."""
     ids = random_ids(config, shape, generator)
@@ -475,7 +514,10 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
     token = audio_token(config)
     parts = _parts()
     masked = audio_arguments(model)[1] is not None
-    encoder = parts[kind if masked or kind != "input_features" else "unmasked"](model)
+    windowed = masked and _window_function(model) is not None
+    encoder = parts[
+        "windowed" if windowed else kind if masked or kind != "input_features" else "unmasked"
+    ](model)
     generator = torch.Generator().manual_seed(seed)
     batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
 
@@ -518,6 +560,16 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
         for s in audio_sets
     ]
     audio_labels[-1] += " at bounds"
+    if windowed:
+        for audio in audio_sets:
+            audio["cu_seqlens"] = audio_windows(model, audio[mask_name])
+        audio_shapes["cu_seqlens"] = {0: torch.export.Dim.DYNAMIC}
+        notes.append(
+            "attention windows as an input: the audio encoder lists the bounds of its "
+            "attention windows from the values of the frame mask; the graph takes them "
+            "(cu_seqlens), computed from the mask by the modeling code's "
+            "get_audio_cu_seqlens, and attends within them under one block-diagonal mask"
+        )
     if not masked:
         # every frame of the padded chunk becomes an audio token, as in the model
         audio_sets = [_graph_audio(s, encoder) for s in audio_sets]
@@ -705,6 +757,8 @@ def generation_inputs(m: UntrainedModel) -> dict[str, Any]:
         frames_multiple(m.config),
     )
     audio = _graph_audio(audio, encoder)
+    if isinstance(encoder, _parts()["windowed"]):
+        audio["cu_seqlens"] = audio_windows(m.model, audio[ENCODER_INPUTS[encoder.kind][1]])
     with torch.no_grad():
         frames = encoder(**audio).shape[0] // 2
     token = audio_token(m.config)
