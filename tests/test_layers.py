@@ -29,6 +29,7 @@ LEVELS = {
     "saved": 8,
     "validation": 9,
     "sweep": 10,
+    "peer": 10,
     "report": 11,
     "cli": 12,
     "__main__": 13,

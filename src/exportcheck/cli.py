@@ -208,6 +208,22 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def _cmd_peer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .peer import TASK, sweep_peer
+    from .tasks import get_task
+
+    known = get_task(TASK).model_types()
+    unknown = sorted(set(args.only or ()) - set(known))
+    if unknown:
+        parser.error(
+            f"{', '.join(unknown)}: not model types of {TASK} in this transformers "
+            "(transformers' MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES lists them)"
+        )
+    rows = sweep_peer(args.only or known, args.out)
+    print(f"{sum(r['ok'] for r in rows)} of {len(rows)} new rows ok; results in {args.out}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .report import summaries_markdown, task_summaries, write_report, write_status
 
@@ -364,6 +380,23 @@ def build_parser() -> argparse.ArgumentParser:
         "timed out or ran out of memory",
     )
     p.set_defaults(run=_cmd_sweep)
+
+    p = commands.add_parser(
+        "peer",
+        help="transformers' own exporters on the vision encoders of the image-text-to-text "
+        "models, run on the image sets exportcheck checks (a side-by-side section of the "
+        "task's status page)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="JSONL results file; rows already in it are kept and their model types skipped "
+        "(docs/status/image-text-to-text/peer.jsonl for the status page)",
+    )
+    p.add_argument(
+        "--only", nargs="+", metavar="MODEL_TYPE", help="these model types only (default: all)"
+    )
+    p.set_defaults(run=_cmd_peer)
 
     p = commands.add_parser("report", help="render sweep results as the docs status pages")
     p.add_argument(

@@ -542,12 +542,16 @@ def write_report(results: str, out_dir: str, title: str | None = None) -> list[s
         ".. image:: conversion_time.png",
         "",
     ]
-    fused = os.path.join(os.path.dirname(os.path.abspath(results)), FUSED_RESULTS)
-    if os.path.isfile(fused) and read_results(fused):
-        local = os.path.join(out_dir, FUSED_RESULTS)
-        if os.path.abspath(local) != os.path.abspath(fused):
-            shutil.copyfile(fused, local)
-        lines += _fused_lines(fused, rows)
+    from .peer import PEER_RESULTS
+
+    for name, section in ((FUSED_RESULTS, _fused_lines), (PEER_RESULTS, _peer_lines)):
+        # a side results file beside the task's: copied beside the page, and a section
+        side = os.path.join(os.path.dirname(os.path.abspath(results)), name)
+        if os.path.isfile(side) and read_results(side):
+            local = os.path.join(out_dir, name)
+            if os.path.abspath(local) != os.path.abspath(side):
+                shutil.copyfile(side, local)
+            lines += section(side, rows)
     notes = _note_rows(summary)
     if notes:
         lines += [
@@ -603,6 +607,94 @@ def fused_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "failed": sum(not t["correct"] for t in types),
         "kinds": kinds,
     }
+
+
+def _peer_lines(path: str, plain_rows: list[dict[str, Any]]) -> list[str]:
+    """The task page's section on transformers' own exporters (``exportcheck peer``, see
+    :mod:`exportcheck.peer`), beside exportcheck's verdict of each model type."""
+    rows = [r for r in read_results(path) if r.get("stage") != "exportcheck_build"]
+    green = {r["source"]: bool(r.get("ok")) for r in plain_rows}
+    rows.sort(key=lambda r: (not green.get(r["source"]), r["source"]))
+    with_vision = [
+        r for r in rows if any("encoder" in c for c in r.get("generation_components") or ())
+    ]
+    # generate computed the features first: the prefill forward took them, not the images
+    precomputed = [
+        r
+        for r in rows
+        if r not in with_vision and "mm_encoder_outputs" in r.get("prefill_inputs", ())
+    ]
+    exported = [r for r in rows if r.get("stage") not in ("decompose", "export")]
+    matched = [r for r in rows if r.get("ok")]
+    silent = [
+        r
+        for r in rows
+        if any(not s["ok"] and "abs" in s and "error" not in s for s in r.get("sets", ()))
+    ]
+    version = rows[0]["peer"] if rows else "transformers"
+
+    def sets(r: dict[str, Any]) -> str:
+        done = r.get("sets") or []
+        return f"{sum(s['ok'] for s in done)} of {len(done)}" if done else ""
+
+    def failure(r: dict[str, Any]) -> str:
+        if r.get("ok"):
+            return ""
+        return f"{r['stage']}: {r['error']}"[:160]
+
+    table = [
+        [
+            r["source"],
+            _verdict_label(green.get(r["source"], False)),
+            ", ".join(r.get("generation_components") or ["(failed)"]),
+            r.get("image_encoder", ""),
+            sets(r),
+            _verdict_label(bool(r.get("ok"))),
+            failure(r),
+        ]
+        for r in rows
+    ]
+    return [
+        "Side by side: transformers.exporters",
+        "------------------------------------",
+        "",
+        f"The same tiny models through {version} (``exportcheck peer``): its "
+        "``decompose_for_generation`` on the generation prompt checked here, then the "
+        "vision encoder as its ``decompose_multimodal`` captures it from one forward, "
+        "exported with ``OnnxConfig(dynamic=True)`` and run in onnxruntime on the image "
+        "sets of exportcheck's vision encoder whose shapes differ from the prompt's, "
+        f"against the eager module (max abs diff {1e-4:g}). Of {len(rows)} model types "
+        "exportcheck builds:",
+        "",
+        f"* ``decompose_for_generation`` returns a vision component for "
+        f"**{len(with_vision)}**"
+        + (
+            f"; for {len(precomputed)} others, ``generate`` computed the image features "
+            "before the prefill forward, which took them as ``mm_encoder_outputs``, so the "
+            "capture never saw the vision encoder called;"
+            if precomputed
+            else ";"
+        ),
+        f"* ``OnnxExporter`` exports the vision encoder of **{len(exported)}**;",
+        f"* that graph runs and matches eager on every unseen set for **{len(matched)}**; "
+        f"for {len(silent)} it runs and returns other values on some set "
+        "(a wrong answer with no error).",
+        f"* Results file: :download:`{os.path.basename(path)} <{os.path.basename(path)}>`.",
+        "",
+        _rst_table(
+            [
+                "model type",
+                "exportcheck",
+                "decompose_for_generation",
+                "vision encoder",
+                "unseen sets matched",
+                "transformers.exporters",
+                "first failure",
+            ],
+            table,
+        ),
+        "",
+    ]
 
 
 def _fused_lines(path: str, plain_rows: list[dict[str, Any]]) -> list[str]:

@@ -700,19 +700,24 @@ class ImageTextToText(Task):
         )
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "image": image}
 
-    def generate_eager(self, m: UntrainedModel) -> Generation:
-        from .text_generation import greedy_generate
-
+    def processor_inputs(self, m: UntrainedModel) -> dict[str, Any]:
+        """The generation prompt as the model's processor gives it to ``generate`` or the
+        forward: ids, mask, the pixels and the grids (not what exportcheck's vision
+        encoder graph takes precomputed from them)."""
         feeds = self.generation_inputs(m)
         given = {k: v for k, v in feeds.items() if k != "image"}
-        # what the model's processor gives: the pixels, and the grids
         image = {k: v for k, v in feeds["image"].items() if k in ("pixel_values", "image_grid_thw")}
         if vision_layout(m.model) == "stacked":  # one image per prompt
             image["pixel_values"] = image["pixel_values"][:, None]
         if "mm_token_type_ids" in inspect.signature(m.model.forward).parameters:
             # what the processor returns beside the ids: 1 on image tokens
             given["mm_token_type_ids"] = (given["input_ids"] == image_token(m.config)).int()
-        return greedy_generate(m.model, {**given, **image}, self.new_tokens)
+        return {**given, **image}
+
+    def generate_eager(self, m: UntrainedModel) -> Generation:
+        from .text_generation import greedy_generate
+
+        return greedy_generate(m.model, self.processor_inputs(m), self.new_tokens)
 
     def generate(self, m: UntrainedModel, call: Any, forced: Any) -> Generation:
         import torch

@@ -1,0 +1,84 @@
+"""transformers' own exporters beside exportcheck on the vision encoders: the peer's
+export runs on the image sets exportcheck checks, and its failures are recorded."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from exportcheck.peer import ATOL, PEER_RESULTS, peer_vision
+from exportcheck.report import write_report
+
+pytestmark = pytest.mark.models
+
+STATUS = os.path.join(os.path.dirname(__file__), "..", "docs", "status", "image-text-to-text")
+
+
+def test_the_peer_export_of_a_fixed_resolution_encoder_matches_on_new_image_counts():
+    row = peer_vision("gemma3")
+    assert row["ok"] and row["stage"] is None, row
+    # generate hands the prefill the features it computed, so the peer's decomposition of
+    # the generation has no vision part (transformers 5.24)
+    assert not any("encoder" in c for c in row["generation_components"])
+    assert "mm_encoder_outputs" in row["prefill_inputs"]
+    assert row["image_encoder"] == "SiglipVisionModel"
+    # the six sets of another image count than the prompt's two
+    assert [s["input_set"].split()[0] for s in row["sets"]] == [
+        "images=1",
+        "images=3",
+        "images=4",
+        "images=5",
+        "images=6",
+        "images=16",
+    ]
+    assert all(s["ok"] and s["abs"] <= ATOL for s in row["sets"])
+
+
+def test_the_peer_export_of_a_grid_encoder_is_checked_on_grids_it_did_not_see():
+    row = peer_vision("qwen2_vl")
+    assert not row["ok"] and row["stage"] == "run"
+    by_set = {s["input_set"]: s for s in row["sets"]}
+    # one image, or images of one grid as in the prompt: the graph matches
+    assert by_set["images=1 patches=24 grids=6x4"]["ok"]
+    # images of different grids: values off with no error, or onnxruntime refuses
+    mixed = by_set["images=2 patches=40 grids=4x4,4x6"]
+    assert not mixed["ok"] and mixed["abs"] > ATOL and "error" not in mixed
+    assert any("ONNXRuntimeError" in s.get("error", "") for s in row["sets"])
+
+
+def test_the_status_page_gets_the_side_by_side_section(tmp_path):
+    for name in ("results.jsonl", PEER_RESULTS):
+        shutil.copyfile(os.path.join(STATUS, name), tmp_path / name)
+    write_report(str(tmp_path / "results.jsonl"), str(tmp_path / "page"))
+    page = (tmp_path / "page" / "index.rst").read_text()
+    assert "Side by side: transformers.exporters" in page
+    rows = [json.loads(line) for line in (tmp_path / PEER_RESULTS).read_text().splitlines()]
+    built = [r for r in rows if r["stage"] != "exportcheck_build"]
+    matched = sum(r["ok"] for r in built)
+    assert "exportcheck builds:" in page and f"for **{matched}**;" in page
+    assert (tmp_path / "page" / PEER_RESULTS).exists()
+
+
+def test_the_peer_command_refuses_an_unknown_model_type(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exportcheck",
+            "peer",
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "--only",
+            "not_a_model",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert out.returncode == 2
+    assert "not_a_model: not model types of image-text-to-text" in out.stderr
+    assert not (tmp_path / "p.jsonl").exists()
