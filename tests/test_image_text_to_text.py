@@ -327,3 +327,29 @@ def test_an_omni_thinker_gets_the_vision_start_token_its_rope_index_reads():
         loop = task.generate(m, lambda name, feeds: modules[name](**feeds), reference.tokens)
     assert torch.equal(loop.tokens, reference.tokens)
     assert torch.allclose(torch.stack(loop.logits), torch.stack(reference.logits), atol=1e-4)
+
+
+def test_recorded_grid_inputs_equal_the_helpers_and_feed_a_tower_of_another_name():
+    from exportcheck.tasks.image_text_to_text import grid_inputs, recorded_grid_inputs
+
+    grid = torch.tensor([[1, 4, 6], [1, 2, 2], [1, 6, 4]])
+    qwen = untrained_model("qwen2_vl", task=TASK)
+    width = qwen.components[0].input_sets[0]["pixel_values"].shape[1]
+    computed, recorded = (
+        grid_inputs(qwen.model, grid),
+        recorded_grid_inputs(qwen.model, grid, width),
+    )
+    assert set(recorded) == set(computed)
+    assert all(torch.equal(recorded[k], computed[k]) for k in computed)
+    # a tower named vision_tower, whose positions carry a temporal axis of its own
+    m = untrained_model("minimax_m3_vl", task=TASK)
+    assert any(n.startswith("vision tower vision_tower:") for n in m.notes)
+    encoder = m.components[0]
+    assert encoder.input_sets[0]["vision_position_ids"].shape[1] == 3
+    for feeds in encoder.input_sets[:3]:
+        with torch.no_grad():
+            rows = encoder.module(**copy.deepcopy(feeds))
+            split = m.model.get_image_features(
+                pixel_values=feeds["pixel_values"], image_grid_thw=feeds["image_grid_thw"]
+            ).pooler_output
+        assert torch.allclose(rows, torch.cat(split), atol=1e-5)

@@ -79,9 +79,7 @@ _GRID: dict[str, tuple[str, str]] = {
             "muse_glimmer": "a pixel-shuffle merger after its tower",
             "video_llama_3": "its encoder also requires per-image merge sizes, image_merge_sizes",
             "hunyuan_vl": "vision_tower, then steps on the merged grid of each image",
-            "hyperclovax_vision_v2": "vision_model, then a projector",
             "lfm3_vl": "vision_tower, then multi_modal_projector",
-            "minimax_m3_vl": "vision_tower, then multi_modal_projector",
             "inkling2": "vision_tower",
             "inkling2_loop": "vision_tower",
             "muse_spark": "vision_tower, then vision_adapter and vision_projection",
@@ -230,10 +228,38 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     ),
 }
 
+
+def _base(model):
+    return getattr(model, "model", model)
+
+
+#: variable-resolution towers under another name than ``visual``, with the steps
+#: ``get_image_features`` takes after them (before it splits the rows per image)
+_TOWERS = {
+    "hyperclovax_vision_v2": (
+        {
+            "vision_tower": "vision_model",
+            "vision_output": lambda model, out: _base(model).projector(out.pooler_output),
+        },
+        "its tower is vision_model, and get_image_features projects its merged output",
+    ),
+    "minimax_m3_vl": (
+        {
+            "vision_tower": "vision_tower",
+            "vision_output": lambda model, out: _base(model).multi_modal_projector(
+                out.last_hidden_state.squeeze(0)
+            ),
+        },
+        "its tower is vision_tower, and get_image_features merges and projects its last "
+        "hidden states with multi_modal_projector",
+    ),
+}
+
 register(
     Family(
         name="vision_language",
-        model_types=tuple(sorted(_ENTRIES)),
+        model_types=tuple(sorted({*_ENTRIES, *_TOWERS})),
         task_known_failures={TASK: _ENTRIES},
+        input_layouts=_TOWERS,
     )
 )

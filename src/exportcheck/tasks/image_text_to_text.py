@@ -55,6 +55,7 @@ import re
 from typing import Any
 
 from ..dims import BATCH_MAX
+from ..families import INPUT_LAYOUTS
 from ..models import UntrainedModel, prepare_weights
 from ..models.tiny import rescale_sections
 from . import Component, Generation, Task, _audio_lm, register
@@ -264,6 +265,9 @@ def _parts() -> dict[str, type]:
                 cu_seqlens=cu_seqlens,
                 **{k: v for k, v in optional.items() if v is not None},
             )
+            post = _tower_layout(self.model).get("vision_output")
+            if post is not None:
+                return post(self.model, out)
             if not self.deepstack:
                 return out.pooler_output
             return {"features": out.pooler_output, "deepstack": torch.stack(out.deepstack_features)}
@@ -285,14 +289,73 @@ def rope_index(model: Any) -> Any:
     return None
 
 
+def _tower_layout(model: Any) -> dict[str, Any]:
+    """The family's ``input_layouts`` entry of a variable-resolution model whose tower is
+    not named ``visual``: ``vision_tower`` (its attribute) and ``vision_output`` (the steps
+    ``get_image_features`` takes after it, ``(model, tower output) -> features``)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return INPUT_LAYOUTS.get(model_type, ({}, ""))[0]
+
+
 def vision_tower(model: Any) -> Any:
-    """The vision tower of a variable-resolution model (``visual``, of the model or of its
-    base model), None when it has none."""
+    """The vision tower of a variable-resolution model (``visual``, or the attribute its
+    family names, of the model or of its base model), None when it has none."""
+    name = _tower_layout(model).get("vision_tower", "visual")
     for owner in (model, getattr(model, "model", None)):
-        tower = getattr(owner, "visual", None)
+        tower = getattr(owner, name, None)
         if tower is not None:
             return tower
     return None
+
+
+#: transformers' helpers that compute a tower's inputs from the grids, and the keyword
+#: under which the tower takes each of their results precomputed
+_GRID_HELPERS = {
+    "get_vision_cu_seqlens": ("cu_seqlens",),
+    "get_vision_attention_seqlens": ("cu_seqlens", None),
+    "get_vision_position_ids": ("position_ids",),
+    "get_vision_window_index": ("window_index", "cu_window_seqlens"),
+    "get_vision_interpolation_indices_and_weights": ("interp_indices", "interp_weights"),
+}
+
+
+def recorded_grid_inputs(model: Any, grid: Any, width: int) -> dict[str, Any]:
+    """What the tower computes from the grids, recorded from one eager call of the tower
+    on patches of those grids: each result of transformers' helpers
+    (:data:`_GRID_HELPERS`) under the keyword the tower takes it precomputed. For a tower
+    whose helpers take options of its own (a temporal axis in the positions, one window
+    per clip), the record is what the tower itself would compute."""
+    import sys
+
+    import torch
+
+    tower = vision_tower(model)
+    module = sys.modules[type(tower).__module__]
+    seen: dict[str, Any] = {}
+    originals = {n: getattr(module, n) for n in _GRID_HELPERS if hasattr(module, n)}
+
+    def recording(name: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = function(*args, **kwargs)
+            keys = _GRID_HELPERS[name]
+            for key, value in zip(keys, out if len(keys) > 1 else (out,), strict=True):
+                if key is not None and torch.is_tensor(value):
+                    seen.setdefault(key, value)
+            return out
+
+        return call
+
+    patches = torch.zeros((int(grid.prod(-1).sum()), width), dtype=tower.dtype)
+    try:
+        for name, function in originals.items():
+            setattr(module, name, recording(name, function))
+        with torch.no_grad():
+            tower(patches, grid_thw=grid)
+    finally:
+        for name, function in originals.items():
+            setattr(module, name, function)
+    out = {"vision_position_ids": seen.pop("position_ids"), **seen}
+    return out
 
 
 def deepstack_layers(model: Any) -> int:
@@ -320,6 +383,8 @@ def grid_inputs(model: Any, grid: Any) -> dict[str, Any]:
     bounds."""
     from transformers import vision_utils
 
+    if "vision_tower" in _tower_layout(model):
+        return recorded_grid_inputs(model, grid, _grid_width(model.config))
     tower = vision_tower(model)
     merge = tower.spatial_merge_size
     out = {
@@ -353,6 +418,12 @@ def _grid_sizes(config: Any) -> tuple[int, int, int, int]:
     patch = _side(_get(vision, "patch_size", "spatial_patch_size", default=14))
     merge = int(_get(vision, "spatial_merge_size", "merge_size", default=2))
     return channels, temporal, patch, merge
+
+
+def _grid_width(config: Any) -> int:
+    """The width of one flattened patch: channels x temporal x patch x patch."""
+    channels, temporal, patch, _ = _grid_sizes(config)
+    return channels * temporal * patch * patch
 
 
 def _pixel_sizes(config: Any) -> tuple[int, int]:
@@ -571,8 +642,8 @@ class ImageTextToText(Task):
             channels, side = _pixel_sizes(config)
             width = 0
         else:
-            channels, temporal, patch, _ = _grid_sizes(config)
-            width = channels * temporal * patch * patch
+            channels = _grid_sizes(config)[0]
+            width = _grid_width(config)
         if layout == "grid":
             tower = vision_tower(model)
             if tower is None:
@@ -581,6 +652,13 @@ class ImageTextToText(Task):
                     "feeds a variable-resolution encoder the positions and image bounds "
                     "precomputed from the grids, through that tower"
                 )
+        tower_layout = _tower_layout(model) if layout == "grid" else {}
+        if "vision_tower" in tower_layout:
+            fitted.append(
+                f"vision tower {tower_layout['vision_tower']}: "
+                f"{INPUT_LAYOUTS[config.model_type][1]}; what it computes from the grids is "
+                "recorded from its own calls of transformers' helpers on each set's grids"
+            )
         encoder = _parts()[layout](model, channels, width)
         generator = torch.Generator().manual_seed(seed)
         image_sets, image_labels = _image_sets(layout, model, config, generator)
