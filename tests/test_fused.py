@@ -26,11 +26,13 @@ def test_a_llama_graph_fuses_and_stays_correct(tmp_path):
     assert report.verdicts == {"exported_program": True, "onnx": True, "onnx_ort": True}
     fused = report.artifacts["model/onnx_ort"]
     # attention and (skip) RMS normalization rewritten as onnxruntime's contrib ops
-    for fusion in ("skip_rms_normalization", "sdpa"):
+    for fusion in ("skip_rms_normalization", "sdpa", "group_query_attention"):
         assert fused["fusions"].get(fusion, 0) > 0, fused["fusions"]
-    for op in ("MultiHeadAttention", "SkipSimplifiedLayerNormalization"):
+    for op in ("GroupQueryAttention", "SkipSimplifiedLayerNormalization"):
         assert fused["op_types"].get(op, 0) > 0, fused["op_types"]
         assert op not in report.artifacts["model/onnx"]["op_types"]
+    # every attention over the cache went on to GroupQueryAttention
+    assert "MultiHeadAttention" not in fused["op_types"], fused["op_types"]
     assert fused["nodes"] < report.artifacts["model/onnx"]["nodes"]
     # every input set and the generation loop, as for the plain graph
     runs = [r for r in report.runs if r["runtime"] == "onnx_ort"]
@@ -40,6 +42,36 @@ def test_a_llama_graph_fuses_and_stays_correct(tmp_path):
     saved = next(tmp_path.rglob("*.fused.onnx"))
     meta = {p.key: p.value for p in onnx.load(saved, load_external_data=False).metadata_props}
     assert json.loads(meta[FUSIONS_KEY]) == fused["fusions"]
+
+
+@pytest.mark.models
+def test_grouped_heads_read_the_cache_once_and_padded_batches_stay_correct(tmp_path):
+    # 4 query heads over 2 key/value heads: the plain graph repeats the cache for every
+    # query head, the fused one hands cache and new keys to GroupQueryAttention with the
+    # mask as attention_bias
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    )
+    report = validate(config, runtimes=["exported_program", "onnx", "onnx_ort"])
+    assert report.ok, report.table()
+    plain = report.artifacts["model/onnx"]["op_types"]
+    fused = report.artifacts["model/onnx_ort"]
+    assert plain.get("Expand", 0) >= 4, plain  # the repeated keys and values
+    assert fused["op_types"].get("GroupQueryAttention") == 2, fused["op_types"]
+    assert fused["fusions"]["group_query_attention"] == 2
+    runs = [r for r in report.runs if r["runtime"] == "onnx_ort"]
+    labels = [r["input_set"] for r in runs]
+    # the left-padded set, and sets of several new tokens over a cache in a batch
+    assert any("padded" in label for label in labels), labels
+    assert all(r["ok"] for r in runs), runs
+    assert next(s for s in report.stages if s["stage"] == "fused_generate")["ok"]
 
 
 def test_optimize_needs_the_onnx_exporter(capsys):

@@ -4,7 +4,8 @@ onnxruntime on CPU.
 The fusions are onnxscript's for onnxruntime (:func:`onnxscript.rewriter.ort_fusions.
 optimize_for_ort`): attention into ``MultiHeadAttention`` or ``GroupQueryAttention``,
 rotary embeddings into ``RotaryEmbedding``, ``SkipLayerNormalization``,
-``SkipSimplifiedLayerNormalization``, ``BiasGelu``, ... The fused graph is validated like
+``SkipSimplifiedLayerNormalization``, ``BiasGelu``, ...; then attention over a cache into
+``GroupQueryAttention`` with the graph's mask kept (:func:`.ort_gqa.mha_to_gqa`). The fused graph is validated like
 the plain one: every input set against eager, and the generation loop. It is not part of
 ``--exporter onnx``; ``validate(runtimes=...)`` or ``exportcheck validate --optimize ort``
 adds it beside the plain graph, so a row shows both.
@@ -19,6 +20,7 @@ from typing import Any
 
 from . import EXPORTERS, register
 from .onnx import OnnxRuntime, onnx_summary
+from .ort_gqa import mha_to_gqa
 
 __all__ = ["FUSIONS_KEY", "OnnxFusedRuntime", "fuse_for_ort"]
 
@@ -40,6 +42,7 @@ def fuse_for_ort(source: str, target: str) -> dict[str, int]:
         isinstance(v.const_value, onnx_ir.ExternalTensor) for v in model.graph.initializers.values()
     )
     model, counts = optimize_for_ort(model)
+    counts["group_query_attention"] = mha_to_gqa(model)
     applied = {name: int(n) for name, n in sorted(counts.items()) if n}
     model.metadata_props[FUSIONS_KEY] = json.dumps(applied)
     data = os.path.basename(target) + ".data" if external else None
