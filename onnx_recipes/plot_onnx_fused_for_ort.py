@@ -3,7 +3,7 @@ Fused for onnxruntime: attention and layer norms as contrib operators, checked
 ==============================================================================
 
 onnxruntime runs faster when a graph uses its fused contrib operators
-(``MultiHeadAttention``, ``SkipSimplifiedLayerNormalization``, ...) instead of the
+(``GroupQueryAttention``, ``SkipSimplifiedLayerNormalization``, ...) instead of the
 dozens of small nodes ``torch.onnx.export`` writes for an attention layer. This recipe
 converts a two-layer model of SmolLM2-135M's width (untrained, grouped-query attention,
 rotary embeddings), rewrites it with :func:`exportcheck.runtimes.onnx_ort.fuse_for_ort`,
@@ -27,7 +27,8 @@ import torch
 
 from exportcheck import export_patches, string_type, untrained_model
 
-m = untrained_model("HuggingFaceTB/SmolLM2-135M", num_hidden_layers=2)
+config_layers = 2
+m = untrained_model("HuggingFaceTB/SmolLM2-135M", num_hidden_layers=config_layers)
 print("inputs:", string_type(m.inputs, with_shape=True))
 
 workdir = tempfile.TemporaryDirectory(prefix="exportcheck-")  # removed at exit
@@ -43,8 +44,10 @@ with export_patches(m.model), torch.no_grad():
 # The fusions
 # -----------
 #
-# ``fuse_for_ort`` applies onnxscript's onnxruntime fusions and records how many of
-# each it applied in the model's metadata.
+# ``fuse_for_ort`` applies onnxscript's onnxruntime fusions, then hands each attention
+# over the cache to ``GroupQueryAttention`` with the graph's mask kept
+# (``group_query_attention``), and records how many of each it applied in the model's
+# metadata.
 
 from exportcheck.runtimes.onnx_ort import fuse_for_ort
 
@@ -53,9 +56,10 @@ fusions = fuse_for_ort(plain_path, fused_path)
 print("fusions applied:", fusions)
 
 # %%
-# The operator histograms: the attention's MatMul, Softmax, Transpose and masking nodes
-# become one ``MultiHeadAttention`` per layer, and a residual Add followed by an RMS
-# norm becomes one ``SkipSimplifiedLayerNormalization``.
+# The operator histograms: the attention's MatMul, Softmax and masking nodes, and the
+# ``Expand`` that repeats the cached keys and values for each of the 3 query heads of a
+# group, become one ``GroupQueryAttention`` per layer, which reads each cached key once;
+# a residual Add followed by an RMS norm becomes one ``SkipSimplifiedLayerNormalization``.
 
 import collections
 
@@ -72,6 +76,7 @@ print(f"{'operator':>34} {'plain':>6} {'fused':>6}")
 for op in sorted(set(before) | set(after), key=lambda o: -(before[o] + after[o])):
     print(f"{op:>34} {before[op]:6} {after[op]:6}")
 print(f"{'nodes':>34} {sum(before.values()):6} {sum(after.values()):6}")
+assert after["GroupQueryAttention"] == config_layers and not after["MultiHeadAttention"]
 
 # %%
 # The same histogram as a picture: the fused graph has fewer, larger nodes.

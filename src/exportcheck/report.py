@@ -713,7 +713,9 @@ def _fused_lines(path: str, plain_rows: list[dict[str, Any]]) -> list[str]:
         "---------------------",
         "",
         "The ONNX conversion rewritten with onnxruntime's fused operators "
-        "(``exportcheck sweep --exporter fused``; attention as ``MultiHeadAttention``, "
+        "(``exportcheck sweep --exporter fused``; attention over the cache as "
+        "``GroupQueryAttention`` with the graph's mask, other attention as "
+        "``MultiHeadAttention``, "
         "skip and RMS normalizations, ...) and checked like the plain graph: every input "
         "set against eager, and the generation loop.",
         "",
