@@ -26,9 +26,9 @@ def test_a_llama_graph_fuses_and_stays_correct(tmp_path):
     assert report.verdicts == {"exported_program": True, "onnx": True, "onnx_ort": True}
     fused = report.artifacts["model/onnx_ort"]
     # attention and (skip) RMS normalization rewritten as onnxruntime's contrib ops
-    for fusion in ("skip_rms_normalization", "sdpa", "group_query_attention"):
+    for fusion in ("skip_rms_normalization", "sdpa", "cos_sin_cache", "group_query_attention"):
         assert fused["fusions"].get(fusion, 0) > 0, fused["fusions"]
-    for op in ("GroupQueryAttention", "SkipSimplifiedLayerNormalization"):
+    for op in ("GroupQueryAttention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization"):
         assert fused["op_types"].get(op, 0) > 0, fused["op_types"]
         assert op not in report.artifacts["model/onnx"]["op_types"]
     # every attention over the cache went on to GroupQueryAttention
@@ -72,6 +72,74 @@ def test_grouped_heads_read_the_cache_once_and_padded_batches_stay_correct(tmp_p
     assert any("padded" in label for label in labels), labels
     assert all(r["ok"] for r in runs), runs
     assert next(s for s in report.stages if s["stage"] == "fused_generate")["ok"]
+
+
+def _gqa_llama_onnx(path):
+    import copy
+
+    import torch
+    from transformers import LlamaConfig
+
+    from exportcheck import export_patches, untrained_model
+
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    )
+    m = untrained_model(config)
+    with export_patches(m.model), torch.no_grad():
+        ep = torch.export.export(
+            m.model, (), kwargs=copy.deepcopy(m.inputs), dynamic_shapes=m.dynamic_shapes
+        )
+        torch.onnx.export(ep, (), path, kwargs=copy.deepcopy(m.inputs), dynamo=True)
+    return m
+
+
+@pytest.mark.models
+def test_onnxscript_own_gqa_fusion_is_still_wrong_on_a_batch(tmp_path):
+    # why fuse_for_ort leaves onnxscript's GroupQueryAttention fusion out: once the
+    # rotary frequencies are in the form it reads, it fires and replaces the mask by
+    # lengths taken from the positions of one row; a batch of two then fails. When this
+    # test fails, onnxscript's fusion keeps the mask and can be used again.
+    import numpy as np
+    import onnx_ir
+    import onnxruntime
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    from exportcheck import ort_feeds
+    from exportcheck.runtimes.ort_gqa import rotary_frequencies_as_matmul
+
+    plain = str(tmp_path / "plain.onnx")
+    m = _gqa_llama_onnx(plain)
+    model = onnx_ir.load(plain)
+    assert rotary_frequencies_as_matmul(model) == 1
+    model, counts = optimize_for_ort(model)
+    assert counts["gqa"] == 2, counts
+    onnx_ir.save(model, str(tmp_path / "theirs.onnx"))
+    theirs = onnxruntime.InferenceSession(
+        str(tmp_path / "theirs.onnx"), providers=["CPUExecutionProvider"]
+    )
+    batch = next(i for i in m.other_inputs if i["input_ids"].shape[0] > 1)
+    with pytest.raises(Exception, match="seqlens_k must have batch_size"):
+        theirs.run(None, ort_feeds(theirs, batch))
+
+    # exportcheck's fusion on the same graph: the same operator, the mask kept
+    from exportcheck.runtimes.onnx_ort import fuse_for_ort
+
+    fusions = fuse_for_ort(plain, str(tmp_path / "ours.onnx"))
+    assert fusions["group_query_attention"] == 2 and "gqa" not in fusions, fusions
+    ours = onnxruntime.InferenceSession(
+        str(tmp_path / "ours.onnx"), providers=["CPUExecutionProvider"]
+    )
+    reference = onnxruntime.InferenceSession(plain, providers=["CPUExecutionProvider"])
+    for inputs in m.other_inputs:
+        got = ours.run(None, ort_feeds(ours, inputs))
+        expected = reference.run(None, ort_feeds(reference, inputs))
+        assert max(float(np.abs(a - b).max()) for a, b in zip(got, expected, strict=True)) < 1e-5
 
 
 def test_optimize_needs_the_onnx_exporter(capsys):

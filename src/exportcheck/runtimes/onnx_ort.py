@@ -13,14 +13,16 @@ adds it beside the plain graph, so a row shows both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from . import EXPORTERS, register
 from .onnx import OnnxRuntime, onnx_summary
-from .ort_gqa import mha_to_gqa
+from .ort_gqa import mha_to_gqa, rotary_frequencies_as_matmul, rotary_positions_per_row
 
 __all__ = ["FUSIONS_KEY", "OnnxFusedRuntime", "fuse_for_ort"]
 
@@ -41,13 +43,41 @@ def fuse_for_ort(source: str, target: str) -> dict[str, int]:
     external = any(
         isinstance(v.const_value, onnx_ir.ExternalTensor) for v in model.graph.initializers.values()
     )
-    model, counts = optimize_for_ort(model)
+    rewritten = rotary_frequencies_as_matmul(model)
+    with _without_onnxscript_gqa():
+        model, counts = optimize_for_ort(model)
+    rotary_positions_per_row(model)
     counts["group_query_attention"] = mha_to_gqa(model)
+    counts["rotary_frequencies_as_matmul"] = rewritten
     applied = {name: int(n) for name, n in sorted(counts.items()) if n}
     model.metadata_props[FUSIONS_KEY] = json.dumps(applied)
     data = os.path.basename(target) + ".data" if external else None
     onnx_ir.save(model, target, external_data=data)
     return applied
+
+
+@contextlib.contextmanager
+def _without_onnxscript_gqa() -> Iterator[None]:
+    """onnxscript's fusion into ``GroupQueryAttention`` left out for the call.
+
+    It replaces the attention mask by lengths derived from the positions of the first
+    row (onnxscript 0.7.2): a padded batch, or any batch of more than one row, gives
+    other values or an error. :func:`.ort_gqa.mha_to_gqa` makes the same operator from
+    the ``MultiHeadAttention`` the other fusions leave, with the mask kept.
+    """
+    from onnxscript.rewriter.ort_fusions import _core
+
+    if not hasattr(_core, "fuse_gqa"):
+        raise RuntimeError(
+            "onnxscript.rewriter.ort_fusions._core has no fuse_gqa: this onnxscript is "
+            "not the one exportcheck's constraints pin (constraints/ci.txt); install it."
+        )
+    original = _core.fuse_gqa
+    _core.fuse_gqa = lambda model, **kwargs: 0
+    try:
+        yield
+    finally:
+        _core.fuse_gqa = original
 
 
 class OnnxFusedRuntime(OnnxRuntime):

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 __all__ = ["mha_to_gqa"]
 
 
@@ -40,18 +42,18 @@ def _producer(value: Any, op_type: str) -> Any:
 
 
 def _cache_concat(value: Any, graph: Any) -> tuple[Any, int] | None:
-    """``(concat node, repeats)`` when ``value`` (B, T, H*Dh) is a cache of (B, Hkv, T, Dh)
-    concatenated with the new keys, then repeated ``H / Hkv`` times per head."""
+    """``(concat node, repeats)`` when ``value`` is a cache (B, Hkv, P, Dh) concatenated
+    with the new keys, then repeated ``H / Hkv`` times per head, given to the attention
+    as (B, T, H*Dh) or as (B, H, T, Dh)."""
     reshape = _producer(value, "Reshape")
     transpose = _producer(reshape.inputs[0], "Transpose") if reshape else None
-    if transpose is None or list(transpose.attributes.get_ints("perm", [])) != [0, 2, 1, 3]:
-        return None
-    source = transpose.inputs[0]
-    concat = _producer(source, "Concat")
+    if transpose is not None and list(transpose.attributes.get_ints("perm", [])) == [0, 2, 1, 3]:
+        value = transpose.inputs[0]  # (B, H, T, Dh) flattened to (B, T, H*Dh)
+    concat = _producer(value, "Concat")
     repeats = 1
     if concat is None:
         # repeat_kv: Reshape(Expand(Unsqueeze(x, [2]), (B, Hkv, n, T, Dh)), (B, H, T, Dh))
-        merge = _producer(source, "Reshape")
+        merge = _producer(value, "Reshape")
         expand = _producer(merge.inputs[0], "Expand") if merge else None
         unsqueeze = _producer(expand.inputs[0], "Unsqueeze") if expand else None
         if unsqueeze is None:
@@ -74,48 +76,68 @@ def _cache_concat(value: Any, graph: Any) -> tuple[Any, int] | None:
 def mha_to_gqa(model: Any) -> int:
     """Rewrite the ``MultiHeadAttention`` nodes of ``model`` (an ``onnx_ir.Model``) that
     attend over a cache into ``GroupQueryAttention``; returns how many were rewritten."""
-    import numpy as np
     import onnx_ir as ir
 
     graph = model.graph
     rewritten = 0
+    # the lengths, made once for the layers that share a mask and a cache length
+    lengths: dict[tuple[int, str], tuple[Any, Any, Any]] = {}
     for node in list(graph):
         if node.op_type != "MultiHeadAttention" or node.domain != "com.microsoft":
             continue
         inputs = list(node.inputs) + [None] * (10 - len(node.inputs))
-        query, key, value, bias, padding, mask = inputs[:6]
-        if bias is not None or padding is not None or any(v is not None for v in inputs[6:]):
+        query, key, value, bias, padding, mask, past_key, past_value = inputs[:8]
+        if bias is not None or padding is not None or mask is None:
             continue
-        if mask is None or len(node.outputs) != 1:
+        if any(v is not None for v in inputs[8:]):
             continue
-        found_k, found_v = _cache_concat(key, graph), _cache_concat(value, graph)
-        if found_k is None or found_v is None:
-            continue
-        (concat_k, rep_k), (concat_v, rep_v) = found_k, found_v
-        past_key, new_key = concat_k.inputs
-        past_value, new_value = concat_v.inputs
         heads = node.attributes.get_int("num_heads", 0)
-        kv_shape = past_key.shape
-        if rep_k != rep_v or kv_shape is None or not isinstance(kv_shape[1], int):
-            continue
-        kv_heads = kv_shape[1]
-        if heads != kv_heads * rep_k:
-            continue
-
         new_nodes: list = []
         add = _Adder(new_nodes, f"{node.name}_gqa")
-        to_bsd = add.const(np.array([0, 0, -1], dtype=np.int64))
-        key_bsd = add("Reshape", [add("Transpose", [new_key], perm=[0, 2, 1, 3]), to_bsd])
-        value_bsd = add("Reshape", [add("Transpose", [new_value], perm=[0, 2, 1, 3]), to_bsd])
-        # every row's cache is full: the mask, not seqlens_k, says which keys count
-        past_len = add("Shape", [past_key], start=2, end=3)
-        new_len = add("Shape", [query], start=1, end=2)
-        total = add("Cast", [add("Add", [past_len, new_len])], to=ir.DataType.INT32)
-        last = add("Sub", [total, add.const(np.array([1], dtype=np.int32))])
-        batch = add("Shape", [query], start=0, end=1)
-        seqlens_k = add("Expand", [last, batch])
-        total_scalar = add("Squeeze", [total])
-        query_seqlens = add("Expand", [add("Cast", [new_len], to=ir.DataType.INT32), batch])
+        if past_key is not None and past_value is not None:
+            # the cache handed to the operator already, new keys (B, S, H*Dh) apart
+            if past_key not in graph.inputs or past_value not in graph.inputs:
+                continue
+            if len(node.outputs) != 3:
+                continue
+            kv_shape = past_key.shape
+            if kv_shape is None or kv_shape[1] != heads:
+                continue
+            kv_heads, key_bsd, value_bsd = heads, key, value
+            presents = list(node.outputs[1:])
+        else:
+            if len(node.outputs) != 1:
+                continue
+            # the cache concatenated with the new keys, repeated per query head or not
+            found_k, found_v = _cache_concat(key, graph), _cache_concat(value, graph)
+            if found_k is None or found_v is None:
+                continue
+            (concat_k, rep_k), (concat_v, rep_v) = found_k, found_v
+            past_key, new_key = concat_k.inputs
+            past_value, new_value = concat_v.inputs
+            kv_shape = past_key.shape
+            if rep_k != rep_v or kv_shape is None or not isinstance(kv_shape[1], int):
+                continue
+            kv_heads = kv_shape[1]
+            if heads != kv_heads * rep_k:
+                continue
+            key_bsd = _as_bsd(new_key, kv_heads, add)
+            value_bsd = _as_bsd(new_value, kv_heads, add)
+            presents = [concat_k.outputs[0], concat_v.outputs[0]]
+        key_of_lengths = (id(mask), str(kv_shape[2]))
+        if key_of_lengths not in lengths:
+            # every row's cache is full: the mask, not seqlens_k, says which keys count
+            past_len = add("Shape", [past_key], start=2, end=3)
+            new_len = add("Shape", [query], start=1, end=2)
+            total = add("Cast", [add("Add", [past_len, new_len])], to=ir.DataType.INT32)
+            last = add("Sub", [total, add.const(np.array([1], dtype=np.int32))])
+            batch = add("Shape", [query], start=0, end=1)
+            lengths[key_of_lengths] = (
+                add("Expand", [last, batch]),
+                add("Squeeze", [total]),
+                add("Expand", [add("Cast", [new_len], to=ir.DataType.INT32), batch]),
+            )
+        seqlens_k, total_scalar, query_seqlens = lengths[key_of_lengths]
         attrs: dict[str, Any] = {"num_heads": heads, "kv_num_heads": kv_heads, "causal": 1}
         scale = node.attributes.get("scale")
         if scale is not None:
@@ -137,7 +159,7 @@ def mha_to_gqa(model: Any) -> int:
         out, present_key, present_value = gqa.outputs
         ir.convenience.replace_all_uses_with(node.outputs[0], out)
         # the graph's present cache is the operator's: same values, no second concat
-        for old, new in ((concat_k.outputs[0], present_key), (concat_v.outputs[0], present_value)):
+        for old, new in zip(presents, (present_key, present_value), strict=True):
             name = old.name
             old.name = f"{name}_replaced"
             new.name, new.shape, new.type = name, old.shape, old.type
@@ -148,6 +170,56 @@ def mha_to_gqa(model: Any) -> int:
         _remove_unused(graph)
         graph.sort()
     return rewritten
+
+
+def _split_heads(value: Any, heads: int) -> Any:
+    """``z`` when ``value`` is ``Transpose(Reshape(z, (B, S, heads, Dh)), (0, 2, 1, 3))``
+    with ``z`` of shape (B, S, heads * Dh): the heads of ``z`` split and moved forward."""
+    transpose = _producer(value, "Transpose")
+    if transpose is None or list(transpose.attributes.get_ints("perm", [])) != [0, 2, 1, 3]:
+        return None
+    reshape = _producer(transpose.inputs[0], "Reshape")
+    if reshape is None:
+        return None
+    source, split = reshape.inputs[0], reshape.outputs[0].shape
+    whole = source.shape
+    if whole is None or split is None or len(whole) != 3 or len(split) != 4:
+        return None
+    if split[2] != heads or not isinstance(split[3], int) or whole[2] != heads * split[3]:
+        return None
+    return source
+
+
+def _as_bsd(value: Any, heads: int, add: _Adder) -> Any:
+    """``value`` (B, heads, S, Dh) as the (B, S, heads * Dh) ``GroupQueryAttention`` takes.
+
+    The projection split into heads just before is used as it was, and a rotary
+    embedding applied after the split is applied to the projection instead (onnxruntime's
+    ``RotaryEmbedding`` takes both layouts): no transpose back and forth.
+    """
+    import onnx_ir as ir
+
+    source = _split_heads(value, heads)
+    if source is not None:
+        return source
+    rotary = value.producer()
+    if (
+        rotary is not None
+        and rotary.op_type == "RotaryEmbedding"
+        and rotary.domain == "com.microsoft"
+    ):
+        source = _split_heads(rotary.inputs[0], heads)
+        if source is not None:
+            attrs = {a.name: a.value for a in rotary.attributes.values()}
+            attrs["num_heads"] = heads
+            node = ir.node(
+                "RotaryEmbedding", [source, *rotary.inputs[1:]], attributes=attrs,
+                domain="com.microsoft",
+            )  # fmt: skip
+            add.nodes.append(node)
+            return node.outputs[0]
+    to_bsd = add.const(np.array([0, 0, -1], dtype=np.int64))
+    return add("Reshape", [add("Transpose", [value], perm=[0, 2, 1, 3]), to_bsd])
 
 
 class _Adder:
@@ -183,3 +255,91 @@ def _remove_unused(graph: Any) -> None:
                 continue
             graph.remove(node, safe=True)
             changed = True
+
+
+def rotary_frequencies_as_matmul(model: Any) -> int:
+    """Rewrite rotary frequencies computed as a broadcast product into the product of
+    matrices onnxscript's cos/sin-cache fusion recognises; returns how many.
+
+    The exported graph computes them as ``Mul(Cast(Unsqueeze(positions)), inv_freq)``
+    with ``positions`` (S,) or (B, S) unsqueezed to (.., S, 1) and ``inv_freq`` a constant
+    (E,); the fusion reads ``Transpose(MatMul(inv_freq (1, E, 1), positions (.., 1, S)))``.
+    Both give the same (.., S, E) values: each is one product per position and frequency.
+    """
+    import onnx_ir as ir
+
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        for positions, freqs in (node.inputs, reversed(node.inputs)):
+            if freqs is None or freqs.const_value is None or positions is None:
+                continue
+            table = freqs.const_value.numpy()
+            if table.ndim != 1 or table.dtype != np.float32:
+                continue
+            cast = _producer(positions, "Cast")
+            unsqueeze = _producer(cast.inputs[0], "Unsqueeze") if cast else None
+            if unsqueeze is None or cast.attributes.get_int("to", 0) != ir.DataType.FLOAT:
+                continue
+            source = unsqueeze.inputs[0]
+            axes = unsqueeze.inputs[1].const_value if len(unsqueeze.inputs) > 1 else None
+            rank = len(source.shape) if source.shape is not None else None
+            if axes is None or rank not in (1, 2):
+                continue
+            # (S,) -> (1, S, 1) or (B, S) -> (B, S, 1): the positions along the middle axis
+            expected = [0, 2] if rank == 1 else [2]
+            if sorted(int(a) % (rank + len(expected)) for a in axes.numpy().ravel()) != expected:
+                continue
+            new_nodes: list = []
+            add = _Adder(new_nodes, f"{node.name}_rotary")
+            rows = add.const(np.array([0, 1] if rank == 1 else [1], dtype=np.int64))
+            as_row = add("Cast", [add("Unsqueeze", [source, rows])], to=ir.DataType.FLOAT)
+            column = add.const(table.reshape(1, -1, 1))
+            angles = add("Transpose", [add("MatMul", [column, as_row])], perm=[0, 2, 1])
+            graph.insert_before(node, new_nodes)
+            angles.shape, angles.type = node.outputs[0].shape, node.outputs[0].type
+            ir.convenience.replace_all_uses_with(node.outputs[0], angles)
+            count += 1
+            break
+    if count:
+        _remove_unused(graph)
+    return count
+
+
+def rotary_positions_per_row(model: Any) -> int:
+    """Give each ``RotaryEmbedding`` node positions of shape (B, S); returns how many.
+
+    onnxscript's cos/sin-cache fusion passes positions computed once for the batch as
+    (1, S), and onnxruntime's operator refuses them for a batch of more than one row.
+    They are broadcast to the batch of the rotated input, the same positions in every row.
+    """
+    import onnx_ir as ir
+
+    graph = model.graph
+    count = 0
+    expanded: dict[int, Any] = {}  # made once for the nodes that share positions
+    for node in list(graph):
+        if node.op_type != "RotaryEmbedding" or node.domain != "com.microsoft":
+            continue
+        x, positions = node.inputs[0], node.inputs[1]
+        shape = positions.shape if positions is not None else None
+        if shape is None or len(shape) != 2 or shape[0] != 1:
+            continue
+        if id(positions) in expanded:
+            node.replace_input_with(1, expanded[id(positions)])
+            count += 1
+            continue
+        new_nodes: list = []
+        add = _Adder(new_nodes, f"{node.name}_positions")
+        rows = add("Shape", [x], start=0, end=1)
+        size = add("Concat", [rows, add("Shape", [positions], start=1, end=2)], axis=0)
+        per_row = add("Expand", [positions, size])
+        graph.insert_before(node, new_nodes)
+        per_row.shape = ir.Shape([x.shape[0] if x.shape is not None else None, shape[1]])
+        per_row.type = positions.type
+        expanded[id(positions)] = per_row
+        node.replace_input_with(1, per_row)
+        count += 1
+    return count
