@@ -176,3 +176,14 @@ def test_a_model_with_external_weights_fuses_into_another_folder(tmp_path):
     session = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
     x = np.ones((1, 64), dtype=np.float32)
     np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ weight, rtol=1e-6)
+
+
+@pytest.mark.models
+def test_a_mask_made_from_the_cached_values_keeps_its_concat():
+    # doge computes its attention mask from the value states, cache included: the
+    # concatenated cache stays for the mask, and only the graph's present output moves
+    # to GroupQueryAttention (moving every use made a cycle)
+    report = validate("doge", runtimes=["exported_program", "onnx", "onnx_ort"])
+    assert report.ok, report.table()
+    fused = report.artifacts["model/onnx_ort"]
+    assert fused["fusions"]["group_query_attention"] == 2, fused["fusions"]

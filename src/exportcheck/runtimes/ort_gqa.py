@@ -1,28 +1,33 @@
 """ort_gqa: attention over a growing cache rewritten as onnxruntime's
-``GroupQueryAttention``, the mask kept.
+``GroupQueryAttention``, the mask kept, and the rotary embedding as ``RotaryEmbedding``.
 
-onnxscript's fusions turn the attention of a decoder into ``MultiHeadAttention``. Its
-keys and values are the cache concatenated with the new ones and, when there are fewer
-key/value heads than query heads, repeated for every query head: each decode step copies
-the whole cache once more per repeat. ``GroupQueryAttention`` takes the cache and the new
-keys apart, appends them itself and reads each cached key once for its group of query
-heads.
+onnxscript's fusions turn the attention of a decoder into ``MultiHeadAttention``. Either
+the node takes the cache and the new keys apart, or its keys and values are the cache
+concatenated with the new ones and, when there are fewer key/value heads than query
+heads, repeated for every query head: each decode step then copies the whole cache once
+more per repeat. ``GroupQueryAttention`` takes the cache and the new keys apart, appends
+them itself and reads each cached key once for its group of query heads.
 
-onnxscript's own fusion into it drops the attention mask (it derives the sequence lengths
-from the positions, which holds for a batch without padding only) and needs a rotary
-embedding it can fuse. :func:`mha_to_gqa` keeps the graph's additive mask as
-``attention_bias`` instead, and takes every batch row's cache as full
+onnxscript's own fusion into it replaces the attention mask by lengths derived from the
+positions of one row: a left-padded batch gives other values, a batch of several rows an
+error (``tests/test_fused.py`` keeps the evidence). :func:`mha_to_gqa` keeps the graph's
+additive mask as ``attention_bias`` instead, and takes every batch row's cache as full
 (``seqlens_k = total - 1``, ``query_seqlens`` the new length): the mask, not the lengths,
 says which keys count, so left-padded batches give what the plain graph gives. The
 operator runs causal (onnxruntime takes several new tokens over a cache in a batch only
 so), which the mask already is; the one difference is on query rows whose every key is
 masked, a padded position of a prompt, where the plain graph averages over every key and
-the operator over the earlier ones: values no later token reads. The rotary embedding
-stays where it is, applied before.
+the operator over the earlier ones: values no later token reads.
 
-The rewrite is structural. It applies to a ``MultiHeadAttention`` node whose key and
-value are ``Concat(past, new, axis=2)`` of a graph input, repeated or not, with only a
-mask besides; it leaves every other node as it was.
+The rotary embedding is applied before the operator, on the graph's own positions.
+onnxscript fuses it into ``RotaryEmbedding`` with cos/sin tables when its frequencies
+are a product of matrices; the exported graph computes them as a broadcast product,
+which :func:`rotary_frequencies_as_matmul` rewrites first, and
+:func:`rotary_positions_per_row` gives the fused operator the per-row positions
+onnxruntime asks for.
+
+Every rewrite is structural: it applies to the nodes of the form it names and leaves
+every other node as it was; the fused graph is then checked against eager like any other.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["mha_to_gqa"]
+__all__ = ["mha_to_gqa", "rotary_frequencies_as_matmul", "rotary_positions_per_row"]
 
 
 def _producer(value: Any, op_type: str) -> Any:
@@ -163,7 +168,14 @@ def mha_to_gqa(model: Any) -> int:
             name = old.name
             old.name = f"{name}_replaced"
             new.name, new.shape, new.type = name, old.shape, old.type
-            ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+            if old.producer() is node:
+                ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+                continue
+            # a concat the graph keeps computing when something else reads it (a mask
+            # made from the values, say): only the graph's output moves to the operator
+            for i, output in enumerate(graph.outputs):
+                if output is old:
+                    graph.outputs[i] = new
         graph.remove(node, safe=True)
         rewritten += 1
     if rewritten:
