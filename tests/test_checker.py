@@ -430,7 +430,7 @@ def test_the_fused_sweep_is_counted_on_its_task_page_and_in_the_overview(tmp_pat
     write_status(str(tmp_path))
     page = (folder / "index.rst").read_text()
     assert "\nFused for onnxruntime\n" in page and "**1 of 3** model types fuse" in page
-    assert "stay correct with no fusion applied: b." in page
+    assert "stays correct with no fusion applied: b." in page
     assert "1 of them is green as a plain ONNX graph, so the fusions broke it: c." in page
     assert "Input 0 expected to have rank 2" in page
     overview = (tmp_path / "index.rst").read_text()

@@ -187,3 +187,14 @@ def test_a_mask_made_from_the_cached_values_keeps_its_concat():
     assert report.ok, report.table()
     fused = report.artifacts["model/onnx_ort"]
     assert fused["fusions"]["group_query_attention"] == 2, fused["fusions"]
+
+
+@pytest.mark.models
+def test_a_gemm_after_the_fused_attention_reads_matrices_again():
+    # GPT-2's projections are addmm, exported as Gemm over the flattened rows; the fused
+    # attention's output replaces the flattening, and onnxruntime refused the graph
+    # ("Input 0 expected to have rank 2 but has rank 3") until the rows are flattened again
+    report = validate("gpt2", runtimes=["exported_program", "onnx", "onnx_ort"])
+    assert report.ok, report.table()
+    fused = report.artifacts["model/onnx_ort"]
+    assert fused["op_types"].get("Gemm", 0) > 0 and "GroupQueryAttention" in fused["op_types"]

@@ -721,7 +721,8 @@ def _fused_lines(path: str, plain_rows: list[dict[str, Any]]) -> list[str]:
         "",
         f"* **{summary['fuse_and_correct']} of {total}** model types fuse (one fusion or "
         f"more) and stay correct ({100 * summary['fuse_and_correct'] / total:.1f} %).",
-        f"* {summary['unfused_correct']} stay correct with no fusion applied"
+        f"* {summary['unfused_correct']} "
+        f"{'stays' if summary['unfused_correct'] == 1 else 'stay'} correct with no fusion applied"
         + (f": {', '.join(unfused)}." if unfused else "."),
         f"* {summary['failed']} are not green; "
         + (

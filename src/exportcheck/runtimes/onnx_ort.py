@@ -22,7 +22,12 @@ from typing import Any
 
 from . import EXPORTERS, register
 from .onnx import OnnxRuntime, onnx_summary
-from .ort_gqa import mha_to_gqa, rotary_frequencies_as_matmul, rotary_positions_per_row
+from .ort_gqa import (
+    gemm_inputs_as_matrices,
+    mha_to_gqa,
+    rotary_frequencies_as_matmul,
+    rotary_positions_per_row,
+)
 
 __all__ = ["FUSIONS_KEY", "OnnxFusedRuntime", "fuse_for_ort"]
 
@@ -49,6 +54,7 @@ def fuse_for_ort(source: str, target: str) -> dict[str, int]:
     rotary_positions_per_row(model)
     counts["group_query_attention"] = mha_to_gqa(model)
     counts["rotary_frequencies_as_matmul"] = rewritten
+    gemm_inputs_as_matrices(model)  # a repair, not a fusion: not counted
     applied = {name: int(n) for name, n in sorted(counts.items()) if n}
     model.metadata_props[FUSIONS_KEY] = json.dumps(applied)
     data = os.path.basename(target) + ".data" if external else None

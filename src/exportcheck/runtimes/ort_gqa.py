@@ -36,7 +36,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["mha_to_gqa", "rotary_frequencies_as_matmul", "rotary_positions_per_row"]
+__all__ = [
+    "gemm_inputs_as_matrices",
+    "mha_to_gqa",
+    "rotary_frequencies_as_matmul",
+    "rotary_positions_per_row",
+]
 
 
 def _producer(value: Any, op_type: str) -> Any:
@@ -353,5 +358,39 @@ def rotary_positions_per_row(model: Any) -> int:
         per_row.type = positions.type
         expanded[id(positions)] = per_row
         node.replace_input_with(1, per_row)
+        count += 1
+    return count
+
+
+def gemm_inputs_as_matrices(model: Any) -> int:
+    """Give ``Gemm`` nodes the matrix their first input was before the fusions; returns
+    how many.
+
+    onnxscript's attention fusion replaces the attention's output of (B, S, H*Dh) rows
+    and the ``Reshape`` that flattens it for a ``Gemm`` (GPT-2's projections are
+    ``addmm``) by the fused operator's (B, S, H*Dh) output, which ``Gemm`` refuses: its
+    first input must have rank 2. The rows are flattened again, (B*S, H*Dh), what the
+    ``Gemm`` read in the plain graph.
+    """
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx"):
+            continue
+        a, b = node.inputs[0], node.inputs[1]
+        producer = a.producer()
+        fused = producer is not None and producer.domain == "com.microsoft"
+        if not (fused or (a.shape is not None and len(a.shape) != 2)):
+            continue
+        if node.attributes.get_int("transA", 0) or b.shape is None or len(b.shape) != 2:
+            continue
+        inner = b.shape[1] if node.attributes.get_int("transB", 0) else b.shape[0]
+        if not isinstance(inner, int):
+            continue
+        new_nodes: list = []
+        add = _Adder(new_nodes, f"{node.name}_rows")
+        rows = add("Reshape", [a, add.const(np.array([-1, inner], dtype=np.int64))])
+        graph.insert_before(node, new_nodes)
+        node.replace_input_with(0, rows)
         count += 1
     return count
