@@ -48,6 +48,8 @@ def test_the_default_task_of_a_vision_lm_is_image_text_to_text():
         "gemma3",
         # images of any resolution: patch vision_segment_attention, multimodal rope
         "qwen2_vl",
+        # images of any size as tiles, packed in the order image_sizes gives
+        "llava_onevision",
     ],
 )
 def test_a_vision_lm_validates_and_generates_through_both_runtimes(model_type):
@@ -353,3 +355,103 @@ def test_recorded_grid_inputs_equal_the_helpers_and_feed_a_tower_of_another_name
                 pixel_values=feeds["pixel_values"], image_grid_thw=feeds["image_grid_thw"]
             ).pooler_output
         assert torch.allclose(rows, torch.cat(split), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def llava_next():
+    return untrained_model("llava_next", task=TASK)
+
+
+def test_tiles_of_images_of_any_size_take_their_feature_order_from_image_sizes(llava_next):
+    m = llava_next
+    encoder = m.components[0]
+    assert set(encoder.input_sets[0]) == {"pixel_values", "feature_index"}
+    # each set its own tile count, the last at the declared bound
+    tiles = [s["pixel_values"].shape[0] for s in encoder.input_sets]
+    assert len(set(tiles)) == len(tiles) and tiles[-1] == 20
+    # the pinpoints follow the shrunk image_size: the grids of tiles stay 1x2, 2x1, 2x2, ...
+    assert m.config.image_grid_pinpoints[0] == [112, 224]
+    assert any("image_grid_pinpoints scaled by 112/336" in n for n in m.notes)
+    # one image of 2x2 tiles: a base view of 8x8 patches, then 16 rows of 16 patches, each
+    # row ended by the newline (nothing to unpad for a square image)
+    one = encoder.input_sets[1]
+    assert one["pixel_values"].shape[0] == 5
+    index = one["feature_index"]
+    assert index.shape == (64 + 16 * 17,)
+    assert index[:64].tolist() == list(range(64))
+    newline = 5 * 64  # the row after the tiles' rows
+    assert (index[64:].reshape(16, 17)[:, -1] == newline).all()
+    assert (index[64:].reshape(16, 17)[:, :-1] < newline).all()
+
+
+def test_the_exported_tile_encoder_matches_get_image_features_on_unseen_sizes(llava_next):
+    # the ExportedProgram, traced on two images (7 tiles), on images of other sizes and
+    # counts equals the model's own get_image_features on the processor's 5-D tiles and
+    # image_sizes; a wrong order is far off (the features vary by 0.3 from row to row)
+    from exportcheck.tasks.image_text_to_text import processor_tiles, tile_images
+
+    m = llava_next
+    encoder = m.components[0]
+    with torch.no_grad():
+        program = torch.export.export(
+            encoder.module,
+            (),
+            copy.deepcopy(encoder.input_sets[0]),
+            dynamic_shapes=encoder.dynamic_shapes,
+        )
+    generator = torch.Generator().manual_seed(3)
+    for images in ([(1.0, 2.0)], [(0.3, 0.9), (2.5, 0.7), (1.9, 2.0)]):
+        feeds, sizes = tile_images(m.model, images, generator, 3, 112)
+        with torch.no_grad():
+            got = program.module()(**feeds)
+            own = m.model.get_image_features(
+                **processor_tiles(feeds["pixel_values"], sizes, m.model)
+            )
+        expected = torch.cat(list(own.pooler_output))
+        assert got.shape == expected.shape
+        assert float((got - expected).abs().max()) < 1e-5, images
+        shuffled = got[torch.randperm(got.shape[0], generator=generator)]
+        assert float((shuffled - expected).abs().max()) > 1e-2
+
+
+def test_tiles_whose_packing_is_not_a_reordering_are_refused(llava_next, monkeypatch):
+    # a pack_image_features that computes values (an interpolation) cannot be precomputed
+    # as an order: the build-time check against get_image_features says so
+    from exportcheck.tasks import image_text_to_text as itt
+
+    m = llava_next
+    base = m.model.model
+    original = type(base).pack_image_features
+
+    def scaled(
+        self, image_features, image_sizes, vision_feature_select_strategy, image_newline=None
+    ):
+        out, lens = original(
+            self, image_features, image_sizes, vision_feature_select_strategy, image_newline
+        )
+        return [f * 1.5 for f in out], lens
+
+    monkeypatch.setattr(type(base), "pack_image_features", scaled)
+    generator = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="pack_image_features does more than reorder rows"):
+        itt.tile_images(m.model, [(1.0, 2.0)], generator, 3, 112)
+
+
+def test_a_feature_order_that_differs_from_get_image_features_is_refused(llava_next):
+    from exportcheck.tasks import image_text_to_text as itt
+
+    m = llava_next
+    generator = torch.Generator().manual_seed(0)
+    feeds, sizes = itt.tile_images(m.model, [(1.0, 2.0)], generator, 3, 112)
+    itt._check_tiles(m.model, [feeds], [sizes])  # the order pack_image_features gives
+    feeds["feature_index"] = feeds["feature_index"].flip(0)
+    with pytest.raises(ValueError, match="give other features"):
+        itt._check_tiles(m.model, [feeds], [sizes])
+
+
+def test_tiles_of_the_wrong_rank_say_what_the_encoder_takes(llava_next):
+    encoder = llava_next.components[0]
+    feeds = dict(encoder.input_sets[0])
+    feeds["pixel_values"] = feeds["pixel_values"][None]
+    with pytest.raises(ValueError, match=r"\(tiles, 3, height, width\): the tiles of every image"):
+        encoder.module(**feeds)

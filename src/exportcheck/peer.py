@@ -45,8 +45,13 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
-def _processor_images(encoder: Any, feeds: dict[str, Any]) -> dict[str, Any]:
-    """An input set of exportcheck's vision encoder as the processor gives it."""
+def _processor_images(encoder: Any, index: int, model: Any) -> dict[str, Any]:
+    """Input set ``index`` of exportcheck's vision encoder as the processor gives it."""
+    from .tasks.image_text_to_text import processor_tiles
+
+    feeds = encoder.input_sets[index]
+    if encoder.module.layout == "tiles":
+        return processor_tiles(feeds["pixel_values"], encoder.module.image_sizes[index], model)
     image = {k: v for k, v in feeds.items() if k in ("pixel_values", "image_grid_thw")}
     if encoder.module.layout == "stacked":
         image["pixel_values"] = image["pixel_values"][None]
@@ -153,10 +158,11 @@ def peer_vision(model_type: str) -> dict[str, Any]:
         row["graph_inputs"] = names
         encoder = next(c for c in m.components if c.name == "vision_encoder")
         prompt_shapes = {k: tuple(v.shape) for k, v in captured.items() if hasattr(v, "shape")}
-        for label, feeds in zip(encoder.labels, encoder.input_sets, strict=True):
+        for index, label in enumerate(encoder.labels):
             entry: dict[str, Any] = {"input_set": label}
             try:
-                sample = _captured_inputs(m.model, module, _processor_images(encoder, feeds))
+                image = _processor_images(encoder, index, m.model)
+                sample = _captured_inputs(m.model, module, image)
                 shapes = {k: tuple(v.shape) for k, v in sample.items() if hasattr(v, "shape")}
                 if shapes == prompt_shapes:
                     continue  # the shapes the peer exported on: not an unseen set

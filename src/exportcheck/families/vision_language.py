@@ -48,9 +48,6 @@ _NO_FEATURES = {
 _OTHER_INPUTS = {
     "lfm2_vl": "spatial_shapes and pixel_attention_mask of NaFlex-style padded patches",
     "lighton_ocr": "image_sizes of images of any size (Pixtral encoder)",
-    "llava_next": "image_sizes, to unpad the any-resolution tiles",
-    "llava_next_video": "image_sizes, to unpad the any-resolution tiles",
-    "llava_onevision": "image_sizes, vision_aspect_ratio and batch_num_images of its tiles",
     "molmo2": "image_token_pooling and image_grids of its crops",
     "mistral3": "image_sizes of images of any size (Pixtral encoder)",
     "mistral_large4": "image_sizes of images of any size (Pixtral encoder)",
@@ -124,7 +121,8 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         t: (
             r"get_image_features takes \[",
             f"get_image_features requires {why}, which the task does not build from the "
-            "config yet (only pixel_values, and image_grid_thw for patch sequences)",
+            "config yet (only pixel_values, with image_grid_thw for patch sequences or "
+            "image_sizes for tiles that pack_image_features orders)",
         )
         for t, why in _OTHER_INPUTS.items()
     },

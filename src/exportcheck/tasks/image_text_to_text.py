@@ -15,7 +15,7 @@ the result. It is exported as three graphs and one merge, as a runtime drives th
 * ``decoder``: a decode step of the causal LM on input embeddings with the cache of the
   positions before -> logits and the grown cache.
 
-Three layouts of image inputs are built from the config, without a processor:
+Four layouts of image inputs are built from the config, without a processor:
 
 * ``pixels``: ``pixel_values`` ``(images, channels, height, width)`` at the vision
   config's ``image_size``. The resolution stays static: the processors of these models
@@ -34,6 +34,18 @@ Three layouts of image inputs are built from the config, without a processor:
   images runs as one masked attention (patch ``vision_segment_attention``). Dynamic: the
   image tokens (patches are a multiple of the merged block) and ``images``; each input
   set has grids of its own, the last at the declared bounds (4 images, 32 tokens).
+* ``tiles``: images of any size cut into tiles as the any-resolution processors do
+  (LLaVA-NeXT, LLaVA-OneVision): a base view and the grid of tiles the image's size picks
+  from the config's ``image_grid_pinpoints``, every tile at the vision config's
+  ``image_size``. The graph takes the tiles of every image, ``pixel_values``
+  ``(tiles, channels, size, size)``, and ``feature_index``: the order of the feature
+  rows, which ``get_image_features`` computes from ``image_sizes`` with Python loops
+  (unpadding each image's grid and inserting a newline row after each of its rows of
+  features). The index is what the model's own ``pack_image_features`` does to row
+  numbers (:func:`tile_inputs`), checked at build time to give exactly what
+  ``get_image_features`` returns on every input set. Dynamic: ``tiles`` and the feature
+  rows; each input set has image sizes of its own, the last at the declared bounds (4
+  images of 5 tiles).
 
 A model with multimodal rope (``get_rope_index``) gets a decoder step that takes
 ``position_ids`` ``(3, batch, seq_length)``: text positions in the checked sets, the
@@ -80,6 +92,21 @@ GRIDS = [
     [(1, 4, 4), (1, 3, 4)],
     [(1, 2, GRID_TOKENS_MAX // GRID_IMAGES_MAX // 2)] * GRID_IMAGES_MAX,
 ]
+#: the images of each ``tiles`` input set, as (height, width) in units of the vision
+#: config's image_size: the first is traced, the others unseen, the last at the bounds
+#: (4 images of a 2 x 2 grid and a base view each)
+TILE_IMAGES = [
+    [(0.9, 1.8), (2.05, 0.8)],
+    [(2.0, 2.0)],
+    [(0.9, 1.8), (2.0, 2.0), (0.7, 0.7)],
+    [(1.0, 3.0)],
+    [(0.5, 0.5), (1.5, 1.2), (2.9, 1.0), (1.8, 0.9)],
+    [(1.3, 2.6), (0.8, 0.6)],
+    [(2.0, 2.0)] * 4,
+]
+TILES_MAX = 20
+#: the size of both images of the generation prompt in the ``tiles`` layout
+TILE_GENERATION_IMAGE = (0.9, 1.8)
 #: patches per side of the images of a fixed-resolution encoder: a larger image_size of
 #: the tiny config is shrunk to this many patches
 PATCHES_PER_SIDE = 8
@@ -119,28 +146,43 @@ def _image_function(model: Any) -> Any:
     return function
 
 
+def _packer(model: Any) -> Any:
+    """``pack_image_features`` of an any-resolution model (of its base model, or of the
+    model), None for other models. The base model's first: LLaVA-OneVision's outer
+    model passes it an argument it does not take."""
+    for owner in (getattr(model, "model", None), model):
+        function = getattr(owner, "pack_image_features", None)
+        if function is not None:
+            return function
+    return None
+
+
 def vision_layout(model: Any) -> str:
-    """``pixels``, ``stacked`` or ``grid``: how ``get_image_features`` takes the image (see
-    the module).
+    """``pixels``, ``stacked``, ``grid`` or ``tiles``: how ``get_image_features`` takes the
+    image (see the module).
 
     :raises ValueError: for a function that requires other inputs
     """
     params = inspect.signature(_image_function(model)).parameters
+    tiled = "image_sizes" in params and _packer(model) is not None
     required = [
         name
         for name, p in params.items()
         if p.default is p.empty
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         and name not in ("pixel_values", "image_grid_thw")
+        and not (tiled and name == "image_sizes")
     ]
     if "pixel_values" not in params or required:
         raise ValueError(
             f"{type(model).__name__}.get_image_features takes {list(params)}: exportcheck "
-            "builds pixel_values, with image_grid_thw for patch sequences, and no other "
-            "required input"
+            "builds pixel_values, with image_grid_thw for patch sequences or image_sizes "
+            "for tiles packed by pack_image_features, and no other required input"
         )
     if "image_grid_thw" in params:
         return "grid"
+    if tiled:
+        return "tiles"
     functions = [
         _image_function(model),
         getattr(getattr(model, "model", None), "get_image_features", None),
@@ -169,9 +211,14 @@ def check_image_inputs(layout: str, pixel_values: Any, channels: int, width: int
     """A ValueError that says what the vision encoder takes, unless ``pixel_values`` has
     the rank and channels (or patch width) of ``layout``."""
     shape = tuple(getattr(pixel_values, "shape", ()))
-    if layout == "pixels":
+    if layout in ("pixels", "stacked", "tiles"):
         ok = len(shape) == 4 and shape[1] == channels
         wanted = f"(images, {channels}, height, width)"
+        if layout == "tiles":
+            wanted = (
+                f"(tiles, {channels}, height, width): the tiles of every image, as the "
+                "processor cuts them (its pixel_values[i, :tiles of image i], concatenated)"
+            )
     else:
         ok = len(shape) == 2 and shape[1] == width
         wanted = (
@@ -272,11 +319,143 @@ def _parts() -> dict[str, type]:
                 return out.pooler_output
             return {"features": out.pooler_output, "deepstack": torch.stack(out.deepstack_features)}
 
+    class TileEncoder(PixelEncoder):
+        """the tiles of images of any size and the order of their feature rows
+        (:func:`tile_inputs`) -> the image features.
+
+        The steps of ``get_image_features`` before its per-image packing run on the tiles
+        (the vision tower, the chosen layers, the projector); the packing, which
+        ``get_image_features`` computes from ``image_sizes`` with Python loops, is one
+        gather of those rows and the newline row in the order ``feature_index`` gives."""
+
+        layout = "tiles"
+
+        def forward(self, pixel_values: Any, feature_index: Any) -> Any:  # type: ignore[override]
+            check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            rows = tile_features(self.model, pixel_values)
+            rows = rows.reshape(-1, rows.shape[-1])
+            newline = _newline(self.model)
+            if newline is not None:
+                rows = torch.cat([rows, newline[None].to(rows.dtype)], 0)
+            return rows[feature_index]
+
     return {
         "pixels": PixelEncoder,
         "stacked": StackedEncoder,
         "grid": GridEncoder,
+        "tiles": TileEncoder,
     }
+
+
+def _newline(model: Any) -> Any:
+    """The learned newline row of an any-resolution model, None when it has none."""
+    for owner in (getattr(model, "model", None), model):
+        found = getattr(owner, "image_newline", None)
+        if found is not None:
+            return found
+    return None
+
+
+def tile_features(model: Any, pixel_values: Any) -> Any:
+    """``(tiles, tokens, width)``: what ``get_image_features`` of an any-resolution model
+    computes for each tile before splitting them per image and packing them: the vision
+    tower's chosen hidden states (one layer, or several concatenated), without the class
+    token under the ``default`` strategy, through the projector."""
+    import torch
+
+    base = getattr(model, "model", model)
+    config = model.config
+    out = base.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+    layer = config.vision_feature_layer
+    if isinstance(layer, int):
+        chosen = out.hidden_states[layer]
+    else:
+        chosen = torch.cat([out.hidden_states[i] for i in layer], -1)
+    if getattr(config, "vision_feature_select_strategy", None) == "default":
+        chosen = chosen[:, 1:]
+    return base.multi_modal_projector(chosen)
+
+
+def tile_counts(model: Any, sizes: Any) -> list[int]:
+    """The tiles of each image of ``sizes`` ``(images, 2)``, base view included, from the
+    model's modeling module's ``image_size_to_num_patches``."""
+    import sys
+
+    module = sys.modules[type(getattr(model, "model", model)).__module__]
+    return [
+        int(
+            module.image_size_to_num_patches(
+                image_size=size,
+                grid_pinpoints=model.config.image_grid_pinpoints,
+                patch_size=_pixel_sizes(model.config)[1],
+            )
+        )
+        for size in sizes
+    ]
+
+
+def tile_inputs(model: Any, sizes: Any, tokens: int) -> tuple[list[int], Any]:
+    """The tiles of each image of ``sizes`` ``(images, 2)`` (height, width in pixels) and
+    ``feature_index``: for every feature row ``get_image_features`` returns, its row in
+    the tiles' features flattened (``tiles * tokens`` rows) followed by the newline row.
+
+    Both come from the model's own code: the tile counts from its modeling module's
+    ``image_size_to_num_patches``, the index from ``pack_image_features`` run on the row
+    numbers instead of features (a newline numbered after the last row), so that
+    unpadding, reordering and newline rows are whatever the model does."""
+    import torch
+
+    config = model.config
+    counts = tile_counts(model, sizes)
+    rows = sum(counts) * tokens
+    numbers = torch.arange(rows, dtype=torch.float64).reshape(sum(counts), tokens, 1)
+    pack = _packer(model)
+    params = inspect.signature(pack).parameters
+    given: dict[str, Any] = {}
+    if _newline(model) is not None:
+        given["image_newline"] = torch.tensor([float(rows)], dtype=torch.float64)
+    for name in ("vision_feature_select_strategy", "vision_aspect_ratio"):
+        if name in params and getattr(config, name, None) is not None:
+            given[name] = getattr(config, name)
+    packed = pack(list(torch.split(numbers, counts)), sizes, **given)[0]
+    if isinstance(packed, (list, tuple)):
+        packed = torch.cat(list(packed))
+    packed = packed.reshape(-1)
+    if not (packed == packed.round()).all() or packed.min() < 0 or packed.max() > rows:
+        raise ValueError(
+            f"pack_image_features does more than reorder rows for image_sizes "
+            f"{sizes.tolist()}: on row numbers it returns values that are no row numbers "
+            "(an interpolation?), so its order cannot be precomputed"
+        )
+    return counts, packed.to(torch.int64)
+
+
+def tile_images(
+    model: Any, images: list[tuple[float, float]], generator: Any, channels: int, side: int
+) -> tuple[dict[str, Any], Any]:
+    """The ``tiles`` input set of ``images`` (sizes in units of ``side``) and the
+    ``image_sizes`` the processor would give with it."""
+    import torch
+
+    sizes = torch.tensor([(round(h * side), round(w * side)) for h, w in images])
+    with torch.no_grad():
+        tokens = tile_features(model, torch.zeros((1, channels, side, side))).shape[1]
+    counts, index = tile_inputs(model, sizes, tokens)
+    tiles = torch.randn((sum(counts), channels, side, side), generator=generator)
+    return {"pixel_values": tiles, "feature_index": index}, sizes
+
+
+def processor_tiles(pixel_values: Any, sizes: Any, model: Any) -> dict[str, Any]:
+    """The tiles of a ``tiles`` input set as the processor gives them: ``pixel_values``
+    ``(images, most tiles, channels, size, size)``, each image's tiles then zeros, and
+    ``image_sizes``."""
+    import torch
+
+    counts = tile_counts(model, sizes)
+    padded = torch.zeros((len(counts), max(counts), *pixel_values.shape[1:]))
+    for i, part in enumerate(torch.split(pixel_values, counts)):
+        padded[i, : counts[i]] = part
+    return {"pixel_values": padded, "image_sizes": sizes}
 
 
 def rope_index(model: Any) -> Any:
@@ -441,10 +620,25 @@ def _pixel_sizes(config: Any) -> tuple[int, int]:
 
 def _image_sets(
     layout: str, model: Any, config: Any, generator: Any
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[dict[str, Any]], list[str], list[Any]]:
+    """The vision encoder's input sets, their labels and, for ``tiles``, the
+    ``image_sizes`` of each set (the processor's, which the graph does not take)."""
     import torch
 
-    if layout != "grid":
+    sizes: list[Any] = []
+    if layout == "tiles":
+        channels, side = _pixel_sizes(config)
+        sets, labels = [], []
+        for images in TILE_IMAGES:
+            feeds, given = tile_images(model, images, generator, channels, side)
+            sets.append(feeds)
+            sizes.append(given)
+            labels.append(
+                f"images={len(images)} tiles={feeds['pixel_values'].shape[0]} sizes="
+                + ",".join(f"{h}x{w}" for h, w in given.tolist())
+            )
+        _check_tiles(model, sets, sizes)
+    elif layout != "grid":
         channels, side = _pixel_sizes(config)
         sets = [
             {"pixel_values": torch.randn((n, channels, side, side), generator=generator)}
@@ -470,7 +664,30 @@ def _image_sets(
                 + ",".join(f"{h}x{w}" for _, h, w in thw.tolist())
             )
     labels[-1] += " at bounds"
-    return sets, labels
+    return sets, labels, sizes
+
+
+def _check_tiles(model: Any, sets: list[dict[str, Any]], sizes: list[Any]) -> None:
+    """A ValueError unless the ``tiles`` encoder gives exactly what the model's own
+    ``get_image_features`` gives with the processor's inputs, on every set."""
+    import torch
+
+    encoder = _parts()["tiles"](model, _pixel_sizes(model.config)[0], 0)
+    for i, (feeds, given) in enumerate(zip(sets, sizes, strict=True)):
+        with torch.no_grad():
+            mine = encoder(**feeds)
+            out = _image_function(model)(**processor_tiles(feeds["pixel_values"], given, model))
+        found = getattr(out, "pooler_output", out)
+        if isinstance(found, (list, tuple)):
+            found = torch.cat([f.reshape(-1, f.shape[-1]) for f in found])
+        if mine.shape != found.shape or not torch.allclose(mine, found, atol=1e-6, rtol=0):
+            raise ValueError(
+                f"the tiles of input set {i} (image_sizes {given.tolist()}) give other "
+                f"features ({tuple(mine.shape)}) through the packed gather than through "
+                f"get_image_features ({tuple(found.shape)}): pack_image_features does "
+                "more than reorder rows for these sizes (an interpolation?), so its "
+                "order cannot be precomputed"
+            )
 
 
 def _modeling_source(config: Any) -> str:
@@ -541,6 +758,13 @@ def fit_config(config: Any) -> list[str]:
                 f"vision_config.image_size {size} -> {vision.image_size}: {PATCHES_PER_SIDE} "
                 f"patches per side, {why} (the position table is sized from it)"
             )
+            pinpoints = getattr(config, "image_grid_pinpoints", None)
+            if pinpoints and all(v % side == 0 for point in pinpoints for v in point):
+                config.image_grid_pinpoints = [[v // side * fitted for v in p] for p in pinpoints]
+                notes.append(
+                    f"image_grid_pinpoints scaled by {fitted}/{side}: the grids of tiles an "
+                    "image can be cut into stay the same, in tiles of the new image_size"
+                )
     width = getattr(vision, "out_hidden_size", None)
     if isinstance(width, int) and width != text.hidden_size:
         vision.out_hidden_size = text.hidden_size
@@ -661,9 +885,24 @@ class ImageTextToText(Task):
             )
         encoder = _parts()[layout](model, channels, width)
         generator = torch.Generator().manual_seed(seed)
-        image_sets, image_labels = _image_sets(layout, model, config, generator)
+        image_sets, image_labels, image_sizes = _image_sets(layout, model, config, generator)
+        encoder.image_sizes = image_sizes
         images = torch.export.Dim("images", min=1, max=BATCH_MAX)
-        if layout != "grid":
+        if layout == "tiles":
+            image_shapes = {
+                "pixel_values": {0: torch.export.Dim("tiles", min=1, max=TILES_MAX)},
+                "feature_index": {0: torch.export.Dim("feature_rows", min=1)},
+            }
+            resolution = (
+                "images of any size, as tiles of the vision config's image_size "
+                f"({side}x{side}): a base view and the grid each image's size picks from "
+                "image_grid_pinpoints; the graph takes the tiles of every image (dynamic "
+                "tiles) and the order of the feature rows (dynamic), which "
+                "pack_image_features computes from image_sizes with Python loops and which "
+                "is computed here by that function on row numbers, checked to give exactly "
+                "get_image_features' features on every input set"
+            )
+        elif layout != "grid":
             image_shapes: dict[str, Any] = {"pixel_values": {0: images}}
             resolution = (
                 f"pixel_values {side}x{side} static: the model's processor resizes every "
@@ -746,7 +985,10 @@ class ImageTextToText(Task):
         encoder = next(c for c in m.components if c.name == "vision_encoder")
         generator = torch.Generator().manual_seed(4321)
         first = encoder.input_sets[0]
-        if encoder.module.layout != "grid":
+        if encoder.module.layout == "tiles":
+            channels, side = _pixel_sizes(m.config)
+            image, _ = tile_images(m.model, [TILE_GENERATION_IMAGE] * 2, generator, channels, side)
+        elif encoder.module.layout != "grid":
             shape = (2, *first["pixel_values"].shape[1:])
             image = {"pixel_values": torch.randn(shape, generator=generator)}
         else:
@@ -782,11 +1024,18 @@ class ImageTextToText(Task):
         """The generation prompt as the model's processor gives it to ``generate`` or the
         forward: ids, mask, the pixels and the grids (not what exportcheck's vision
         encoder graph takes precomputed from them)."""
+        import torch
+
         feeds = self.generation_inputs(m)
         given = {k: v for k, v in feeds.items() if k != "image"}
         image = {k: v for k, v in feeds["image"].items() if k in ("pixel_values", "image_grid_thw")}
-        if vision_layout(m.model) == "stacked":  # one image per prompt
+        layout = vision_layout(m.model)
+        if layout == "stacked":  # one image per prompt
             image["pixel_values"] = image["pixel_values"][:, None]
+        elif layout == "tiles":
+            _, side = _pixel_sizes(m.config)
+            size = [round(v * side) for v in TILE_GENERATION_IMAGE]
+            image = processor_tiles(image["pixel_values"], torch.tensor([size] * 2), m.model)
         if "mm_token_type_ids" in inspect.signature(m.model.forward).parameters:
             # what the processor returns beside the ids: 1 on image tokens
             given["mm_token_type_ids"] = (given["input_ids"] == image_token(m.config)).int()
