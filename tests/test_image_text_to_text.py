@@ -50,6 +50,8 @@ def test_the_default_task_of_a_vision_lm_is_image_text_to_text():
         "qwen2_vl",
         # images of any size as tiles, packed in the order image_sizes gives
         "llava_onevision",
+        # images of any size padded into one batch (Pixtral encoder)
+        "mistral3",
     ],
 )
 def test_a_vision_lm_validates_and_generates_through_both_runtimes(model_type):
@@ -455,3 +457,58 @@ def test_tiles_of_the_wrong_rank_say_what_the_encoder_takes(llava_next):
     feeds["pixel_values"] = feeds["pixel_values"][None]
     with pytest.raises(ValueError, match=r"\(tiles, 3, height, width\): the tiles of every image"):
         encoder.module(**feeds)
+
+
+@pytest.fixture(scope="module")
+def lighton_ocr():
+    return untrained_model("lighton_ocr", task=TASK)
+
+
+def test_padded_images_take_what_the_encoder_computes_from_their_sizes(lighton_ocr):
+    from exportcheck.tasks.image_text_to_text import padded_inputs
+
+    # two images of 2x4 and 4x2 patches, padded to 4x4: the first image's patches are
+    # rows 0-1 of its 4x4 block, the second's columns 0-1 of the next block
+    sizes = torch.tensor([[28, 56], [56, 28]])
+    got = padded_inputs(lighton_ocr.model, sizes, 56, 56)
+    patch_index = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 20, 21, 24, 25, 28, 29]
+    assert got["patch_index"].tolist() == patch_index
+    assert got["vision_position_ids"][:8].tolist() == [[r, c] for r in range(2) for c in range(4)]
+    assert got["patch_image"].tolist() == [0] * 8 + [1] * 8
+    # each merged token takes a 2x2 block of its image, row-major within the block
+    assert got["merge_index"].tolist() == [
+        [0, 1, 4, 5],
+        [2, 3, 6, 7],
+        [8, 9, 10, 11],
+        [12, 13, 14, 15],
+    ]
+
+
+def test_the_exported_padded_encoder_matches_get_image_features_on_unseen_sizes(lighton_ocr):
+    from exportcheck.tasks.image_text_to_text import padded_images
+
+    m = lighton_ocr
+    encoder = m.components[0]
+    assert encoder.module.layout == "padded"
+    with torch.no_grad():
+        program = torch.export.export(
+            encoder.module,
+            (),
+            copy.deepcopy(encoder.input_sets[0]),
+            dynamic_shapes=encoder.dynamic_shapes,
+        )
+    generator = torch.Generator().manual_seed(3)
+    for images in ([(6, 8)], [(2, 2), (8, 2), (4, 6)]):
+        feeds, sizes = padded_images(m.model, images, generator, 3)
+        with torch.no_grad():
+            got = program.module()(**feeds)
+            own = m.model.get_image_features(pixel_values=feeds["pixel_values"], image_sizes=sizes)
+        expected = torch.cat(list(own.pooler_output))
+        assert got.shape == expected.shape == (sum(h * w for h, w in images) // 4, got.shape[1])
+        assert float((got - expected).abs().max()) < 1e-6, images
+        # the images attend within themselves: a wrong image assignment is far off
+        wrong = dict(feeds, patch_image=torch.zeros_like(feeds["patch_image"]))
+        if len(images) > 1:
+            with torch.no_grad():
+                off = program.module()(**wrong)
+            assert float((off - expected).abs().max()) > 1e-4

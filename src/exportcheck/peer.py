@@ -47,11 +47,11 @@ def _error(e: BaseException) -> str:
 
 def _processor_images(encoder: Any, index: int, model: Any) -> dict[str, Any]:
     """Input set ``index`` of exportcheck's vision encoder as the processor gives it."""
-    from .tasks.image_text_to_text import processor_tiles
+    from .tasks.image_text_to_text import _processor_images as sized
 
     feeds = encoder.input_sets[index]
-    if encoder.module.layout == "tiles":
-        return processor_tiles(feeds["pixel_values"], encoder.module.image_sizes[index], model)
+    if encoder.module.layout in ("tiles", "padded"):
+        return sized(encoder.module.layout, feeds, encoder.module.image_sizes[index], model)
     image = {k: v for k, v in feeds.items() if k in ("pixel_values", "image_grid_thw")}
     if encoder.module.layout == "stacked":
         image["pixel_values"] = image["pixel_values"][None]

@@ -47,10 +47,7 @@ _NO_FEATURES = {
 #: model types whose get_image_features requires other inputs than pixel values
 _OTHER_INPUTS = {
     "lfm2_vl": "spatial_shapes and pixel_attention_mask of NaFlex-style padded patches",
-    "lighton_ocr": "image_sizes of images of any size (Pixtral encoder)",
     "molmo2": "image_token_pooling and image_grids of its crops",
-    "mistral3": "image_sizes of images of any size (Pixtral encoder)",
-    "mistral_large4": "image_sizes of images of any size (Pixtral encoder)",
 }
 #: model types whose vision config sets no image size
 _NO_SIZE = {
@@ -121,8 +118,9 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         t: (
             r"get_image_features takes \[",
             f"get_image_features requires {why}, which the task does not build from the "
-            "config yet (only pixel_values, with image_grid_thw for patch sequences or "
-            "image_sizes for tiles that pack_image_features orders)",
+            "config yet (only pixel_values, with image_grid_thw for patch sequences, or "
+            "image_sizes for tiles that pack_image_features orders or for a Pixtral "
+            "encoder's padded images)",
         )
         for t, why in _OTHER_INPUTS.items()
     },

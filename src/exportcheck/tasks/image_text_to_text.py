@@ -107,6 +107,20 @@ TILE_IMAGES = [
 TILES_MAX = 20
 #: the size of both images of the generation prompt in the ``tiles`` layout
 TILE_GENERATION_IMAGE = (0.9, 1.8)
+#: the images of each ``padded`` input set, as (height, width) in patches (even: the
+#: projector merges 2 x 2 patches): the first is traced, the last at the bounds
+PADDED_IMAGES = [
+    [(4, 6), (6, 2)],
+    [(8, 8)],
+    [(2, 4), (6, 4), (4, 2)],
+    [(4, 8)],
+    [(2, 2), (4, 4), (6, 2), (2, 6)],
+    [(8, 4), (2, 2)],
+    [(8, 8)] * 4,
+]
+#: the patches a side of a ``padded`` image, at most, and of the generation's images
+PADDED_SIDE_MAX = 8
+PADDED_GENERATION_IMAGE = (4, 6)
 #: patches per side of the images of a fixed-resolution encoder: a larger image_size of
 #: the tiny config is shrunk to this many patches
 PATCHES_PER_SIDE = 8
@@ -157,6 +171,32 @@ def _packer(model: Any) -> Any:
     return None
 
 
+def _pixtral(model: Any) -> tuple[Any, Any] | None:
+    """(vision tower, projector) of a model whose tower is a Pixtral encoder (a patch
+    convolution, 2-D rotary positions, one sequence of every image's patches) and whose
+    projector merges patches with a ``patch_merger``; None for other models."""
+    base = getattr(model, "model", model)
+    tower = next(
+        (
+            getattr(base, n)
+            for n in ("vision_tower", "vision_encoder")
+            if hasattr(getattr(base, n, None), "patch_positional_embedding")
+        ),
+        None,
+    )
+    projector = next(
+        (
+            getattr(base, n)
+            for n in ("multi_modal_projector", "vision_projection")
+            if hasattr(getattr(base, n, None), "patch_merger")
+        ),
+        None,
+    )
+    if tower is None or projector is None or not hasattr(tower, "patch_conv"):
+        return None
+    return tower, projector
+
+
 def vision_layout(model: Any) -> str:
     """``pixels``, ``stacked``, ``grid`` or ``tiles``: how ``get_image_features`` takes the
     image (see the module).
@@ -165,24 +205,28 @@ def vision_layout(model: Any) -> str:
     """
     params = inspect.signature(_image_function(model)).parameters
     tiled = "image_sizes" in params and _packer(model) is not None
+    padded = "image_sizes" in params and not tiled and _pixtral(model) is not None
     required = [
         name
         for name, p in params.items()
         if p.default is p.empty
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         and name not in ("pixel_values", "image_grid_thw")
-        and not (tiled and name == "image_sizes")
+        and not ((tiled or padded) and name == "image_sizes")
     ]
     if "pixel_values" not in params or required:
         raise ValueError(
             f"{type(model).__name__}.get_image_features takes {list(params)}: exportcheck "
-            "builds pixel_values, with image_grid_thw for patch sequences or image_sizes "
-            "for tiles packed by pack_image_features, and no other required input"
+            "builds pixel_values, with image_grid_thw for patch sequences, image_sizes "
+            "for tiles packed by pack_image_features or for a Pixtral encoder's padded "
+            "images, and no other required input"
         )
     if "image_grid_thw" in params:
         return "grid"
     if tiled:
         return "tiles"
+    if padded:
+        return "padded"
     functions = [
         _image_function(model),
         getattr(getattr(model, "model", None), "get_image_features", None),
@@ -211,7 +255,7 @@ def check_image_inputs(layout: str, pixel_values: Any, channels: int, width: int
     """A ValueError that says what the vision encoder takes, unless ``pixel_values`` has
     the rank and channels (or patch width) of ``layout``."""
     shape = tuple(getattr(pixel_values, "shape", ()))
-    if layout in ("pixels", "stacked", "tiles"):
+    if layout in ("pixels", "stacked", "tiles", "padded"):
         ok = len(shape) == 4 and shape[1] == channels
         wanted = f"(images, {channels}, height, width)"
         if layout == "tiles":
@@ -339,12 +383,125 @@ def _parts() -> dict[str, type]:
                 rows = torch.cat([rows, newline[None].to(rows.dtype)], 0)
             return rows[feature_index]
 
+    class GatherMerger(torch.nn.Module):
+        """A Pixtral projector's patch merger on precomputed indices: the
+        ``merge x merge`` patches of every merged token gathered by ``index``
+        ``(tokens, merge * merge)`` and laid out as ``unfold`` lays them out (each
+        feature's patches together), then the merger's own linear layer."""
+
+        def __init__(self, layer: Any, index: Any) -> None:
+            super().__init__()
+            self.layer, self.index = layer, index
+
+        def forward(self, features: Any, image_sizes: Any = None) -> Any:
+            gathered = features[self.index]
+            return self.layer(gathered.transpose(1, 2).reshape(gathered.shape[0], -1))
+
+    class PaddedEncoder(PixelEncoder):
+        """images of any size padded into one batch (a Pixtral encoder), with what the
+        processor side computes from ``image_sizes`` (:func:`padded_inputs`) -> the image
+        features.
+
+        The tower's steps run as its forward runs them, with the data-dependent parts
+        given: each image's patches cut from the padded convolution output
+        (``patch_index``), their 2-D rotary positions, the image each patch belongs to
+        (attention stays within an image) and the patches each merged token takes
+        (``merge_index``); the projector runs its own forward around the merger."""
+
+        layout = "padded"
+
+        def forward(  # type: ignore[override]
+            self,
+            pixel_values: Any,
+            patch_index: Any,
+            vision_position_ids: Any,
+            patch_image: Any,
+            merge_index: Any,
+        ) -> Any:
+            check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            tower, projector = _pixtral(self.model)
+            embeds = tower.patch_conv(pixel_values.to(tower.patch_conv.weight.dtype))
+            rows = embeds.flatten(2).transpose(1, 2).reshape(-1, embeds.shape[1])
+            rows = tower.ln_pre(rows[patch_index][None])
+            rotary = tower.patch_positional_embedding(rows, vision_position_ids)
+            same = patch_image[:, None] == patch_image[None, :]
+            low = torch.finfo(rows.dtype).min
+            mask = torch.zeros(same.shape, dtype=rows.dtype).masked_fill(~same, low)
+            states = [rows]
+            for block in tower.transformer.layers:
+                states.append(block(states[-1], mask[None, None], position_embeddings=rotary))
+            layer = getattr(self.model.config, "vision_feature_layer", None)
+            if layer is None:
+                chosen = states[-1]
+            elif isinstance(layer, int):
+                chosen = states[layer]
+            else:
+                chosen = torch.cat([states[i] for i in layer], -1)
+            merger = projector.patch_merger
+            projector.patch_merger = GatherMerger(merger.merging_layer, merge_index)
+            try:
+                return projector(chosen.squeeze(0), None)
+            finally:
+                projector.patch_merger = merger
+
     return {
         "pixels": PixelEncoder,
         "stacked": StackedEncoder,
         "grid": GridEncoder,
         "tiles": TileEncoder,
+        "padded": PaddedEncoder,
     }
+
+
+def padded_inputs(model: Any, sizes: Any, height: int, width: int) -> dict[str, Any]:
+    """What a Pixtral encoder computes from ``image_sizes`` ``(images, 2)`` for images
+    padded to ``height x width`` pixels: for each image's patches (row by row, image
+    after image) its row in the padded convolution output flattened, its (row, column)
+    rotary position and its image; and ``merge_index``, the patches of every merged
+    token, from the model's own patch merger run on patch numbers (its linear layer
+    left out)."""
+    import torch
+
+    tower, projector = _pixtral(model)
+    patch = tower.patch_size
+    rows, columns = height // patch, width // patch
+    index, positions, images = [], [], []
+    for i, (h, w) in enumerate(sizes.tolist()):
+        r, c = torch.meshgrid(torch.arange(h // patch), torch.arange(w // patch), indexing="ij")
+        index.append(i * rows * columns + r.flatten() * columns + c.flatten())
+        positions.append(torch.stack([r.flatten(), c.flatten()], -1))
+        images.append(torch.full((r.numel(),), i))
+    count = sum(len(x) for x in index)
+    merger = projector.patch_merger
+    layer = merger.merging_layer
+    merger.merging_layer = torch.nn.Identity()
+    try:
+        numbers = merger(torch.arange(count, dtype=torch.float64)[:, None], sizes)
+    finally:
+        merger.merging_layer = layer
+    return {
+        "patch_index": torch.cat(index),
+        "vision_position_ids": torch.cat(positions),
+        "patch_image": torch.cat(images),
+        "merge_index": numbers.round().to(torch.int64),
+    }
+
+
+def padded_images(
+    model: Any, images: list[tuple[int, int]], generator: Any, channels: int
+) -> tuple[dict[str, Any], Any]:
+    """The ``padded`` input set of ``images`` (sizes in patches) and the ``image_sizes``
+    the processor gives with it."""
+    import torch
+
+    patch = _pixtral(model)[0].patch_size
+    sizes = torch.tensor([(h * patch, w * patch) for h, w in images])
+    height, width = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+    pixels = torch.randn((len(images), channels, height, width), generator=generator)
+    for i, (h, w) in enumerate(sizes.tolist()):  # the processor pads with zeros
+        pixels[i, :, h:] = 0
+        pixels[i, :, :, w:] = 0
+    return {"pixel_values": pixels, **padded_inputs(model, sizes, height, width)}, sizes
 
 
 def _newline(model: Any) -> Any:
@@ -638,6 +795,18 @@ def _image_sets(
                 + ",".join(f"{h}x{w}" for h, w in given.tolist())
             )
         _check_tiles(model, sets, sizes)
+    elif layout == "padded":
+        channels = _pixel_sizes(config)[0]
+        sets, labels = [], []
+        for images in PADDED_IMAGES:
+            feeds, given = padded_images(model, images, generator, channels)
+            sets.append(feeds)
+            sizes.append(given)
+            labels.append(
+                f"images={len(images)} patches={feeds['patch_index'].shape[0]} sizes="
+                + ",".join(f"{h}x{w}" for h, w in given.tolist())
+            )
+        _check_encoder(model, "padded", sets, sizes)
     elif layout != "grid":
         channels, side = _pixel_sizes(config)
         sets = [
@@ -668,25 +837,43 @@ def _image_sets(
 
 
 def _check_tiles(model: Any, sets: list[dict[str, Any]], sizes: list[Any]) -> None:
-    """A ValueError unless the ``tiles`` encoder gives exactly what the model's own
+    """:func:`_check_encoder` for the ``tiles`` layout."""
+    _check_encoder(model, "tiles", sets, sizes)
+
+
+def _processor_images(layout: str, feeds: dict[str, Any], sizes: Any, model: Any) -> dict:
+    """A ``tiles`` or ``padded`` input set as the processor gives it."""
+    if layout == "tiles":
+        return processor_tiles(feeds["pixel_values"], sizes, model)
+    return {"pixel_values": feeds["pixel_values"], "image_sizes": sizes}
+
+
+def _check_encoder(model: Any, layout: str, sets: list[dict[str, Any]], sizes: list[Any]) -> None:
+    """A ValueError unless the ``tiles`` or ``padded`` encoder, which takes precomputed
+    what ``get_image_features`` computes from ``image_sizes``, gives what the model's own
     ``get_image_features`` gives with the processor's inputs, on every set."""
     import torch
 
-    encoder = _parts()["tiles"](model, _pixel_sizes(model.config)[0], 0)
+    encoder = _parts()[layout](model, _pixel_sizes(model.config)[0], 0)
     for i, (feeds, given) in enumerate(zip(sets, sizes, strict=True)):
         with torch.no_grad():
             mine = encoder(**feeds)
-            out = _image_function(model)(**processor_tiles(feeds["pixel_values"], given, model))
+            out = _image_function(model)(**_processor_images(layout, feeds, given, model))
         found = getattr(out, "pooler_output", out)
         if isinstance(found, (list, tuple)):
             found = torch.cat([f.reshape(-1, f.shape[-1]) for f in found])
         if mine.shape != found.shape or not torch.allclose(mine, found, atol=1e-6, rtol=0):
+            why = (
+                "pack_image_features does more than reorder rows for these sizes (an "
+                "interpolation?), so its order cannot be precomputed"
+                if layout == "tiles"
+                else "the encoder computes more from image_sizes than the patches' rows, "
+                "positions, images and merged groups given precomputed"
+            )
             raise ValueError(
-                f"the tiles of input set {i} (image_sizes {given.tolist()}) give other "
-                f"features ({tuple(mine.shape)}) through the packed gather than through "
-                f"get_image_features ({tuple(found.shape)}): pack_image_features does "
-                "more than reorder rows for these sizes (an interpolation?), so its "
-                "order cannot be precomputed"
+                f"the images of input set {i} (image_sizes {given.tolist()}) give other "
+                f"features ({tuple(mine.shape)}) through the precomputed inputs than "
+                f"through get_image_features ({tuple(found.shape)}): {why}"
             )
 
 
@@ -888,7 +1075,31 @@ class ImageTextToText(Task):
         image_sets, image_labels, image_sizes = _image_sets(layout, model, config, generator)
         encoder.image_sizes = image_sizes
         images = torch.export.Dim("images", min=1, max=BATCH_MAX)
-        if layout == "tiles":
+        if layout == "padded":
+            patch = _pixtral(model)[0].patch_size
+            patches = torch.export.Dim("patches", min=1)
+            image_shapes = {
+                "pixel_values": {
+                    0: torch.export.Dim("images", min=1, max=GRID_IMAGES_MAX),
+                    2: patch * torch.export.Dim("patch_rows", min=1, max=PADDED_SIDE_MAX),
+                    3: patch * torch.export.Dim("patch_columns", min=1, max=PADDED_SIDE_MAX),
+                },
+                "patch_index": {0: patches},
+                "vision_position_ids": {0: patches},
+                "patch_image": {0: patches},
+                "merge_index": {0: torch.export.Dim("image_tokens", min=1)},
+            }
+            resolution = (
+                "images of any size (a Pixtral encoder): pixel_values padded to the largest "
+                f"image of the call, height and width dynamic in patches of {patch}; what the "
+                "encoder computes from image_sizes with Python loops is given precomputed "
+                "(each image's patches in the padded convolution output, their 2-D rotary "
+                "positions, the image of each patch for attention within an image, and the "
+                "patches of each merged token, from the model's own patch merger run on "
+                "patch numbers), checked to give get_image_features' features on every "
+                "input set"
+            )
+        elif layout == "tiles":
             image_shapes = {
                 "pixel_values": {0: torch.export.Dim("tiles", min=1, max=TILES_MAX)},
                 "feature_index": {0: torch.export.Dim("feature_rows", min=1)},
@@ -988,6 +1199,9 @@ class ImageTextToText(Task):
         if encoder.module.layout == "tiles":
             channels, side = _pixel_sizes(m.config)
             image, _ = tile_images(m.model, [TILE_GENERATION_IMAGE] * 2, generator, channels, side)
+        elif encoder.module.layout == "padded":
+            channels = _pixel_sizes(m.config)[0]
+            image, _ = padded_images(m.model, [PADDED_GENERATION_IMAGE] * 2, generator, channels)
         elif encoder.module.layout != "grid":
             shape = (2, *first["pixel_values"].shape[1:])
             image = {"pixel_values": torch.randn(shape, generator=generator)}
@@ -1036,6 +1250,10 @@ class ImageTextToText(Task):
             _, side = _pixel_sizes(m.config)
             size = [round(v * side) for v in TILE_GENERATION_IMAGE]
             image = processor_tiles(image["pixel_values"], torch.tensor([size] * 2), m.model)
+        elif layout == "padded":
+            patch = _pixtral(m.model)[0].patch_size
+            size = [v * patch for v in PADDED_GENERATION_IMAGE]
+            image["image_sizes"] = torch.tensor([size] * 2)
         if "mm_token_type_ids" in inspect.signature(m.model.forward).parameters:
             # what the processor returns beside the ids: 1 on image tokens
             given["mm_token_type_ids"] = (given["input_ids"] == image_token(m.config)).int()
