@@ -20,6 +20,17 @@ def internvl():
     return untrained_model("internvl", task=TASK)
 
 
+def _exported(encoder):
+    """The component's ExportedProgram, traced on its first input set."""
+    with export_patches(encoder.module), torch.no_grad():
+        return torch.export.export(
+            encoder.module,
+            (),
+            copy.deepcopy(encoder.input_sets[0]),
+            dynamic_shapes=encoder.dynamic_shapes,
+        )
+
+
 def test_a_vision_lm_is_built_as_three_graphs_with_the_decoder_on_embeddings(internvl):
     assert [c.name for c in internvl.components] == ["vision_encoder", "embed_tokens", "decoder"]
     encoder, _, step = internvl.components
@@ -52,6 +63,10 @@ def test_the_default_task_of_a_vision_lm_is_image_text_to_text():
         "llava_onevision",
         # images of any size padded into one batch (Pixtral encoder)
         "mistral3",
+        # get_image_features on the base model only; the aligner's width fitted (family)
+        "janus",
+        # flattened patches through one linear layer: images and patches dynamic
+        "fuyu",
     ],
 )
 def test_a_vision_lm_validates_and_generates_through_both_runtimes(model_type):
@@ -141,7 +156,7 @@ def test_a_model_without_image_features_or_image_token_says_why():
     with pytest.raises(ValueError, match=r"names no image placeholder token"):
         untrained_model("blip-2", task=TASK)
     with pytest.raises(ValueError, match=r"has no get_image_features"):
-        untrained_model("fuyu", task=TASK)
+        untrained_model("mllama", task=TASK)
 
 
 def test_a_model_type_without_the_task_lists_its_tasks():
@@ -189,13 +204,7 @@ def test_the_exported_grid_encoder_matches_get_image_features_on_unseen_resoluti
     from exportcheck.tasks.image_text_to_text import grid_inputs
 
     encoder = qwen2_vl.components[0]
-    with export_patches(encoder.module), torch.no_grad():
-        program = torch.export.export(
-            encoder.module,
-            (),
-            copy.deepcopy(encoder.input_sets[0]),
-            dynamic_shapes=encoder.dynamic_shapes,
-        )
+    program = _exported(encoder)
     generator = torch.Generator().manual_seed(3)
     width = encoder.input_sets[0]["pixel_values"].shape[1]
     for grids in ([(1, 6, 8)], [(1, 2, 2), (1, 8, 4), (1, 4, 10)]):
@@ -394,13 +403,7 @@ def test_the_exported_tile_encoder_matches_get_image_features_on_unseen_sizes(ll
 
     m = llava_next
     encoder = m.components[0]
-    with torch.no_grad():
-        program = torch.export.export(
-            encoder.module,
-            (),
-            copy.deepcopy(encoder.input_sets[0]),
-            dynamic_shapes=encoder.dynamic_shapes,
-        )
+    program = _exported(encoder)
     generator = torch.Generator().manual_seed(3)
     for images in ([(1.0, 2.0)], [(0.3, 0.9), (2.5, 0.7), (1.9, 2.0)]):
         feeds, sizes = tile_images(m.model, images, generator, 3, 112)
@@ -490,13 +493,7 @@ def test_the_exported_padded_encoder_matches_get_image_features_on_unseen_sizes(
     m = lighton_ocr
     encoder = m.components[0]
     assert encoder.module.layout == "padded"
-    with torch.no_grad():
-        program = torch.export.export(
-            encoder.module,
-            (),
-            copy.deepcopy(encoder.input_sets[0]),
-            dynamic_shapes=encoder.dynamic_shapes,
-        )
+    program = _exported(encoder)
     generator = torch.Generator().manual_seed(3)
     for images in ([(6, 8)], [(2, 2), (8, 2), (4, 6)]):
         feeds, sizes = padded_images(m.model, images, generator, 3)
@@ -512,3 +509,24 @@ def test_the_exported_padded_encoder_matches_get_image_features_on_unseen_sizes(
             with torch.no_grad():
                 off = program.module()(**wrong)
             assert float((off - expected).abs().max()) > 1e-4
+
+
+def test_a_patch_sequence_without_a_temporal_patch_size_has_one_frame_per_patch():
+    from exportcheck.models import resolve_config
+    from exportcheck.tasks.image_text_to_text import _grid_width
+
+    config = resolve_config("dots3_note", {}, shrink=True)
+    assert getattr(config.vision_config, "temporal_patch_size", None) is None
+    assert _grid_width(config) == 3 * 14 * 14  # the tower reshapes rows to (3, 14, 14)
+    config = resolve_config("qwen2_vl", {}, shrink=True)
+    assert _grid_width(config) == 3 * 2 * 14 * 14  # two frames per patch, as configured
+
+
+def test_flattened_patches_of_the_wrong_rank_say_what_the_encoder_takes():
+    m = untrained_model("fuyu", task=TASK)
+    encoder = m.components[0]
+    assert encoder.module.layout == "flat"
+    patches = {s["pixel_values"].shape[1] for s in encoder.input_sets}
+    assert len(patches) == len(encoder.input_sets)  # every set its own patch count
+    with pytest.raises(ValueError, match=r"\(images, patches, 2700\): each image's patches"):
+        encoder.module(pixel_values=torch.zeros(2, 3, 30, 30))

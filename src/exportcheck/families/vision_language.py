@@ -37,15 +37,11 @@ _NO_TOKEN = {
 }
 #: model types without get_image_features
 _NO_FEATURES = {
-    "deepseek_vl": "the image embedding has another name and signature",
-    "deepseek_vl_hybrid": "the image embedding has another name and signature",
-    "dots3_note": "the image embedding has another name and signature",
-    "fuyu": "image patches are linearly embedded inside its forward, with no encoder",
-    "janus": "the image embedding has another name and signature",
     "mllama": "cross-attention layers read the vision states; nothing is scattered",
 }
 #: model types whose get_image_features requires other inputs than pixel values
 _OTHER_INPUTS = {
+    "deepseek_vl_hybrid": "high_res_pixel_values for a second, SAM encoder at 1024 pixels",
     "lfm2_vl": "spatial_shapes and pixel_attention_mask of NaFlex-style padded patches",
     "molmo2": "image_token_pooling and image_grids of its crops",
 }
@@ -73,13 +69,20 @@ _GRID: dict[str, tuple[str, str]] = {
             "muse_glimmer": "a pixel-shuffle merger after its tower",
             "video_llama_3": "its encoder also requires per-image merge sizes, image_merge_sizes",
             "hunyuan_vl": "vision_tower, then steps on the merged grid of each image",
-            "lfm3_vl": "vision_tower, then multi_modal_projector",
             "inkling2": "vision_tower",
             "inkling2_loop": "vision_tower",
             "muse_spark": "vision_tower, then vision_adapter and vision_projection",
             "hy_v4_vl": "vision_tower",
         }.items()
     },
+    "lfm3_vl": (
+        r"Constraints violated \(images, images \+ 1\)",
+        "its tower (vision_tower, then multi_modal_projector) builds and runs, but its "
+        "short-convolution layers reshape each image's patches to the image's grid from "
+        "grid_thw.tolist() in a Python loop over the images, which fixes the image count "
+        "at export; a dynamic count needs the convolution as a gather of each patch's "
+        "neighbours within its image, precomputed from the grids",
+    ),
     "paddleocr_vl": (
         r"'PaddleOCRVisionModel' object has no attribute 'spatial_merge_size'",
         "its tower is named visual but merges no patches (the projector does), so it has "
@@ -232,6 +235,20 @@ def _base(model):
 #: variable-resolution towers under another name than ``visual``, with the steps
 #: ``get_image_features`` takes after them (before it splits the rows per image)
 _TOWERS = {
+    "lfm3_vl": (
+        {
+            "vision_tower": "vision_tower",
+            "vision_output": lambda model, out: _base(model).multi_modal_projector(
+                out.last_hidden_state
+            ),
+        },
+        "its tower is vision_tower, and get_image_features projects its last hidden states "
+        "with multi_modal_projector",
+    ),
+    "dots3_note": (
+        {"vision_tower": "vision_tower"},
+        "its tower is vision_tower, whose pooled output get_image_features splits per image",
+    ),
     "hyperclovax_vision_v2": (
         {
             "vision_tower": "vision_model",

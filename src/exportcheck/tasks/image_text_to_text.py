@@ -121,6 +121,10 @@ PADDED_IMAGES = [
 #: the patches a side of a ``padded`` image, at most, and of the generation's images
 PADDED_SIDE_MAX = 8
 PADDED_GENERATION_IMAGE = (4, 6)
+#: the patches of the images of each ``flat`` input set (all images of a call have as
+#: many, as the processor pads them): every set a distinct count, the last at the bound
+FLAT_PATCHES = [(2, 16), (1, 9), (3, 25), (4, 4), (2, 36), (1, 12), (4, 64)]
+FLAT_PATCHES_MAX = 64
 #: patches per side of the images of a fixed-resolution encoder: a larger image_size of
 #: the tiny config is shrunk to this many patches
 PATCHES_PER_SIDE = 8
@@ -146,6 +150,8 @@ def image_token(config: Any) -> int:
 
 def _image_function(model: Any) -> Any:
     function = getattr(model, "get_image_features", None)
+    if function is None:  # the base model's, when the outer model does not forward it
+        function = getattr(getattr(model, "model", None), "get_image_features", None)
     if function is None:
         raise ValueError(
             f"{type(model).__name__} has no get_image_features: exportcheck exports "
@@ -197,6 +203,15 @@ def _pixtral(model: Any) -> tuple[Any, Any] | None:
     return tower, projector
 
 
+def _patch_embedding(model: Any) -> Any:
+    """The linear layer of a model whose image encoder is one linear map of flattened
+    patches (Fuyu's ``vision_embed_tokens``), None for other models."""
+    import torch
+
+    found = getattr(getattr(model, "model", model), "vision_embed_tokens", None)
+    return found if isinstance(found, torch.nn.Linear) else None
+
+
 def vision_layout(model: Any) -> str:
     """``pixels``, ``stacked``, ``grid`` or ``tiles``: how ``get_image_features`` takes the
     image (see the module).
@@ -227,6 +242,8 @@ def vision_layout(model: Any) -> str:
         return "tiles"
     if padded:
         return "padded"
+    if _patch_embedding(model) is not None:
+        return "flat"
     functions = [
         _image_function(model),
         getattr(getattr(model, "model", None), "get_image_features", None),
@@ -263,6 +280,9 @@ def check_image_inputs(layout: str, pixel_values: Any, channels: int, width: int
                 f"(tiles, {channels}, height, width): the tiles of every image, as the "
                 "processor cuts them (its pixel_values[i, :tiles of image i], concatenated)"
             )
+    elif layout == "flat":
+        ok = len(shape) == 3 and shape[2] == width
+        wanted = f"(images, patches, {width}): each image's patches flattened"
     else:
         ok = len(shape) == 2 and shape[1] == width
         wanted = (
@@ -283,6 +303,8 @@ def _parts() -> dict[str, type]:
     def features(out: Any) -> Any:
         """The feature rows of ``get_image_features``'s output, one per image token."""
         found = getattr(out, "pooler_output", None)
+        if found is None:  # a linear patch embedding returns its rows as the last state
+            found = getattr(out, "last_hidden_state", None)
         if found is None:
             found = out[0] if isinstance(out, tuple) and len(out) == 1 else out
         if isinstance(found, (list, tuple)):
@@ -301,7 +323,17 @@ def _parts() -> dict[str, type]:
 
         def forward(self, pixel_values: Any) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
-            return features(self.model.get_image_features(pixel_values=pixel_values))
+            return features(_image_function(self.model)(pixel_values=pixel_values))
+
+    class FlatEncoder(PixelEncoder):
+        """the flattened patches of images, ``(images, patches, channels * patch ** 2)``
+        as the processor gives them -> one feature row per patch."""
+
+        layout = "flat"
+
+        def forward(self, pixel_values: Any) -> Any:
+            check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            return features(_image_function(self.model)(pixel_values=pixel_values))
 
     class StackedEncoder(PixelEncoder):
         """pixel values of images of one resolution -> the image features, the images given
@@ -311,7 +343,7 @@ def _parts() -> dict[str, type]:
 
         def forward(self, pixel_values: Any) -> Any:
             check_image_inputs("pixels", pixel_values, self.channels, self.width)
-            return features(self.model.get_image_features(pixel_values=pixel_values[None]))
+            return features(_image_function(self.model)(pixel_values=pixel_values[None]))
 
     class GridEncoder(PixelEncoder):
         """the flattened patches of images, their grids and what the processor side
@@ -450,6 +482,7 @@ def _parts() -> dict[str, type]:
         "grid": GridEncoder,
         "tiles": TileEncoder,
         "padded": PaddedEncoder,
+        "flat": FlatEncoder,
     }
 
 
@@ -750,7 +783,8 @@ def _grid_sizes(config: Any) -> tuple[int, int, int, int]:
     """(channels, temporal patch, patch, spatial merge) of a patch-sequence encoder."""
     vision = _vision_config(config)
     channels = int(_get(vision, "in_channels", "num_channels", "in_chans", default=3))
-    temporal = int(_get(vision, "temporal_patch_size", default=2))
+    # a config that names no temporal patch size patches one frame at a time
+    temporal = int(_get(vision, "temporal_patch_size", default=1))
     patch = _side(_get(vision, "patch_size", "spatial_patch_size", default=14))
     merge = int(_get(vision, "spatial_merge_size", "merge_size", default=2))
     return channels, temporal, patch, merge
@@ -807,6 +841,13 @@ def _image_sets(
                 + ",".join(f"{h}x{w}" for h, w in given.tolist())
             )
         _check_encoder(model, "padded", sets, sizes)
+    elif layout == "flat":
+        width = _patch_embedding(model).in_features
+        sets = [
+            {"pixel_values": torch.randn((n, patches, width), generator=generator)}
+            for n, patches in FLAT_PATCHES
+        ]
+        labels = [f"images={n} patches={patches}" for n, patches in FLAT_PATCHES]
     elif layout != "grid":
         channels, side = _pixel_sizes(config)
         sets = [
@@ -1049,7 +1090,9 @@ class ImageTextToText(Task):
         prepare_weights(model, config)
         token = image_token(config)
         layout = vision_layout(model)
-        if layout != "grid":
+        if layout == "flat":
+            channels, width = 0, _patch_embedding(model).in_features
+        elif layout != "grid":
             channels, side = _pixel_sizes(config)
             width = 0
         else:
@@ -1112,6 +1155,18 @@ class ImageTextToText(Task):
                 "pack_image_features computes from image_sizes with Python loops and which "
                 "is computed here by that function on row numbers, checked to give exactly "
                 "get_image_features' features on every input set"
+            )
+        elif layout == "flat":
+            image_shapes = {
+                "pixel_values": {
+                    0: images,
+                    1: torch.export.Dim("patches", min=1, max=FLAT_PATCHES_MAX),
+                }
+            }
+            resolution = (
+                "images of any resolution as the processor flattens them, pixel_values "
+                f"(images, patches, {width}): the encoder is one linear map of each patch, "
+                "so images and patches are both dynamic"
             )
         elif layout != "grid":
             image_shapes: dict[str, Any] = {"pixel_values": {0: images}}
@@ -1202,7 +1257,7 @@ class ImageTextToText(Task):
         elif encoder.module.layout == "padded":
             channels = _pixel_sizes(m.config)[0]
             image, _ = padded_images(m.model, [PADDED_GENERATION_IMAGE] * 2, generator, channels)
-        elif encoder.module.layout != "grid":
+        elif encoder.module.layout in ("pixels", "stacked", "flat"):
             shape = (2, *first["pixel_values"].shape[1:])
             image = {"pixel_values": torch.randn(shape, generator=generator)}
         else:
