@@ -89,6 +89,9 @@ def test_tiny_configs_move_placeholder_tokens_inside_the_text_vocabulary():
         for n in ("pad_token_id", "bos_token_id", "eos_token_id")
     }
     assert granite.audio_token_id not in special
+    # a config with a vocabulary of its own beside its text config's: both shrunk
+    ovis = resolve_config("ovis2")
+    assert ovis.image_token_id < min(ovis.vocab_size, ovis.text_config.vocab_size) == 1024
 
 
 #: the tasks whose mappings hold audio LMs

@@ -38,6 +38,8 @@ _ELSEWHERE = {
     # text2text-generation's graphs: shown below
     "prophetnet_streams_split": "tests/test_patches_needed.py",
     "prophetnet_float_masks": "tests/test_patches_needed.py",
+    # the conversion succeeds, onnxruntime fails: shown below on bucketize alone
+    "torch_bucketize_as_count": "tests/test_patches_needed.py",
 }
 
 
@@ -273,3 +275,36 @@ def test_the_prophetnet_text2text_patches_are_still_needed(name, component, runt
     text = _error_text(failure.value)
     missing = [f for f in _fragments(PATCHES[name].fixes) if f not in text]
     assert not missing, f"{name}: {missing} not in\n{text[:3000]}"
+
+
+class _Buckets(torch.nn.Module):
+    """Idefics 3's fractional patch coordinates bucketed over 7 patches a side."""
+
+    def forward(self, x):
+        boundaries = torch.arange(1 / 7, 1.0, 1 / 7)
+        return torch.bucketize(x, boundaries, right=True), torch.bucketize(x, boundaries)
+
+
+def _buckets_in_onnxruntime(exclude, path):
+    import onnxruntime
+
+    x = torch.tensor([[0.0, 0.5, 1 / 7, 0.99, 0.2]])
+    module = _Buckets()
+    with export_patches(module, exclude=exclude, runtime="onnx"), torch.no_grad():
+        program = torch.export.export(module, (x,), dynamic_shapes=({1: torch.export.Dim.DYNAMIC},))
+        torch.onnx.export(program, (x,), str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return got, module(x)
+
+
+def test_the_bucketize_patch_is_still_needed_and_keeps_the_buckets(tmp_path):
+    name = "torch_bucketize_as_count"
+    with pytest.raises(Exception) as failure:  # a value beyond the last boundary (0.99)
+        _buckets_in_onnxruntime((name,), tmp_path / "plain.onnx")
+    text = _error_text(failure.value)
+    missing = [f for f in _fragments(PATCHES[name].fixes) if f not in text]
+    assert not missing, text
+    got, expected = _buckets_in_onnxruntime((), tmp_path / "patched.onnx")
+    assert [g.tolist() for g in got] == [e.tolist() for e in expected]
+    assert expected[0].tolist() == [[0, 3, 1, 6, 1]] and expected[1].tolist() == [[0, 3, 0, 6, 1]]

@@ -203,27 +203,11 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         r"Could not find a `sliding_window` argument",
         _UNBUILT,
     ),
-    "aria": (
-        r"Number of patches 49 not found in patch_to_query_dict",
-        "its projector maps the patch count to a query count from a table of the "
-        "published resolutions (490 and 980 pixels); the tiny 7x7 patches have no entry",
-    ),
-    "ovis2": (
-        r"IndexError: index out of range in self",
-        "its image token id (151665) lies outside the tiny text vocabulary (1024), which "
-        "the tiny config does not move it into; eager generate fails embedding the "
-        "prompt's image tokens",
-    ),
     "paligemma": (
         r"eager is inconsistent: the decode step differs from a full forward",
         "a prefix LM: the prompt attends bidirectionally (token_type_ids), so a decode "
         "step over the cache of a causal prefill is not the full forward; the decoder "
         "graph needs the prefix mask as an input",
-    ),
-    "idefics2": (
-        r"GatherND node.*invalid index found",
-        "the exported program is correct, but in onnxruntime the ONNX graph's GatherND "
-        "receives an index past its data; the converted gather was not traced further",
     ),
 }
 

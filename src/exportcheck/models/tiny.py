@@ -565,13 +565,15 @@ def _keep_ties(subs: dict[str, dict[str, Any]], published: dict[str, dict[str, A
 def _move_placeholder_tokens(data: dict[str, Any]) -> None:
     """A composite config (its vocabulary in a text sub-config) names placeholder tokens
     (``audio_token_id``, ``image_token_index``) of the full vocabulary: move those beyond
-    the tiny text vocabulary inside it, below the special tokens, each its own id."""
-    if _is_int(data.get("vocab_size")):
-        return
+    the tiny text vocabulary inside it, below the special tokens, each its own id. A
+    config that also keeps a vocabulary of its own (Ovis 2) has both shrunk: the
+    smaller bounds the ids."""
     text = data.get("text_config")
     vocab = text.get("vocab_size") if isinstance(text, dict) else None
     if not _is_int(vocab):
         return
+    if _is_int(data.get("vocab_size")):
+        vocab = min(vocab, data["vocab_size"])
     names = sorted(k for k in data if k.endswith(("_token_id", "_token_index")))
     free = vocab - 1 - len(_TOKEN_IDS)
     moved: dict[int, int] = {}
