@@ -48,8 +48,17 @@ _OTHER_INPUTS = {
 #: model types whose vision config sets no image size
 _NO_SIZE = {
     "florence2": "a DaViT encoder: its processor's size is not in the vision config",
-    "gemma4": "its shipped config leaves vision_config None",
-    "gemma4_unified": "its shipped config leaves vision_config None",
+    "gemma4": (
+        "its shipped config leaves vision_config None; built with a vision tower from the "
+        "vision config's defaults (tried), its images are patches at their own positions "
+        "(image_position_ids), get_image_features splits the rows per image with "
+        "sizes from .tolist() (fixing the image count), the pooler takes its kernel as "
+        "int(sqrt(patches // tokens)) (fixing the patch count), and the decoder's "
+        "per-layer embeddings are looked up from token ids that it recovers from "
+        "inputs_embeds by an equality search (nonzero): a decoder step on embeddings "
+        "needs per_layer_inputs as an input"
+    ),
+    "gemma4_unified": "its shipped config leaves vision_config None (see gemma4)",
     "t5gemma2": "an encoder-decoder whose vision config sits inside its encoder config",
     "unlimited_ocr": "global and local views, sized by the processor",
 }
