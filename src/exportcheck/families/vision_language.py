@@ -217,9 +217,12 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     ),
     "paligemma": (
         r"eager is inconsistent: the decode step differs from a full forward",
-        "a prefix LM: the prompt attends bidirectionally (token_type_ids), so a decode "
-        "step over the cache of a causal prefill is not the full forward; the decoder "
-        "graph needs the prefix mask as an input",
+        "a prefix LM: PaliGemmaConfig sets text_config.use_bidirectional_attention to True "
+        "when unset (configuration_paligemma.py:91), so its layers attend without the "
+        "causal flag; a full forward over prompt and new tokens whose mask sdpa drops (no "
+        "padding) is bidirectional over all of them, while a step over a cache attends "
+        "causally to it (0.007 off on the first set); a decoder graph that matches needs "
+        "the prefix mask (token_type_ids) as an input and a prefill that is not chunked",
     ),
 }
 
