@@ -368,6 +368,32 @@ def test_recorded_grid_inputs_equal_the_helpers_and_feed_a_tower_of_another_name
         assert torch.allclose(rows, torch.cat(split), atol=1e-5)
 
 
+def test_a_pixel_shuffle_order_is_recorded_and_the_exported_tower_matches_on_unseen_grids():
+    # Muse Spark's tower gathers each 2x2 block of patches by an index it computes from
+    # the grids in a Python loop; the recorded index is a graph input, of one row per patch
+    from exportcheck.tasks.image_text_to_text import recorded_grid_inputs
+
+    m = untrained_model("muse_spark", task=TASK)
+    encoder = m.components[0]
+    assert "pixel_shuffle_index" in encoder.input_sets[0]
+    assert encoder.dynamic_shapes["pixel_shuffle_index"] == encoder.dynamic_shapes["pixel_values"]
+    assert any("the order of the pixel shuffle's blocks" in n for n in m.notes)
+    program = _exported(encoder)
+    generator = torch.Generator().manual_seed(3)
+    width = encoder.input_sets[0]["pixel_values"].shape[1]
+    thw = torch.tensor([[1, 6, 8], [1, 2, 4]])
+    pixels = torch.randn((int(thw.prod(-1).sum()), width), generator=generator)
+    extra = recorded_grid_inputs(m.model, thw, width)
+    # the first image's first merged token: patches 0, 1 and 8, 9 of its 6x8 grid
+    assert extra["pixel_shuffle_index"][:4].tolist() == [0, 1, 8, 9]
+    with torch.no_grad():
+        got = program.module()(pixel_values=pixels, image_grid_thw=thw, **extra)
+        own = m.model.get_image_features(pixel_values=pixels, image_grid_thw=thw)
+    expected = torch.cat(list(own.pooler_output))
+    assert got.shape == expected.shape == ((48 + 8) // 4, got.shape[1])
+    assert float((got - expected).abs().max()) < 1e-5
+
+
 @pytest.fixture(scope="module")
 def llava_next():
     return untrained_model("llava_next", task=TASK)
@@ -520,6 +546,8 @@ def test_a_patch_sequence_without_a_temporal_patch_size_has_one_frame_per_patch(
     assert _grid_width(config) == 3 * 14 * 14  # the tower reshapes rows to (3, 14, 14)
     config = resolve_config("qwen2_vl", {}, shrink=True)
     assert _grid_width(config) == 3 * 2 * 14 * 14  # two frames per patch, as configured
+    config = resolve_config("muse_spark", {}, shrink=True)
+    assert _grid_width(config) == 3 * 2 * 14 * 14  # its config names them patch_temporal
 
 
 def test_flattened_patches_of_the_wrong_rank_say_what_the_encoder_takes():

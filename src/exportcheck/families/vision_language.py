@@ -75,15 +75,21 @@ _GRID: dict[str, tuple[str, str]] = {
         for t, why in {
             "ernie4_5_vl_moe": "its tower is not an attribute named visual",
             "kimi_k25": "vision_tower, with its own frame and temporal-merge indices",
-            "muse_glimmer": "a pixel-shuffle merger after its tower",
             "video_llama_3": "its encoder also requires per-image merge sizes, image_merge_sizes",
             "hunyuan_vl": "vision_tower, then steps on the merged grid of each image",
             "inkling2": "vision_tower",
             "inkling2_loop": "vision_tower",
-            "muse_spark": "vision_tower, then vision_adapter and vision_projection",
             "hy_v4_vl": "vision_tower",
         }.items()
     },
+    "muse_glimmer": (
+        r"ort differs from eager beyond 0.0001: .*left-padded",
+        "its tower (vision_tower, then vision_adapter, vision_projection and "
+        "perception_emb_norm, the pixel shuffle's order recorded from its own helper) "
+        "matches eager on every set, but its decoder step runs in onnxruntime 1.05e-4 "
+        "from eager on the left-padded set and 2.3e-4 on the set at the bounds (the "
+        "tolerance is 1e-4; muse_spark, built alike, is within it); not traced further",
+    ),
     "lfm3_vl": (
         r"Constraints violated \(images, images \+ 1\)",
         "its tower (vision_tower, then multi_modal_projector) builds and runs, but its "
@@ -231,9 +237,24 @@ def _base(model):
     return getattr(model, "model", model)
 
 
+def _adapted(model, out):
+    """Muse's steps after its tower: adapter, projection, norm."""
+    base = _base(model)
+    adapted = base.vision_projection(base.vision_adapter(out.last_hidden_state))
+    return base.perception_emb_norm(adapted)
+
+
 #: variable-resolution towers under another name than ``visual``, with the steps
 #: ``get_image_features`` takes after them (before it splits the rows per image)
 _TOWERS = {
+    **{
+        t: (
+            {"vision_tower": "vision_tower", "vision_output": _adapted},
+            "its tower is vision_tower, and get_image_features passes its last hidden "
+            "states through vision_adapter, vision_projection and perception_emb_norm",
+        )
+        for t in ("muse_spark", "muse_glimmer")
+    },
     "lfm3_vl": (
         {
             "vision_tower": "vision_tower",

@@ -372,6 +372,7 @@ def _parts() -> dict[str, type]:
             cu_window_seqlens: Any = None,
             interp_indices: Any = None,
             interp_weights: Any = None,
+            pixel_shuffle_index: Any = None,
         ) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
             optional = {
@@ -379,6 +380,7 @@ def _parts() -> dict[str, type]:
                 "cu_window_seqlens": cu_window_seqlens,
                 "interp_indices": interp_indices,
                 "interp_weights": interp_weights,
+                "pixel_shuffle_index": pixel_shuffle_index,
             }
             tower = vision_tower(self.model)
             out = tower(
@@ -685,6 +687,7 @@ _GRID_HELPERS = {
     "get_vision_position_ids": ("position_ids",),
     "get_vision_window_index": ("window_index", "cu_window_seqlens"),
     "get_vision_interpolation_indices_and_weights": ("interp_indices", "interp_weights"),
+    "get_vision_pixel_shuffle_index": ("pixel_shuffle_index",),
 }
 
 
@@ -784,7 +787,7 @@ def _grid_sizes(config: Any) -> tuple[int, int, int, int]:
     vision = _vision_config(config)
     channels = int(_get(vision, "in_channels", "num_channels", "in_chans", default=3))
     # a config that names no temporal patch size patches one frame at a time
-    temporal = int(_get(vision, "temporal_patch_size", default=1))
+    temporal = int(_get(vision, "temporal_patch_size", "patch_temporal", default=1))
     patch = _side(_get(vision, "patch_size", "spatial_patch_size", default=14))
     merge = int(_get(vision, "spatial_merge_size", "merge_size", default=2))
     return channels, temporal, patch, merge
@@ -1186,16 +1189,28 @@ class ImageTextToText(Task):
                 "vision_position_ids": {0: patches},
                 "cu_seqlens": {0: images + 1},
             }
-            extras = {"window_index", "cu_window_seqlens", "interp_indices", "interp_weights"}
+            extras = {
+                "window_index",
+                "cu_window_seqlens",
+                "interp_indices",
+                "interp_weights",
+                "pixel_shuffle_index",
+            }
             for name in sorted(extras & set(image_sets[0])):
-                # windows: as many as the grids hold; taps: one row per patch
-                image_shapes[name] = {0: patches if name.startswith("interp") else dynamic}
+                # windows: as many as the grids hold; taps and shuffle: one row per patch
+                per_patch = name.startswith(("interp", "pixel_shuffle"))
+                image_shapes[name] = {0: patches if per_patch else dynamic}
             resolution = (
                 "images of any resolution: their patches flattened into one sequence of "
                 "dynamic length, with the grids and what the processor side computes from "
                 "them (each patch's rotary position, the images' bounds"
                 + (", the windows' order and bounds" if "window_index" in image_sets[0] else "")
                 + (", the position table's taps" if "interp_indices" in image_sets[0] else "")
+                + (
+                    ", the order of the pixel shuffle's blocks"
+                    if "pixel_shuffle_index" in image_sets[0]
+                    else ""
+                )
                 + ") as inputs"
             )
         notes = [
