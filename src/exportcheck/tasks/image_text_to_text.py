@@ -15,7 +15,7 @@ the result. It is exported as three graphs and one merge, as a runtime drives th
 * ``decoder``: a decode step of the causal LM on input embeddings with the cache of the
   positions before -> logits and the grown cache.
 
-Four layouts of image inputs are built from the config, without a processor:
+Six layouts of image inputs are built from the config, without a processor:
 
 * ``pixels``: ``pixel_values`` ``(images, channels, height, width)`` at the vision
   config's ``image_size``. The resolution stays static: the processors of these models
@@ -29,7 +29,10 @@ Four layouts of image inputs are built from the config, without a processor:
   ``image_grid_thw`` ``(images, 3)`` (the Qwen2-VL family's processor), and what the
   processor side computes from the grids with transformers' own helpers
   (:func:`grid_inputs`: each patch's rotary position, the images' cumulative lengths,
-  the windows of window attention, the taps of an interpolated position table). The
+  the windows of window attention, the taps of an interpolated position table, the
+  order of a pixel shuffle's blocks). A tower of another name takes what it computes
+  from the grids as recorded from its own calls of those helpers
+  (:func:`recorded_grid_inputs`). The
   tower reads those instead of looping over the grids' values; its attention over the
   images runs as one masked attention (patch ``vision_segment_attention``). Dynamic: the
   image tokens (patches are a multiple of the merged block) and ``images``; each input
@@ -46,6 +49,16 @@ Four layouts of image inputs are built from the config, without a processor:
   ``get_image_features`` returns on every input set. Dynamic: ``tiles`` and the feature
   rows; each input set has image sizes of its own, the last at the declared bounds (4
   images of 5 tiles).
+* ``padded``: images of any size padded into one batch for a Pixtral encoder (Mistral
+  3, LightOnOCR), ``pixel_values`` ``(images, channels, height, width)`` with height and
+  width dynamic in patches, and what the encoder computes from ``image_sizes`` in Python
+  loops (:func:`padded_inputs`): each image's patches in the padded convolution output,
+  their 2-D rotary positions, the image each patch attends within, and the patches each
+  merged token takes (the model's own patch merger run on patch numbers). Checked at
+  build time against ``get_image_features`` on every input set, like ``tiles``.
+* ``flat``: the flattened patches of each image, ``(images, patches, channels * patch **
+  2)``, for an encoder that is one linear map of a patch (Fuyu): images and patches
+  dynamic.
 
 A model with multimodal rope (``get_rope_index``) gets a decoder step that takes
 ``position_ids`` ``(3, batch, seq_length)``: text positions in the checked sets, the
@@ -1072,7 +1085,8 @@ class ImageTextToText(Task):
         "Every vision-language model of the installed transformers "
         "(``MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES``), built untrained from a tiny "
         "config and exported as the parts a runtime drives: the vision encoder (pixel "
-        "values, with ``image_grid_thw`` for the Qwen2-VL family's patch sequences -> one "
+        "values, with ``image_grid_thw`` for the Qwen2-VL family's patch sequences, and "
+        "what the processor side computes from the grids or the image sizes -> one "
         "feature row per image token), the token embedding and the decoder step on input "
         "embeddings with its cache. Each graph runs on seven input sets of distinct shapes "
         "(one left-padded prompt, new image counts and grids, one set at the declared "
