@@ -125,3 +125,27 @@ def test_siglip2_needs_its_patch_to_convert_to_onnx(monkeypatch):
     without = validate(untrained_model("siglip2", task="image-classification"), exporter="onnx")
     assert not without.ok and without.failed_stage == "onnx", without.table()
     assert without.verdicts == {"exported_program": True, "onnx": False}
+    assert without.verdicts == {"exported_program": True, "onnx": False}
+
+
+@pytest.mark.models
+def test_a_vision_language_classifier_reads_a_prompt_and_needs_its_patch_for_onnx(monkeypatch):
+    """ShieldGemma 2 classifies an image against a prompt whose image tokens get the
+    image's features: the sets hold prompts around those tokens (one left-padded);
+    gemma3_scalar_checks: without it the ONNX conversion fails (aten._is_all_true)."""
+    from exportcheck.patches import PATCHES
+
+    m = untrained_model("shieldgemma2", task="image-classification")
+    token, count = m.config.image_token_index, m.config.mm_tokens_per_image
+    for feeds in m.input_sets:
+        assert set(feeds) == {"pixel_values", "input_ids", "attention_mask"}
+        assert ((feeds["input_ids"] == token).sum(1) == count).all()
+    assert sum(bool((f["attention_mask"] == 0).any()) for f in m.input_sets) == 1
+    with_patch = validate(m, exporter="onnx")
+    assert with_patch.ok, with_patch.table()
+    monkeypatch.delitem(PATCHES, "gemma3_scalar_checks")
+    without = validate(
+        untrained_model("shieldgemma2", task="image-classification"), exporter="onnx"
+    )
+    assert not without.ok and without.failed_stage == "onnx", without.table()
+    assert without.verdicts == {"exported_program": True, "onnx": False}

@@ -35,6 +35,7 @@ _ELSEWHERE = {
     "lasr_contiguous_subsampling": "tests/test_ctc.py",
     # its error shows in the conversion of the task's component as validate builds it
     "siglip2_scalar_checks": "tests/test_image_classification.py",
+    "gemma3_scalar_checks": "tests/test_image_classification.py",
     # text2text-generation's graphs: shown below
     "prophetnet_streams_split": "tests/test_patches_needed.py",
     "prophetnet_float_masks": "tests/test_patches_needed.py",

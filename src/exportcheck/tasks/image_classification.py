@@ -207,6 +207,24 @@ class PixelClassifier(_torch_module()):  # type: ignore[misc]
         return self.model(pixel_values=pixel_values)
 
 
+class PromptedClassifier(PixelClassifier):
+    """A vision-language classifier (ShieldGemma 2): the image and a prompt whose image
+    tokens its forward replaces by the image's features -> the logits of its classes at
+    the prompt's last token."""
+
+    def forward(self, pixel_values: Any, input_ids: Any, attention_mask: Any) -> Any:  # type: ignore[override]
+        check_pixel_values(self.model, pixel_values)
+        out = self.model(
+            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask
+        )
+        return out.logits
+
+
+#: text tokens before and after the image in each set's prompts (batch, before, after):
+#: every set its own shapes, one left-padded, the last at the batch bound
+PROMPTS = [(2, 3, 4), (1, 5, 2), (3, 2, 6), (2, 4, 4), (4, 6, 3), (2, 3, 7), (BATCH_MAX, 8, 8)]
+
+
 def _sizes(height: int, width: int, step: int) -> list[tuple[int, int]]:
     """(height, width) of each input set, the export's first, the upper bounds last:
     multiples of ``step``, from the first above the config's resolution to three steps
@@ -283,6 +301,13 @@ def _shrink_image_size(config: Any) -> tuple[Any, list[str]]:
     ]
 
 
+def _takes_a_prompt(model_class: Any) -> bool:
+    """Whether the classifier's forward reads token ids beside the pixels (a
+    vision-language classifier such as ShieldGemma 2)."""
+    params = inspect.signature(model_class.forward).parameters
+    return "input_ids" in params and "pixel_values" in params
+
+
 class ImageClassification(Task):
     """Image classification: one graph, pixel values -> logits."""
 
@@ -313,6 +338,11 @@ class ImageClassification(Task):
         config, shrunk = _shrink_image_size(config)
         torch.manual_seed(seed)
         config, fixed = task_config(config, self.name)
+        prompted = _takes_a_prompt(self._model_class(config))
+        if prompted:
+            from .image_text_to_text import fit_config
+
+            fixed = [*fixed, *fit_config(config)]
         model = self._model_class(config)._from_config(config).to(torch.float32).eval()
         prepare_weights(model, config)
         layout = image_layout(model, config)
@@ -320,6 +350,8 @@ class ImageClassification(Task):
         notes = [*shrunk, *fixed]
         if layout.channels is None:
             return self._cluster_ids(model, config, layout, generator, notes)
+        if prompted:
+            return self._prompted(model, config, layout, generator, notes)
         if "spatial_shapes" in inspect.signature(model.forward).parameters:
             return self._patch_sequences(model, config, generator, notes)
         resolutions, step, interpolate, why_static = self._resolutions(model, layout, generator)
@@ -487,6 +519,75 @@ class ImageClassification(Task):
             task=self.name,
         )
 
+    def _prompted(
+        self, model: Any, config: Any, layout: ImageLayout, generator: Any, notes: list[str]
+    ) -> UntrainedModel:
+        """A vision-language classifier: images at the vision config's resolution and a
+        prompt of text tokens around the image's tokens (as many as the model writes
+        features for), left-padded as a batch of prompts is, the logits read at the last
+        token."""
+        import torch
+
+        from ._audio_lm import _text_ids
+        from .image_text_to_text import image_token
+
+        token = image_token(config)
+        count = int(config.mm_tokens_per_image)
+        text = config.get_text_config(decoder=True)
+        sets = []
+        for i, (batch, before, after) in enumerate(PROMPTS):
+            ids = torch.cat(
+                [
+                    _text_ids(text, (batch, before), generator, token),
+                    torch.full((batch, count), token),
+                    _text_ids(text, (batch, after), generator, token),
+                ],
+                1,
+            )
+            mask = torch.ones_like(ids)
+            if i == 3:  # the first row's prompt is 2 tokens shorter: left padding
+                pad = getattr(text, "pad_token_id", None) or 0
+                ids[0, :2], mask[0, :2] = pad, 0
+            pixels = torch.rand(
+                (batch, layout.channels, layout.height, layout.width), generator=generator
+            )
+            sets.append({"pixel_values": pixels, "input_ids": ids, "attention_mask": mask})
+        notes.append(
+            f"vision-language classifier: {type(model).__name__} reads a prompt whose "
+            f"{count} image tokens get the image's features, and classifies at its last "
+            f"token; the prompts are random text around them (one set left-padded), the "
+            f"images static at {layout.height}x{layout.width}, batch and prompt length "
+            "dynamic"
+        )
+        batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
+        length = torch.export.Dim("seq_length", min=count + 2, max=count + 32)
+        dims = {
+            "pixel_values": {0: batch},
+            "input_ids": {0: batch, 1: length},
+            "attention_mask": {0: batch, 1: length},
+        }
+        m = UntrainedModel(
+            model=model,
+            config=config,
+            inputs=sets[0],
+            other_inputs=sets[1:],
+            dynamic_shapes=dims,
+            cache_argument=None,
+            shapes=[tuple(f["input_ids"].shape) for f in sets],
+            notes=notes,
+            task=self.name,
+        )
+        m.components = [
+            Component(
+                name="model",
+                module=PromptedClassifier(model),
+                input_sets=m.input_sets,
+                dynamic_shapes=m.dynamic_shapes,
+                labels=[self.label(m, feeds) for feeds in m.input_sets],
+            )
+        ]
+        return m
+
     def _cluster_ids(
         self, model: Any, config: Any, layout: ImageLayout, generator: Any, notes: list[str]
     ) -> UntrainedModel:
@@ -524,6 +625,10 @@ class ImageClassification(Task):
             batch, length = feeds["pixel_values"].shape[:2]
             padded = bool((feeds["pixel_attention_mask"] == 0).any())
             size = f"patches={length}" + (" padded" if padded else "")
+        elif "input_ids" in feeds and "pixel_values" in feeds:
+            batch, length = feeds["input_ids"].shape
+            padded = bool((feeds["attention_mask"] == 0).any())
+            size = f"prompt={length}" + (" left-padded" if padded else "")
         elif "pixel_values" in feeds:
             batch, _, height, width = feeds["pixel_values"].shape
             size = f"{height}x{width}"
