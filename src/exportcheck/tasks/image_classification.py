@@ -329,7 +329,8 @@ class ImageClassification(Task):
         "its row says so. The dynamic sets start above the config's resolution: models "
         "that skip interpolating their position table at exactly that size branch on it, "
         "so a program traced at another size guards against the config's own (export at "
-        "the config's size for that one)."
+        "the config's size for that one). A vision-language classifier also takes the ids "
+        "and mask of a prompt around the image's tokens."
     )
 
     def build(self, config: Any, *, seed: int = 0) -> UntrainedModel:
