@@ -608,6 +608,8 @@ _GENERIC_MODEL_TYPES = {
     "gated_delta_ceil_chunks": "qwen3_next",
     "kda_ceil_chunks": "kimi_linear",
     "moe_batched_mm": "mixtral",
+    # the vision embeddings of Idefics 2 and 3 (no causal LM: not nested here)
+    "torch_bucketize_as_count": "idefics2",
 }
 #: model types preferred for a patch over its first one (a text-only model builds faster)
 _PREFERRED = {"real_rotary": "llama4_text", "qwen4_exp_indexer": "qwen4_exp_text"}

@@ -158,10 +158,13 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         "token range ends at 266440, beyond the vocabulary')",
     ),
     "cosmos3_edge": (
-        r"mat1 and mat2 shapes cannot be multiplied \(40x1536 and 768x64\)",
-        "its multimodal rope sections now fit the tiny head dim and the model builds, "
-        "but eager fails in a linear layer of 768 inputs that receives 1536-wide rows; "
-        + _UNBUILT[_UNBUILT.index("its cause") :],
+        r"Could not guard on data-dependent expression u1 > 0",
+        "its flattened patches are one frame wide (its config names no temporal patch "
+        "size) and the model builds and runs, but its tower resizes the learned position "
+        "table to each image with F.interpolate(size=(height, width), antialias=True) in "
+        "a loop over grid_thw.tolist() (modeling_cosmos3_edge.py:385), which the export "
+        "cannot trace for grids it reads from the data; the taps would have to be "
+        "precomputed from the grids, as for the towers with an interpolated table",
     ),
     "granite_docling": (
         r"'NoneType' object has no attribute 'sum'",

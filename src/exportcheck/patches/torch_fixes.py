@@ -101,6 +101,5 @@ BUCKETIZE_AS_COUNT = register_patch(
         remove_when="torch.onnx's bucketize runs in onnxruntime for values beyond the last boundary.",
         install=_install_bucketize_as_count,
         runtimes=("onnx",),
-        model_types=("idefics2", "idefics3", "smolvlm", "aria"),
     )
 )
