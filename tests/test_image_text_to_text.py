@@ -67,6 +67,9 @@ def test_the_default_task_of_a_vision_lm_is_image_text_to_text():
         "janus",
         # flattened patches through one linear layer: images and patches dynamic
         "fuyu",
+        # a Q-Former reads the image and the prompt; the forward requires the pixels,
+        # so the decoder is the language model it hands the merged embeddings to
+        "instructblip",
     ],
 )
 def test_a_vision_lm_validates_and_generates_through_both_runtimes(model_type):
@@ -154,7 +157,7 @@ def test_a_prompt_with_another_number_of_image_tokens_than_features_is_refused(i
 
 def test_a_model_without_image_features_or_image_token_says_why():
     with pytest.raises(ValueError, match=r"names no image placeholder token"):
-        untrained_model("blip-2", task=TASK)
+        untrained_model("blip", task=TASK)
     with pytest.raises(ValueError, match=r"has no get_image_features"):
         untrained_model("mllama", task=TASK)
 
@@ -558,3 +561,40 @@ def test_flattened_patches_of_the_wrong_rank_say_what_the_encoder_takes():
     assert len(patches) == len(encoder.input_sets)  # every set its own patch count
     with pytest.raises(ValueError, match=r"\(images, patches, 2700\): each image's patches"):
         encoder.module(pixel_values=torch.zeros(2, 3, 30, 30))
+
+
+def test_an_instructed_q_former_takes_each_images_prompt_and_the_decoder_its_lm():
+    m = untrained_model("instructblip", task=TASK)
+    encoder, _, step = m.components
+    assert encoder.module.layout == "instructed"
+    feeds = encoder.input_sets[0]
+    assert feeds["qformer_attention_mask"][0, -1] == 0  # the first prompt right-padded
+    lengths = {s["qformer_input_ids"].shape[1] for s in encoder.input_sets}
+    assert len(lengths) == len(encoder.input_sets)  # every set its own prompt length
+    with torch.no_grad():
+        got = encoder.module(**feeds)
+        other = dict(feeds, qformer_input_ids=feeds["qformer_input_ids"].flip(1))
+        assert not torch.allclose(got, encoder.module(**other))  # the prompt is read
+        want = m.model.get_image_features(**feeds).pooler_output
+    torch.testing.assert_close(got, want.reshape(-1, want.shape[-1]), rtol=0, atol=0)
+    # InstructBLIP's forward encodes the pixels on every call: the step is its LM's
+    assert step.module.model is m.model.language_model
+    with pytest.raises(ValueError, match=r"holds 1 prompts for 2 images"):
+        encoder.module(**dict(feeds, qformer_input_ids=feeds["qformer_input_ids"][:1]))
+
+
+def test_a_forward_that_requires_pixels_without_a_language_model_is_refused():
+    class Model(torch.nn.Module):
+        def forward(self, pixel_values, input_ids):
+            return pixel_values
+
+    with pytest.raises(ValueError, match=r"requires pixel_values and the model has no"):
+        _audio_lm.text_lm(Model())
+
+
+def test_blip2_gets_the_image_token_its_checkpoints_name_and_tied_embedding_widths():
+    m = untrained_model("blip-2", task=TASK)
+    assert image_token(m.config) == 1000
+    text = m.config.text_config
+    # OPT's embeddings are as wide as its hidden states, as in the checkpoints
+    assert text.word_embed_proj_dim == text.hidden_size == 64

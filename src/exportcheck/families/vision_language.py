@@ -17,18 +17,37 @@ TASK = "image-text-to-text"
 #: model types whose config names no image placeholder token
 _NO_TOKEN = {
     "blip": "an image captioner: the text decoder cross-attends to the vision states",
-    "blip-2": "a Q-Former's query outputs are prepended to the prompt, not scattered",
     "git": "the image tokens are prepended as a prefix of the decoder's sequence",
     "idefics": "gated cross-attention layers read the image, the prompt holds no features",
-    "instructblip": "a Q-Former, conditioned on its own prompt ids, feeds prepended queries",
-    "instructblipvideo": "a Q-Former over video frames feeds prepended queries",
+    "instructblipvideo": (
+        "a video model: it names video_token_index only, over which its forward writes "
+        "what get_video_features encodes from each video's frames (pixel_values of shape "
+        "(batch, frames, channels, height, width), with the prompt's Q-Former tokens), "
+        "num_query_tokens per frame; the task builds no video input"
+    ),
     "kosmos-2": "image features replace an embedded span marked by an image mask",
     "kosmos-2.5": "flattened patches with their own positions; features fill a masked span",
-    "minicpm_ocr": "image_token_id is None in the shipped config",
-    "minicpmv4_6": "image_token_id is None in the shipped config",
-    "minicpmv4_7": "image_token_id is None in the shipped config",
+    "minicpm_ocr": (
+        "image_token_id is None in the shipped config; given one (tried), "
+        "get_image_features also requires target_sizes, each image's patch grid, which "
+        "the task does not build"
+    ),
+    "minicpmv4_6": (
+        "image_token_id is None in the shipped config; given one (tried), "
+        "get_image_features also requires target_sizes, each image's patch grid, which "
+        "the task does not build"
+    ),
+    "minicpmv4_7": (
+        "image_token_id is None in the shipped config; given one (tried), "
+        "get_image_features also requires target_sizes, each image's patch grid, which "
+        "the task does not build"
+    ),
     "mistral4": "the mapping names Mistral4ForCausalLM, whose config is text-only",
-    "nemotron_h_omni": "image_token_id is None in the shipped config",
+    "nemotron_h_omni": (
+        "image_token_id is None in the shipped config; given one (tried), "
+        "get_image_features also requires image_grid_hw, each image's patch grid, which "
+        "the task does not build"
+    ),
     "pi0": "a vision-language-action policy: images and state prefix an action expert",
     "pix2struct": "an encoder-decoder: the encoder reads the patches, the decoder the text",
     "pp_formulanet": "an encoder-decoder for formula recognition",

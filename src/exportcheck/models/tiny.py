@@ -535,7 +535,9 @@ def _shrink_dict(data: dict[str, Any]) -> None:
 #: tower's merger output, an encoder's projection into the text embeddings)
 _TEXT_WIDTHS = ("out_hidden_size", "text_hidden_size")
 #: widths a config ties to its own hidden size when it has no projection between them
-_OWN_WIDTHS = ("codebook_dim",)
+#: (an OPT language model's embedding width: a composite model's projected image
+#: features are merged into its embeddings at the text hidden size)
+_OWN_WIDTHS = ("codebook_dim", "word_embed_proj_dim")
 
 
 def _keep_ties(subs: dict[str, dict[str, Any]], published: dict[str, dict[str, Any]]) -> None:

@@ -185,6 +185,26 @@ def _cache_of(out: Any) -> Any:
 
 
 @functools.cache
+def text_lm(model: Any) -> Any:
+    """The module that runs the language model on merged input embeddings: the model
+    itself, or, when its forward requires the pixels (BLIP-2: it encodes the image on
+    every call), its ``language_model``, the causal LM it hands the merged embeddings to.
+
+    :raises ValueError: when the forward requires pixels and there is no such LM
+    """
+    pixels = inspect.signature(model.forward).parameters.get("pixel_values")
+    if pixels is None or pixels.default is not inspect.Parameter.empty:
+        return model
+    lm = getattr(model, "language_model", None)
+    if lm is None or lm.get_output_embeddings() is None:
+        raise ValueError(
+            f"{type(model).__name__}.forward requires pixel_values and the model has no "
+            "language_model with an LM head to run on merged embeddings: exportcheck "
+            "cannot run its decoder on input embeddings alone"
+        )
+    return lm
+
+
 def _parts() -> dict[str, type]:
     import torch
 
@@ -257,7 +277,7 @@ def _parts() -> dict[str, type]:
 
         def __init__(self, model: Any) -> None:
             super().__init__()
-            self.model = model
+            self.model = text_lm(model)
 
         def forward(self, inputs_embeds: Any, attention_mask: Any, cache: Any) -> dict[str, Any]:
             out = self.model(
@@ -647,7 +667,7 @@ def merged_lm(
             given = {"position_ids": text_positions(mask, position_rows)}
         with torch.no_grad():
             prompt = embed(prompt_ids)
-            out = model(inputs_embeds=prompt, attention_mask=mask, use_cache=True, **given)
+            out = text_lm(model)(inputs_embeds=prompt, attention_mask=mask, use_cache=True, **given)
             new_embeds = embed(new_ids)
         step = {"inputs_embeds": new_embeds, "attention_mask": whole}
         if position_rows:
@@ -723,7 +743,7 @@ def check_eager(m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
                 shape = (*added.shape[:2], m.prompts[i].shape[1], added.shape[-1])
                 added = torch.cat([torch.zeros(shape), added], 2)
             with added_to_layers(m.model, added) if added is not None else contextlib.nullcontext():
-                whole = m.model(
+                whole = text_lm(m.model)(
                     inputs_embeds=torch.cat([m.prompts[i], new], 1),
                     attention_mask=feeds["attention_mask"],
                     use_cache=False,
@@ -873,7 +893,7 @@ def merged_generate(
 
     first_added = added_to_layers(m.model, added[:, :, :1]) if added is not None else None
     with torch.no_grad(), first_added or contextlib.nullcontext():
-        first = m.model(
+        first = text_lm(m.model)(
             inputs_embeds=merged[:, :1],
             attention_mask=mask[:, :1],
             use_cache=True,

@@ -15,7 +15,7 @@ the result. It is exported as three graphs and one merge, as a runtime drives th
 * ``decoder``: a decode step of the causal LM on input embeddings with the cache of the
   positions before -> logits and the grown cache.
 
-Six layouts of image inputs are built from the config, without a processor:
+Seven layouts of image inputs are built from the config, without a processor:
 
 * ``pixels``: ``pixel_values`` ``(images, channels, height, width)`` at the vision
   config's ``image_size``. The resolution stays static: the processors of these models
@@ -24,6 +24,10 @@ Six layouts of image inputs are built from the config, without a processor:
 * ``stacked``: the same images, which ``get_image_features`` takes as the image list
   of one prompt, ``(1, images, channels, height, width)`` (Idefics 2 and 3, SmolVLM);
   ``generate`` gets one image per prompt row.
+* ``instructed``: the ``pixels`` images with, for each, the prompt's tokens in the
+  vocabulary of a Q-Former that reads them beside its queries (InstructBLIP):
+  ``qformer_input_ids`` and ``qformer_attention_mask`` ``(images, length)``, right-padded
+  as the processor's tokenizer pads them. Dynamic: ``images`` and the prompt length.
 * ``grid``: the patches of images of varying resolution flattened into one sequence,
   ``pixel_values`` ``(patches, channels * temporal_patch_size * patch_size ** 2)`` with
   ``image_grid_thw`` ``(images, 3)`` (the Qwen2-VL family's processor), and what the
@@ -63,7 +67,9 @@ Six layouts of image inputs are built from the config, without a processor:
 A model with multimodal rope (``get_rope_index``) gets a decoder step that takes
 ``position_ids`` ``(3, batch, seq_length)``: text positions in the checked sets, the
 positions ``get_rope_index`` gives the prompt and its offset for every later token in
-generation.
+generation. A model whose forward requires the pixels on every call (BLIP-2,
+InstructBLIP) gets a decoder step of the language model it hands the merged embeddings
+to (:func:`exportcheck.tasks._audio_lm.text_lm`).
 
 The decoder step is checked against a full forward over its prompt and new embeddings.
 Generation: the vision encoder once, the merged prompt (text, the image's tokens, text),
@@ -89,6 +95,10 @@ __all__ = ["ImageTextToText", "check_image_inputs", "image_token", "vision_layou
 
 #: images of each ``pixels`` input set: every set a distinct count, the last at the bound
 IMAGE_COUNTS = [2, 1, 3, 4, 5, 6, BATCH_MAX]
+#: prompt lengths in the Q-Former's vocabulary of the ``instructed`` layout's sets (one per
+#: image count but the last, which is at the bound)
+QFORMER_LENGTHS = [6, 4, 9, 3, 7, 5]
+QFORMER_LENGTH_MAX = 32
 #: images and image tokens (merged patches) of one call, at most: the bounds the ``grid``
 #: layout declares and checks (small, for the sweep's time; a deployment declares its own)
 GRID_IMAGES_MAX = 4
@@ -143,6 +153,8 @@ FLAT_PATCHES_MAX = 64
 PATCHES_PER_SIDE = 8
 #: text tokens before and after the image in the generation prompt
 GENERATION_TEXT = (3, 2)
+#: the generation prompt's length in the Q-Former's vocabulary (``instructed`` layout)
+GENERATION_QFORMER = 5
 _TOKEN_NAMES = ("image_token_id", "image_token_index")
 
 
@@ -226,12 +238,13 @@ def _patch_embedding(model: Any) -> Any:
 
 
 def vision_layout(model: Any) -> str:
-    """``pixels``, ``stacked``, ``grid`` or ``tiles``: how ``get_image_features`` takes the
-    image (see the module).
+    """``pixels``, ``stacked``, ``instructed``, ``grid``, ``tiles``, ``padded`` or
+    ``flat``: how ``get_image_features`` takes the image (see the module).
 
     :raises ValueError: for a function that requires other inputs
     """
     params = inspect.signature(_image_function(model)).parameters
+    instructed = "qformer_input_ids" in params
     tiled = "image_sizes" in params and _packer(model) is not None
     padded = "image_sizes" in params and not tiled and _pixtral(model) is not None
     required = [
@@ -241,16 +254,20 @@ def vision_layout(model: Any) -> str:
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         and name not in ("pixel_values", "image_grid_thw")
         and not ((tiled or padded) and name == "image_sizes")
+        and not (instructed and name == "qformer_input_ids")
     ]
     if "pixel_values" not in params or required:
         raise ValueError(
             f"{type(model).__name__}.get_image_features takes {list(params)}: exportcheck "
             "builds pixel_values, with image_grid_thw for patch sequences, image_sizes "
             "for tiles packed by pack_image_features or for a Pixtral encoder's padded "
-            "images, and no other required input"
+            "images, qformer_input_ids for a Q-Former read with the prompt, and no other "
+            "required input"
         )
     if "image_grid_thw" in params:
         return "grid"
+    if instructed:
+        return "instructed"
     if tiled:
         return "tiles"
     if padded:
@@ -285,7 +302,7 @@ def check_image_inputs(layout: str, pixel_values: Any, channels: int, width: int
     """A ValueError that says what the vision encoder takes, unless ``pixel_values`` has
     the rank and channels (or patch width) of ``layout``."""
     shape = tuple(getattr(pixel_values, "shape", ()))
-    if layout in ("pixels", "stacked", "tiles", "padded"):
+    if layout in ("pixels", "stacked", "tiles", "padded", "instructed"):
         ok = len(shape) == 4 and shape[1] == channels
         wanted = f"(images, {channels}, height, width)"
         if layout == "tiles":
@@ -357,6 +374,30 @@ def _parts() -> dict[str, type]:
         def forward(self, pixel_values: Any) -> Any:
             check_image_inputs("pixels", pixel_values, self.channels, self.width)
             return features(_image_function(self.model)(pixel_values=pixel_values[None]))
+
+    class InstructedEncoder(PixelEncoder):
+        """pixel values of images of one resolution and, for each image, the prompt's
+        tokens in the Q-Former's vocabulary with their mask -> the image features (the
+        Q-Former's query outputs, read with the prompt, then projected)."""
+
+        layout = "instructed"
+
+        def forward(  # type: ignore[override]
+            self, pixel_values: Any, qformer_input_ids: Any, qformer_attention_mask: Any
+        ) -> Any:
+            check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            if qformer_input_ids.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"qformer_input_ids holds {qformer_input_ids.shape[0]} prompts for "
+                    f"{pixel_values.shape[0]} images: give each image the tokens of its "
+                    "prompt in the Q-Former's vocabulary, as the processor does"
+                )
+            out = _image_function(self.model)(
+                pixel_values=pixel_values,
+                qformer_input_ids=qformer_input_ids,
+                qformer_attention_mask=qformer_attention_mask,
+            )
+            return features(out)
 
     class GridEncoder(PixelEncoder):
         """the flattened patches of images, their grids and what the processor side
@@ -494,6 +535,7 @@ def _parts() -> dict[str, type]:
     return {
         "pixels": PixelEncoder,
         "stacked": StackedEncoder,
+        "instructed": InstructedEncoder,
         "grid": GridEncoder,
         "tiles": TileEncoder,
         "padded": PaddedEncoder,
@@ -871,6 +913,12 @@ def _image_sets(
             for n in IMAGE_COUNTS
         ]
         labels = [f"images={n} {side}x{side}" for n in IMAGE_COUNTS]
+        if layout == "instructed":
+            lengths = [*QFORMER_LENGTHS, QFORMER_LENGTH_MAX]
+            for feeds, length in zip(sets, lengths, strict=True):
+                images = feeds["pixel_values"].shape[0]
+                feeds.update(qformer_prompts(config, images, length, generator))
+            labels = [f"{lab} prompt={n}" for lab, n in zip(labels, lengths, strict=True)]
     else:
         channels, temporal, patch, merge = _grid_sizes(config)
         width = channels * temporal * patch * patch
@@ -891,6 +939,22 @@ def _image_sets(
             )
     labels[-1] += " at bounds"
     return sets, labels, sizes
+
+
+def qformer_prompts(config: Any, images: int, length: int, generator: Any) -> dict[str, Any]:
+    """Each image's prompt in the Q-Former's vocabulary, as the processor tokenizes it:
+    random ids of ``length`` tokens, the first row right-padded by two when it is long
+    enough (the tokenizer pads after the text)."""
+    import torch
+
+    from ._tokens import random_ids
+
+    ids = random_ids(config.qformer_config, (images, length), generator)
+    mask = torch.ones_like(ids)
+    if length > 2:
+        mask[0, -2:] = 0
+        ids[0, -2:] = config.qformer_config.pad_token_id or 0
+    return {"qformer_input_ids": ids, "qformer_attention_mask": mask}
 
 
 def _check_tiles(model: Any, sets: list[dict[str, Any]], sizes: list[Any]) -> None:
@@ -1191,6 +1255,15 @@ class ImageTextToText(Task):
                 f"pixel_values {side}x{side} static: the model's processor resizes every "
                 "image to its vision config's image_size"
             )
+            if layout == "instructed":
+                prompt = torch.export.Dim("qformer_length", min=1, max=QFORMER_LENGTH_MAX)
+                for name in ("qformer_input_ids", "qformer_attention_mask"):
+                    image_shapes[name] = {0: images, 1: prompt}
+                fitted.append(
+                    "instructed Q-Former: the vision encoder also takes each image's "
+                    "prompt in the Q-Former's vocabulary and its mask (right-padded, "
+                    "dynamic length), which the Q-Former reads beside its queries"
+                )
         else:
             # the tower merges merge x merge patches into one token
             merge = _grid_sizes(config)[3]
@@ -1286,9 +1359,11 @@ class ImageTextToText(Task):
         elif encoder.module.layout == "padded":
             channels = _pixel_sizes(m.config)[0]
             image, _ = padded_images(m.model, [PADDED_GENERATION_IMAGE] * 2, generator, channels)
-        elif encoder.module.layout in ("pixels", "stacked", "flat"):
+        elif encoder.module.layout in ("pixels", "stacked", "flat", "instructed"):
             shape = (2, *first["pixel_values"].shape[1:])
             image = {"pixel_values": torch.randn(shape, generator=generator)}
+            if encoder.module.layout == "instructed":
+                image.update(qformer_prompts(m.config, 2, GENERATION_QFORMER, generator))
         else:
             grid = first["image_grid_thw"][:1].repeat(2, 1)
             patches = int(grid.prod(-1).sum())
@@ -1326,7 +1401,13 @@ class ImageTextToText(Task):
 
         feeds = self.generation_inputs(m)
         given = {k: v for k, v in feeds.items() if k != "image"}
-        image = {k: v for k, v in feeds["image"].items() if k in ("pixel_values", "image_grid_thw")}
+        given_names = (
+            "pixel_values",
+            "image_grid_thw",
+            "qformer_input_ids",
+            "qformer_attention_mask",
+        )
+        image = {k: v for k, v in feeds["image"].items() if k in given_names}
         layout = vision_layout(m.model)
         if layout == "stacked":  # one image per prompt
             image["pixel_values"] = image["pixel_values"][:, None]
