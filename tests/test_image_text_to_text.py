@@ -70,6 +70,10 @@ def test_the_default_task_of_a_vision_lm_is_image_text_to_text():
         # a Q-Former reads the image and the prompt; the forward requires the pixels,
         # so the decoder is the language model it hands the merged embeddings to
         "instructblip",
+        # an image encoder-decoder over flattened patches, padded with their mask
+        "pix2struct",
+        # an image encoder-decoder over pixels (ViT encoder, BERT decoder)
+        "vision-encoder-decoder",
     ],
 )
 def test_a_vision_lm_validates_and_generates_through_both_runtimes(model_type):
@@ -598,3 +602,27 @@ def test_blip2_gets_the_image_token_its_checkpoints_name_and_tied_embedding_widt
     text = m.config.text_config
     # OPT's embeddings are as wide as its hidden states, as in the checkpoints
     assert text.word_embed_proj_dim == text.hidden_size == 64
+
+
+def test_flattened_patches_carry_their_row_and_column_and_pad_with_a_mask():
+    from exportcheck.models import resolve_config
+    from exportcheck.tasks._image_seq2seq import flattened_patches
+
+    config = resolve_config("pix2struct", {}, shrink=True)
+    feeds = flattened_patches(config, [6, 4], torch.Generator().manual_seed(0))
+    patches, mask = feeds["flattened_patches"], feeds["attention_mask"]
+    assert patches.shape == (2, 6, 2 + config.vision_config.patch_embed_hidden_size)
+    # 6 patches as 2 rows of 3, 1-based, in raster order
+    assert patches[0, :, 0].tolist() == [1, 1, 1, 2, 2, 2]
+    assert patches[0, :, 1].tolist() == [1, 2, 3, 1, 2, 3]
+    assert mask.tolist() == [[1] * 6, [1] * 4 + [0] * 2]
+    assert patches[1, 4:].abs().sum() == 0  # padding rows are zero
+
+
+def test_an_image_encoder_decoder_is_three_graphs_and_refuses_pixels_of_another_rank():
+    m = untrained_model("vision-encoder-decoder", task=TASK)
+    assert [c.name for c in m.components] == ["encoder", "decoder_init", "decoder"]
+    encoder = m.components[0]
+    assert set(encoder.input_sets[0]) == {"pixel_values"}
+    with pytest.raises(ValueError, match=r"pixel_values must have rank 4"):
+        encoder.module(pixel_values=torch.zeros(3, 128, 128))

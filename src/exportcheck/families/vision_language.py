@@ -49,10 +49,6 @@ _NO_TOKEN = {
         "the task does not build"
     ),
     "pi0": "a vision-language-action policy: images and state prefix an action expert",
-    "pix2struct": "an encoder-decoder: the encoder reads the patches, the decoder the text",
-    "pp_formulanet": "an encoder-decoder for formula recognition",
-    "udop": "an encoder-decoder over text, layout and image",
-    "vision-encoder-decoder": "an encoder-decoder: the decoder cross-attends to the image",
 }
 #: model types without get_image_features
 _NO_FEATURES = {
@@ -66,7 +62,6 @@ _OTHER_INPUTS = {
 }
 #: model types whose vision config sets no image size
 _NO_SIZE = {
-    "florence2": "a DaViT encoder: its processor's size is not in the vision config",
     "gemma4": (
         "its shipped config leaves vision_config None; built with a vision tower from the "
         "vision config's defaults (tried), its images are patches at their own positions "
@@ -78,7 +73,6 @@ _NO_SIZE = {
         "needs per_layer_inputs as an input"
     ),
     "gemma4_unified": "its shipped config leaves vision_config None (see gemma4)",
-    "t5gemma2": "an encoder-decoder whose vision config sits inside its encoder config",
     "unlimited_ocr": "global and local views, sized by the processor",
 }
 #: variable-resolution encoders (flattened patches with image_grid_thw) that the grid
@@ -129,6 +123,31 @@ _GRID: dict[str, tuple[str, str]] = {
         "generation's prompt (longer, with its image tokens) does not",
     ),
 }
+#: image encoder-decoders (see :mod:`exportcheck.tasks._image_seq2seq`) not built yet
+_ENCODER_DECODERS: dict[str, tuple[str, str]] = {
+    **{
+        t: (
+            r"reads token ids with the image",
+            f"an encoder-decoder whose encoder reads the prompt's tokens with the image "
+            f"({why}); the task's image encoder-decoders take the image alone",
+        )
+        for t, why in {
+            "udop": "text, layout boxes and image patches in one encoder sequence",
+            "t5gemma2": "its encoder scatters the image features over image tokens of the prompt",
+            "florence2": (
+                "a BART encoder over the prompt's embeddings with a DaViT tower's image "
+                "features merged in"
+            ),
+        }.items()
+    },
+    "pp_formulanet": (
+        r"decoder does not read the encoder's last hidden states",
+        "its decoder cross-attends to the encoder's pooler_output (the multi-modal "
+        "projector's output, PPFormulaNetModel.forward), while the encoder graph of the "
+        "image encoder-decoders returns the last hidden states; refused at build time "
+        "instead of decoding without the image",
+    ),
+}
 _UNBUILT = (
     "the model fails to build from the shrunk config with this error, inside "
     "transformers' construction or first call; its cause is not investigated yet"
@@ -169,6 +188,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         for t, why in _NO_SIZE.items()
     },
     **_GRID,
+    **_ENCODER_DECODERS,
     "apertus1p5": (
         r"Class validation error for validator 'validate_architecture'",
         "a discrete-token model: its vocabulary holds the image and audio codebooks' "

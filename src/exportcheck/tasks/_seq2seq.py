@@ -112,6 +112,26 @@ def _parts() -> dict[str, type]:
             feeds = {} if attention_mask is None else {"attention_mask": attention_mask}
             return self.encode(input_values=input_values, **feeds)
 
+    class PixelEncoder(Encoder):
+        """An image encoder fed pixel values -> its last hidden states."""
+
+        def forward(self, pixel_values: Any) -> Any:  # type: ignore[override]
+            check_rank("pixel_values", pixel_values, 4, "channels, height and width")
+            return self.encode(pixel_values=pixel_values)
+
+    class PatchEncoder(Encoder):
+        """An image encoder fed flattened patches and their mask -> its last hidden
+        states."""
+
+        def forward(self, flattened_patches: Any, attention_mask: Any) -> Any:  # type: ignore[override]
+            check_rank(
+                "flattened_patches",
+                flattened_patches,
+                3,
+                "patches, each its row and column then its pixels",
+            )
+            return self.encode(flattened_patches=flattened_patches, attention_mask=attention_mask)
+
     class DecoderInit(torch.nn.Module):
         """The first decoder step: no cache in, logits and the filled cache out."""
 
@@ -173,6 +193,8 @@ def _parts() -> dict[str, type]:
         "input_ids": Encoder,
         "input_features": FeatureEncoder,
         "input_values": WaveEncoder,
+        "pixel_values": PixelEncoder,
+        "flattened_patches": PatchEncoder,
         "decoder_init": DecoderInit,
         "decoder": DecoderStep,
     }
@@ -199,8 +221,8 @@ def check_rank(name: str, tensor: Any, rank: int, layout: str) -> None:
         shape = tuple(getattr(tensor, "shape", ()))
         raise ValueError(
             f"{name} must have rank {rank} (batch first, then {layout}); got rank {got}, "
-            f"shape {shape}. Pass what the model's feature extractor returns for a list "
-            f"of waveforms (a single example as a batch of one: {name}[None])."
+            f"shape {shape}. Pass what the model's feature extractor or image processor "
+            f"returns for a list of examples (a single one as a batch of one: {name}[None])."
         )
 
 

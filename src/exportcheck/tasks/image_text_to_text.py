@@ -89,7 +89,7 @@ from ..dims import BATCH_MAX
 from ..families import INPUT_LAYOUTS
 from ..models import UntrainedModel, prepare_weights
 from ..models.tiny import rescale_sections
-from . import Component, Generation, Task, _audio_lm, register
+from . import Component, Generation, Task, _audio_lm, _image_seq2seq, register
 
 __all__ = ["ImageTextToText", "check_image_inputs", "image_token", "vision_layout"]
 
@@ -283,7 +283,12 @@ def vision_layout(model: Any) -> str:
 
 
 def _vision_config(config: Any) -> Any:
-    return getattr(config, "vision_config", None) or config
+    """The vision config: ``vision_config``, a vision encoder-decoder's ``encoder``, or
+    the config itself."""
+    found = getattr(config, "vision_config", None)
+    if found is None and hasattr(getattr(config, "encoder", None), "image_size"):
+        found = config.encoder
+    return found or config
 
 
 def _get(config: Any, *names: str, default: Any = None) -> Any:
@@ -1165,6 +1170,15 @@ class ImageTextToText(Task):
         import transformers
 
         fitted = fit_config(config)
+        if _image_seq2seq.is_encoder_decoder(config):
+            m = _ENCODER_DECODER.build(config, seed=seed)
+            m.notes[:0] = [
+                f"image encoder-decoder: {type(m.model).__name__}'s decoder cross-attends "
+                "to the image encoder's states; exported as encoder, decoder_init and "
+                "decoder, as the text and speech encoder-decoders",
+                *fitted,
+            ]
+            return m
         torch.manual_seed(seed)
         model = getattr(transformers, self.auto_class).from_config(config)
         model = model.to(torch.float32).eval()
@@ -1342,14 +1356,19 @@ class ImageTextToText(Task):
         return list(m.components)
 
     def check_eager(self, m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
+        if _is_seq2seq(m):
+            return _ENCODER_DECODER.check_eager(m, atol)
         return _audio_lm.check_eager(m, atol)
 
     def generation_inputs(self, m: UntrainedModel) -> dict[str, Any]:
         """The prompt of the generation stage: two rows, each text tokens, the image
         tokens of one image (as many as the encoder returns rows for it) and text tokens;
-        and both images under the vision encoder graph's input names."""
+        and both images under the vision encoder graph's input names (an encoder-decoder:
+        its encoder's inputs for two images)."""
         import torch
 
+        if _is_seq2seq(m):
+            return _ENCODER_DECODER.generation_inputs(m)
         encoder = next(c for c in m.components if c.name == "vision_encoder")
         generator = torch.Generator().manual_seed(4321)
         first = encoder.input_sets[0]
@@ -1400,6 +1419,8 @@ class ImageTextToText(Task):
         import torch
 
         feeds = self.generation_inputs(m)
+        if _is_seq2seq(m):
+            return feeds
         given = {k: v for k, v in feeds.items() if k != "image"}
         given_names = (
             "pixel_values",
@@ -1427,10 +1448,15 @@ class ImageTextToText(Task):
     def generate_eager(self, m: UntrainedModel) -> Generation:
         from .text_generation import greedy_generate
 
+        if _is_seq2seq(m):
+            return _ENCODER_DECODER.generate_eager(m)
         return greedy_generate(m.model, self.processor_inputs(m), self.new_tokens)
 
     def generate(self, m: UntrainedModel, call: Any, forced: Any) -> Generation:
         import torch
+
+        if _is_seq2seq(m):
+            return _ENCODER_DECODER.generate(m, call, forced)
 
         feeds = self.generation_inputs(m)
         token = image_token(m.config)
@@ -1471,5 +1497,12 @@ class ImageTextToText(Task):
             positions=positions,
         )
 
+
+def _is_seq2seq(m: UntrainedModel) -> bool:
+    """True when ``m`` was built as an image encoder-decoder."""
+    return bool(m.components) and m.components[0].name == "encoder"
+
+
+_ENCODER_DECODER = _image_seq2seq.ImageSeq2Seq()
 
 register(ImageTextToText())
