@@ -70,6 +70,8 @@ def test_the_default_task_of_a_vision_lm_is_image_text_to_text():
         # a Q-Former reads the image and the prompt; the forward requires the pixels,
         # so the decoder is the language model it hands the merged embeddings to
         "instructblip",
+        # images as VQ-GAN codes mapped into the vocabulary (a map of the tiny vocabulary)
+        "chameleon",
         # an image encoder-decoder over flattened patches, padded with their mask
         "pix2struct",
         # an image encoder-decoder over pixels (ViT encoder, BERT decoder)
@@ -626,3 +628,18 @@ def test_an_image_encoder_decoder_is_three_graphs_and_refuses_pixels_of_another_
     assert set(encoder.input_sets[0]) == {"pixel_values"}
     with pytest.raises(ValueError, match=r"pixel_values must have rank 4"):
         encoder.module(pixel_values=torch.zeros(3, 128, 128))
+
+
+def test_chameleon_images_become_distinct_codes_of_the_tiny_vocabulary():
+    from exportcheck.families.chameleon import _code_name
+
+    assert _code_name(305) == "IMGIMGDAFZ"  # each digit as a letter, as the checkpoints
+    m = untrained_model("chameleon", task=TASK)
+    encoder = m.components[0]
+    feeds = encoder.input_sets[0]
+    with torch.no_grad():
+        codes = m.model.model.get_image_tokens(feeds["pixel_values"])
+        rows = encoder.module(**feeds)
+    assert codes.unique().numel() > 10  # random images give many codes, not one
+    assert int(codes.max()) < m.config.vocab_size
+    torch.testing.assert_close(rows, m.model.get_input_embeddings()(codes.flatten()))

@@ -283,11 +283,13 @@ def vision_layout(model: Any) -> str:
 
 
 def _vision_config(config: Any) -> Any:
-    """The vision config: ``vision_config``, a vision encoder-decoder's ``encoder``, or
-    the config itself."""
+    """The vision config: ``vision_config``, a vision encoder-decoder's ``encoder``, a
+    VQ-GAN's ``vq_config``, or the config itself."""
     found = getattr(config, "vision_config", None)
     if found is None and hasattr(getattr(config, "encoder", None), "image_size"):
         found = config.encoder
+    if found is None and hasattr(getattr(config, "vq_config", None), "resolution"):
+        found = config.vq_config  # images as the codes of a VQ-GAN (Chameleon)
     return found or config
 
 
@@ -863,7 +865,7 @@ def _pixel_sizes(config: Any) -> tuple[int, int]:
     """(channels, side) of a fixed-resolution encoder."""
     vision = _vision_config(config)
     channels = int(_get(vision, "num_channels", "in_channels", default=3))
-    size = _get(vision, "image_size", default=None)
+    size = _get(vision, "image_size", "resolution", default=None)
     if size is None:
         raise ValueError(
             f"{type(vision).__name__} sets no image_size: exportcheck builds pixel_values "
