@@ -76,6 +76,8 @@ def test_the_default_task_of_a_vision_lm_is_image_text_to_text():
         "pix2struct",
         # an image encoder-decoder over pixels (ViT encoder, BERT decoder)
         "vision-encoder-decoder",
+        # its decoder cross-attends to the encoder's pooled output (the projector's)
+        "pp_formulanet",
     ],
 )
 def test_a_vision_lm_validates_and_generates_through_both_runtimes(model_type):
@@ -643,3 +645,23 @@ def test_chameleon_images_become_distinct_codes_of_the_tiny_vocabulary():
     assert codes.unique().numel() > 10  # random images give many codes, not one
     assert int(codes.max()) < m.config.vocab_size
     torch.testing.assert_close(rows, m.model.get_input_embeddings()(codes.flatten()))
+
+
+def test_an_encoder_whose_states_do_not_depend_on_the_image_is_refused():
+    # PP-FormulaNet's vision config initializes with a deviation of 1e-10: untrained, its
+    # projector returns zeros for every image (its family sets 0.02)
+    with pytest.raises(ValueError, match=r"gives two different images the same states"):
+        untrained_model("pp_formulanet", task=TASK, **{"vision_config.initializer_range": 1e-10})
+
+
+def test_a_vision_encoder_that_ignores_the_pixels_is_refused():
+    from exportcheck.tasks.image_text_to_text import _check_reads_pixels
+
+    class Constant(torch.nn.Module):
+        model = torch.nn.Identity()
+
+        def forward(self, pixel_values):
+            return torch.ones(pixel_values.shape[0], 4)
+
+    with pytest.raises(ValueError, match=r"returns the same features for other pixels"):
+        _check_reads_pixels(Constant(), {"pixel_values": torch.zeros(2, 3, 8, 8)})

@@ -173,3 +173,19 @@ def test_drafters_take_the_main_model_states_and_export(model_type):
     report = validate(m, exporter="onnx")
     assert report.ok, report.table()
     assert report.worst("exported") <= 1e-4 and report.worst("ort") <= 1e-4
+
+
+def test_zero_projection_matrices_held_as_bare_parameters_are_randomized():
+    from exportcheck.models.untrained import randomize_zero_weights
+
+    class Projector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mm_input_projection_weight = torch.nn.Parameter(torch.zeros(4, 8))
+            self.position_table = torch.nn.Parameter(torch.zeros(4, 8))  # not a projection
+            self.linear = torch.nn.Linear(8, 8)
+
+    model = Projector()
+    assert randomize_zero_weights(model, 0.02) == ["mm_input_projection_weight"]
+    assert model.mm_input_projection_weight.any()
+    assert not model.position_table.any()

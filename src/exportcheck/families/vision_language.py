@@ -140,13 +140,6 @@ _ENCODER_DECODERS: dict[str, tuple[str, str]] = {
             ),
         }.items()
     },
-    "pp_formulanet": (
-        r"decoder does not read the encoder's last hidden states",
-        "its decoder cross-attends to the encoder's pooler_output (the multi-modal "
-        "projector's output, PPFormulaNetModel.forward), while the encoder graph of the "
-        "image encoder-decoders returns the last hidden states; refused at build time "
-        "instead of decoding without the image",
-    ),
 }
 _UNBUILT = (
     "the model fails to build from the shrunk config with this error, inside "

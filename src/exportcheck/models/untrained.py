@@ -85,12 +85,15 @@ class UntrainedModel:
 
 
 def randomize_zero_weights(model: Any, std: float) -> list[str]:
-    """Give random values to linear weights that initialisation left at zero.
+    """Give random values to linear weights that initialisation left at zero, and to
+    projection matrices a module holds as bare parameters (``*projection_weight``,
+    Gemma 3's multimodal projector multiplies by its ``mm_input_projection_weight``).
 
     Some models zero-initialise a layer (a router gate): untrained, every expert then
     scores the same and top-k breaks the tie one way in PyTorch and another in
-    onnxruntime, and a zero projection hides any discrepancy behind it. Trained weights
-    are not zero, so random ones stand in for them.
+    onnxruntime, and a zero projection hides any discrepancy behind it (a zero image
+    projection gives every image the same features). Trained weights are not zero, so
+    random ones stand in for them.
     """
     import torch
 
@@ -100,6 +103,11 @@ def randomize_zero_weights(model: Any, std: float) -> list[str]:
             if isinstance(module, torch.nn.Linear) and not bool(module.weight.any()):
                 module.weight.normal_(0.0, std)
                 changed.append(f"{name}.weight")
+            for own, param in module.named_parameters(recurse=False):
+                bare = own.endswith("projection_weight") and param.dim() == 2
+                if bare and not bool(param.any()):
+                    param.normal_(0.0, std)
+                    changed.append(f"{name}.{own}" if name else own)
     return changed
 
 

@@ -12,6 +12,11 @@ The encoder's inputs are built from the config as the model's processor gives th
   ``attention_mask`` (Pix2Struct): each image cut into a grid of patches, each patch
   preceded by its 1-based row and column, padded with zero rows to the batch's longest
   (mask 0). The patch count is dynamic, and so is the encoder states' length.
+
+The encoder graph returns what the decoder cross-attends to: the last hidden states, or
+the pooled output for a model whose forward hands that to its decoder (PP-FormulaNet's
+projector output). A model whose decoder's logits do not change with those states is
+refused at build time: its graphs would decode without the image.
 """
 
 from __future__ import annotations
@@ -159,15 +164,35 @@ class ImageSeq2Seq(Seq2Seq):
             notes,
         )
 
+    def states_output(self, model: Any) -> str:
+        """``pooler_output`` for a model whose forward hands its decoder the encoder's
+        pooled output (PP-FormulaNet: its projector's), else the last hidden states."""
+        import inspect
+
+        base = getattr(model, "model", model)
+        source = inspect.getsource(type(base).forward)
+        if "encoder_hidden_states=encoder_outputs.pooler_output" in source:
+            return "pooler_output"
+        return "last_hidden_state"
+
     def build(self, config: Any, *, seed: int = 0) -> Any:
-        """:meth:`Seq2Seq.build`, refused when the decoder does not read the encoder's
-        last hidden states (its logits do not change with them): the graphs would then
-        decode without the image."""
+        """:meth:`Seq2Seq.build`, refused when the encoder gives two images the same
+        states, or when the decoder does not read them (its logits do not change with
+        them): the graphs would then be checked without the image."""
         import copy
 
         import torch
 
         m = super().build(config, seed=seed)
+        encoder = m.components[0]
+        with torch.no_grad():
+            states = encoder.module(**copy.deepcopy(encoder.input_sets[0]))
+        if torch.equal(states[0], states[1]):
+            raise ValueError(
+                f"{type(m.model).__name__}'s untrained encoder gives two different images "
+                "the same states: its graphs would be checked on outputs that do not "
+                "depend on the image"
+            )
         init = next(c for c in m.components if c.name == "decoder_init")
         feeds = init.input_sets[0]
         other = {**feeds, "encoder_hidden_states": torch.randn_like(feeds["encoder_hidden_states"])}

@@ -60,7 +60,7 @@ def _parts() -> dict[str, type]:
 
     # MoEModelOutput: a BaseModelOutput with the router fields that mixture-of-experts
     # encoder-decoders (switch_transformers, nllb-moe) read from their encoder's output
-    from transformers.modeling_outputs import MoEModelOutput
+    from transformers.modeling_outputs import BaseModelOutputWithPooling, MoEModelOutput
 
     @dataclasses.dataclass
     class EncoderStates(MoEModelOutput):
@@ -73,19 +73,23 @@ def _parts() -> dict[str, type]:
         """The encoder of ``model``: token ids and mask -> its last hidden states, and
         the states' mask when the encoder returns one (``with_mask``)."""
 
-        def __init__(self, model: Any, with_mask: bool = False) -> None:
+        def __init__(
+            self, model: Any, with_mask: bool = False, states: str = "last_hidden_state"
+        ) -> None:
             super().__init__()
             self.model = model
             self.with_mask = with_mask
+            #: the output of the encoder the decoder cross-attends to
+            self.states = states
 
         def encode(self, **feeds: Any) -> Any:
             out = self.model.get_encoder()(**feeds)
             if self.with_mask:
                 return {
-                    "last_hidden_state": out.last_hidden_state,
+                    "last_hidden_state": getattr(out, self.states),
                     "attention_mask": out.attention_mask,
                 }
-            return out.last_hidden_state
+            return getattr(out, self.states)
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
             return self.encode(input_ids=input_ids, attention_mask=attention_mask)
@@ -135,10 +139,15 @@ def _parts() -> dict[str, type]:
     class DecoderInit(torch.nn.Module):
         """The first decoder step: no cache in, logits and the filled cache out."""
 
-        def __init__(self, model: Any, cache_argument: str) -> None:
+        def __init__(
+            self, model: Any, cache_argument: str, states: str = "last_hidden_state"
+        ) -> None:
             super().__init__()
             self.model = model
             self.cache_argument = cache_argument
+            #: the encoder output the model's forward hands its decoder: the states are
+            #: given under that name
+            self.states = states
 
         def decode(
             self, ids: Any, states: Any, mask: Any, states_mask: Any = None, **cache: Any
@@ -148,8 +157,12 @@ def _parts() -> dict[str, type]:
             # ``states_mask`` is the states' own, for models that read it from the
             # encoder's output.
             masks = {} if mask is None else {"attention_mask": mask}
+            if self.states == "pooler_output":
+                encoded = BaseModelOutputWithPooling(last_hidden_state=states, pooler_output=states)
+            else:
+                encoded = EncoderStates(last_hidden_state=states, attention_mask=states_mask)
             out = self.model(
-                encoder_outputs=EncoderStates(last_hidden_state=states, attention_mask=states_mask),
+                encoder_outputs=encoded,
                 decoder_input_ids=ids,
                 use_cache=True,
                 **masks,
@@ -330,6 +343,10 @@ class Seq2Seq(Task):
             labels=[_label(shape, "encoder") for shape in shapes],
         )
 
+    def states_output(self, model: Any) -> str:
+        """The output of the encoder that the decoder cross-attends to."""
+        return "last_hidden_state"
+
     def encoder_bound(self, config: Any) -> int:
         """The largest encoder length declared and checked."""
         return sequence_bound(config)
@@ -380,7 +397,8 @@ class Seq2Seq(Task):
         # An encoder that subsamples its input may return the mask of its states, which
         # the decoder reads from the encoder's output instead of the input's mask.
         with_mask = getattr(probe, "attention_mask", None) is not None
-        encoder = Encoder(model, with_mask=with_mask)
+        states_output = self.states_output(model)
+        encoder = Encoder(model, with_mask=with_mask, states=states_output)
         decoder_config = _decoder_config(config)
         init_sets, step_sets, prompts = [], [], []
         for feeds, shape, first in zip(side.sets, shapes, init_tokens, strict=True):
@@ -398,7 +416,7 @@ class Seq2Seq(Task):
             # with the family's eager fixes, as validate's reference: a decoder that
             # changed its inputs in place would otherwise store changed states in the sets
             with torch.no_grad(), eager_fixes(model):
-                prefill = DecoderInit(model, cache_argument)(prefix, states, **masks)
+                prefill = DecoderInit(model, cache_argument, states_output)(prefix, states, **masks)
             # in the order of DecoderStep.forward: the ONNX inputs follow it
             step_sets.append(
                 {
@@ -457,14 +475,14 @@ class Seq2Seq(Task):
                 Component("encoder", encoder, side.sets, side.dynamic_shapes, side.labels),
                 Component(
                     "decoder_init",
-                    DecoderInit(model, cache_argument),
+                    DecoderInit(model, cache_argument, states_output),
                     init_sets,
                     init_shapes,
                     init_labels,
                 ),
                 Component(
                     "decoder",
-                    DecoderStep(model, cache_argument),
+                    DecoderStep(model, cache_argument, states_output),
                     step_sets,
                     step_shapes,
                     step_labels,

@@ -1341,6 +1341,7 @@ class ImageTextToText(Task):
                 "image tokens' positions, zero elsewhere), added to the output of its first "
                 "layers as the forward adds them at the image tokens"
             )
+        _check_reads_pixels(encoder, image_sets[0])
         return _audio_lm.merged_lm(
             self.name,
             model,
@@ -1497,6 +1498,24 @@ class ImageTextToText(Task):
             token,
             "feature rows",
             positions=positions,
+        )
+
+
+def _check_reads_pixels(encoder: Any, feeds: dict[str, Any]) -> None:
+    """A ValueError when the untrained vision encoder returns the same features for other
+    pixels: its graphs would be checked on outputs that do not depend on the image."""
+    import torch
+
+    other = {**feeds, "pixel_values": torch.rand_like(feeds["pixel_values"])}
+    with torch.no_grad():
+        first, second = encoder(**copy.deepcopy(feeds)), encoder(**copy.deepcopy(other))
+    if isinstance(first, dict):
+        first, second = first["features"], second["features"]
+    if torch.equal(first, second):
+        raise ValueError(
+            f"{type(encoder.model).__name__}'s untrained vision encoder returns the same "
+            "features for other pixels: its graphs would be checked on outputs that do "
+            "not depend on the image"
         )
 
 
