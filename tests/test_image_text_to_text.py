@@ -70,6 +70,8 @@ def test_the_default_task_of_a_vision_lm_is_image_text_to_text():
         # a Q-Former reads the image and the prompt; the forward requires the pixels,
         # so the decoder is the language model it hands the merged embeddings to
         "instructblip",
+        # NaFlex patch sequences, blocks of 2 x 2 patches unshuffled into one token
+        "lfm2_vl",
         # images as VQ-GAN codes mapped into the vocabulary (a map of the tiny vocabulary)
         "chameleon",
         # an image encoder-decoder over flattened patches, padded with their mask
@@ -665,3 +667,21 @@ def test_a_vision_encoder_that_ignores_the_pixels_is_refused():
 
     with pytest.raises(ValueError, match=r"returns the same features for other pixels"):
         _check_reads_pixels(Constant(), {"pixel_values": torch.zeros(2, 3, 8, 8)})
+
+
+def test_the_naflex_index_gives_each_token_its_block_of_patch_rows():
+    from exportcheck.tasks.image_text_to_text import naflex_grid_index
+
+    # two images padded to 8 patches: a 2 x 4 grid (2 tokens) and a 2 x 2 grid (1 token)
+    index = naflex_grid_index(torch.tensor([[2, 4], [2, 2]]), 8, 2)
+    # token t's block is [a, 2t + b]: rows a of its two patch rows, columns b
+    assert index.tolist() == [[0, 1, 2, 3, 8, 9], [4, 5, 6, 7, 10, 11]]
+
+
+def test_naflex_patches_of_the_wrong_rank_say_what_the_encoder_takes():
+    m = untrained_model("lfm2_vl", task=TASK)
+    encoder = m.components[0]
+    assert encoder.module.layout == "naflex"
+    feeds = dict(encoder.input_sets[0], pixel_values=torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"padded to the longest, with pixel_attention_mask"):
+        encoder.module(**feeds)

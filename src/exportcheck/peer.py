@@ -52,7 +52,14 @@ def _processor_images(encoder: Any, index: int, model: Any) -> dict[str, Any]:
     feeds = encoder.input_sets[index]
     if encoder.module.layout in ("tiles", "padded"):
         return sized(encoder.module.layout, feeds, encoder.module.image_sizes[index], model)
-    names = ("pixel_values", "image_grid_thw", "qformer_input_ids", "qformer_attention_mask")
+    names = (
+        "pixel_values",
+        "image_grid_thw",
+        "qformer_input_ids",
+        "qformer_attention_mask",
+        "pixel_attention_mask",
+        "spatial_shapes",
+    )
     image = {k: v for k, v in feeds.items() if k in names}
     if encoder.module.layout == "stacked":
         image["pixel_values"] = image["pixel_values"][None]

@@ -57,7 +57,6 @@ _NO_FEATURES = {
 #: model types whose get_image_features requires other inputs than pixel values
 _OTHER_INPUTS = {
     "deepseek_vl_hybrid": "high_res_pixel_values for a second, SAM encoder at 1024 pixels",
-    "lfm2_vl": "spatial_shapes and pixel_attention_mask of NaFlex-style padded patches",
     "molmo2": "image_token_pooling and image_grids of its crops",
 }
 #: model types whose vision config sets no image size
@@ -141,10 +140,6 @@ _ENCODER_DECODERS: dict[str, tuple[str, str]] = {
         }.items()
     },
 }
-_UNBUILT = (
-    "the model fails to build from the shrunk config with this error, inside "
-    "transformers' construction or first call; its cause is not investigated yet"
-)
 
 _ENTRIES: dict[str, tuple[str, str]] = {
     **{
@@ -214,11 +209,16 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     ),
     "deepseek_ocr2": (
         r"'NoneType' object is not subscriptable",
-        _UNBUILT,
+        "the config class leaves text_config.mlp_layer_types and num_experts_per_tok None, "
+        "which the decoder layers index to choose dense or sparse MLPs; with both set "
+        "(tried), its vision config names no image_size: its SAM and Qwen2 encoders read "
+        "global and local views the processor sizes",
     ),
     "diffusion_gemma": (
         r"empty\(\): argument 'size'",
-        _UNBUILT,
+        "the config class leaves text_config.num_experts and top_k_experts None, from "
+        "which every layer builds its MoE router (a Linear of num_experts outputs); not "
+        "tried further",
     ),
     "evolla": (
         r"Unrecognized configuration class",
@@ -239,7 +239,9 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     ),
     "granite4_vision": (
         r"object of type 'NoneType' has no len\(\)",
-        _UNBUILT,
+        "the config class leaves deepstack_layer_map None, the pairs of vision and text "
+        "layers from which the model builds one windowed Q-Former downsampler each; the "
+        "values are the checkpoints', which are not here",
     ),
     "llama4": (
         r"has no attribute 'image_outputs'",

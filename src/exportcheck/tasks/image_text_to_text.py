@@ -15,7 +15,7 @@ the result. It is exported as three graphs and one merge, as a runtime drives th
 * ``decoder``: a decode step of the causal LM on input embeddings with the cache of the
   positions before -> logits and the grown cache.
 
-Seven layouts of image inputs are built from the config, without a processor:
+Eight layouts of image inputs are built from the config, without a processor:
 
 * ``pixels``: ``pixel_values`` ``(images, channels, height, width)`` at the vision
   config's ``image_size``. The resolution stays static: the processors of these models
@@ -28,6 +28,14 @@ Seven layouts of image inputs are built from the config, without a processor:
   vocabulary of a Q-Former that reads them beside its queries (InstructBLIP):
   ``qformer_input_ids`` and ``qformer_attention_mask`` ``(images, length)``, right-padded
   as the processor's tokenizer pads them. Dynamic: ``images`` and the prompt length.
+* ``naflex``: images of any size as NaFlex patch sequences (LFM2-VL): ``pixel_values``
+  ``(images, patches, channels * patch ** 2)`` padded to the longest, with
+  ``pixel_attention_mask`` and ``spatial_shapes`` (each image's grid), as the processor
+  gives them, and ``grid_index``: the patch rows of each token's block, which the
+  projector unshuffles into one token (:func:`naflex_grid_index`), for the real tokens
+  only, where ``get_image_features`` cuts them per image with sizes read in Python.
+  Checked at build time against ``get_image_features`` on every input set. Dynamic:
+  ``images``, the patches and the tokens.
 * ``grid``: the patches of images of varying resolution flattened into one sequence,
   ``pixel_values`` ``(patches, channels * temporal_patch_size * patch_size ** 2)`` with
   ``image_grid_thw`` ``(images, 3)`` (the Qwen2-VL family's processor), and what the
@@ -95,6 +103,19 @@ __all__ = ["ImageTextToText", "check_image_inputs", "image_token", "vision_layou
 
 #: images of each ``pixels`` input set: every set a distinct count, the last at the bound
 IMAGE_COUNTS = [2, 1, 3, 4, 5, 6, BATCH_MAX]
+#: the grids (patch rows x columns) of each input set's images of the ``naflex`` layout
+#: (even sides: the projector merges 2 x 2 blocks), the last at the bounds
+NAFLEX_GRIDS = [
+    [(4, 6), (6, 4)],
+    [(4, 4)],
+    [(6, 6), (4, 8), (2, 8)],
+    [(8, 4), (4, 6), (6, 2), (2, 2)],
+    [(8, 8), (2, 4), (6, 4), (4, 4), (2, 2)],
+    [(4, 2), (6, 8), (4, 8), (2, 6), (8, 2), (6, 6)],
+    [(8, 8)] * BATCH_MAX,
+]
+NAFLEX_PATCHES_MAX = 64
+NAFLEX_GENERATION_GRID = (6, 4)
 #: prompt lengths in the Q-Former's vocabulary of the ``instructed`` layout's sets (one per
 #: image count but the last, which is at the bound)
 QFORMER_LENGTHS = [6, 4, 9, 3, 7, 5]
@@ -202,6 +223,57 @@ def _packer(model: Any) -> Any:
     return None
 
 
+def _naflex(model: Any) -> bool:
+    """True for a model whose tower takes NaFlex patch sequences and whose projector
+    unshuffles each ``downsample_factor`` x ``downsample_factor`` block of patches into
+    one token (LFM2-VL)."""
+    base = getattr(model, "model", model)
+    projector = getattr(base, "multi_modal_projector", None)
+    factor = getattr(model.config, "downsample_factor", None)
+    return hasattr(projector, "pixel_unshuffle") and isinstance(factor, int)
+
+
+def naflex_images(model: Any, grids: list[tuple[int, int]], generator: Any) -> dict[str, Any]:
+    """Images of ``grids`` as the NaFlex processor gives them (random patches, padded to
+    the longest with zeros, mask 0 there), with the projector's grid of patch rows."""
+    import torch
+
+    vision = _vision_config(model.config)
+    width = int(vision.num_channels) * int(vision.patch_size) ** 2
+    length = max(h * w for h, w in grids)
+    pixels = torch.zeros((len(grids), length, width))
+    mask = torch.zeros((len(grids), length), dtype=torch.int64)
+    for i, (h, w) in enumerate(grids):
+        pixels[i, : h * w] = torch.randn((h * w, width), generator=generator)
+        mask[i, : h * w] = 1
+    shapes = torch.tensor(grids, dtype=torch.int64)
+    return {
+        "pixel_values": pixels,
+        "pixel_attention_mask": mask,
+        "spatial_shapes": shapes,
+        "grid_index": naflex_grid_index(shapes, length, model.config.downsample_factor),
+    }
+
+
+def naflex_grid_index(spatial_shapes: Any, patches: int, factor: int) -> Any:
+    """The rows of the tower's flattened output ``(images * patches, hidden)`` that the
+    projector reads, as the grid it unshuffles: ``(factor, tokens * factor)``, where
+    token ``t`` (image by image, its blocks row by row) takes ``[a, t * factor + b]``, the
+    patch at row ``a`` and column ``b`` of its block. Only the images' real tokens, so
+    that the projector's output rows are the image features in order."""
+    import torch
+
+    columns = []
+    for image, (height, width) in enumerate(spatial_shapes.tolist()):
+        rows = torch.arange(height // factor)[:, None] * factor
+        cols = torch.arange(width // factor)[None, :] * factor
+        corner = (rows * width + cols).reshape(-1)  # each token's first patch
+        offset = torch.arange(factor)[:, None] * width + torch.arange(factor)[None, :]
+        block = corner[:, None, None] + offset  # (tokens, a, b)
+        columns.append(image * patches + block.permute(1, 0, 2).reshape(factor, -1))
+    return torch.cat(columns, 1)
+
+
 def _pixtral(model: Any) -> tuple[Any, Any] | None:
     """(vision tower, projector) of a model whose tower is a Pixtral encoder (a patch
     convolution, 2-D rotary positions, one sequence of every image's patches) and whose
@@ -238,13 +310,14 @@ def _patch_embedding(model: Any) -> Any:
 
 
 def vision_layout(model: Any) -> str:
-    """``pixels``, ``stacked``, ``instructed``, ``grid``, ``tiles``, ``padded`` or
-    ``flat``: how ``get_image_features`` takes the image (see the module).
+    """``pixels``, ``stacked``, ``instructed``, ``naflex``, ``grid``, ``tiles``,
+    ``padded`` or ``flat``: how ``get_image_features`` takes the image (see the module).
 
     :raises ValueError: for a function that requires other inputs
     """
     params = inspect.signature(_image_function(model)).parameters
     instructed = "qformer_input_ids" in params
+    naflex = {"spatial_shapes", "pixel_attention_mask"} <= set(params) and _naflex(model)
     tiled = "image_sizes" in params and _packer(model) is not None
     padded = "image_sizes" in params and not tiled and _pixtral(model) is not None
     required = [
@@ -255,19 +328,23 @@ def vision_layout(model: Any) -> str:
         and name not in ("pixel_values", "image_grid_thw")
         and not ((tiled or padded) and name == "image_sizes")
         and not (instructed and name == "qformer_input_ids")
+        and not (naflex and name in ("spatial_shapes", "pixel_attention_mask"))
     ]
     if "pixel_values" not in params or required:
         raise ValueError(
             f"{type(model).__name__}.get_image_features takes {list(params)}: exportcheck "
             "builds pixel_values, with image_grid_thw for patch sequences, image_sizes "
             "for tiles packed by pack_image_features or for a Pixtral encoder's padded "
-            "images, qformer_input_ids for a Q-Former read with the prompt, and no other "
-            "required input"
+            "images, qformer_input_ids for a Q-Former read with the prompt, spatial_shapes "
+            "and pixel_attention_mask for a NaFlex tower whose projector unshuffles "
+            "blocks of patches, and no other required input"
         )
     if "image_grid_thw" in params:
         return "grid"
     if instructed:
         return "instructed"
+    if naflex:
+        return "naflex"
     if tiled:
         return "tiles"
     if padded:
@@ -320,6 +397,13 @@ def check_image_inputs(layout: str, pixel_values: Any, channels: int, width: int
     elif layout == "flat":
         ok = len(shape) == 3 and shape[2] == width
         wanted = f"(images, patches, {width}): each image's patches flattened"
+    elif layout == "naflex":
+        ok = len(shape) == 3 and shape[2] == width
+        wanted = (
+            f"(images, patches, {width}): each image's patches flattened and padded to the "
+            "longest, with pixel_attention_mask and spatial_shapes, as the processor gives "
+            "them"
+        )
     else:
         ok = len(shape) == 2 and shape[1] == width
         wanted = (
@@ -405,6 +489,37 @@ def _parts() -> dict[str, type]:
                 qformer_attention_mask=qformer_attention_mask,
             )
             return features(out)
+
+    class NaflexEncoder(PixelEncoder):
+        """patch sequences of images of any size, padded to the longest
+        (``pixel_attention_mask``), with each image's grid (``spatial_shapes``) and the
+        projector's grid of patch rows (:func:`naflex_grid_index`) -> the image features.
+
+        The tower runs as ``get_image_features`` runs it; the blocks the projector
+        unshuffles, which ``get_image_features`` lays out for the largest possible image
+        and then cuts per image with sizes read in Python, are gathered for the real
+        tokens only, by the precomputed index."""
+
+        layout = "naflex"
+
+        def forward(  # type: ignore[override]
+            self,
+            pixel_values: Any,
+            pixel_attention_mask: Any,
+            spatial_shapes: Any,
+            grid_index: Any,
+        ) -> Any:
+            check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            base = getattr(self.model, "model", self.model)
+            out = base.vision_tower(
+                pixel_values=pixel_values,
+                spatial_shapes=spatial_shapes,
+                pixel_attention_mask=pixel_attention_mask,
+                return_dict=True,
+            )
+            rows = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
+            features = base.multi_modal_projector(rows[grid_index][None])
+            return features.reshape(-1, features.shape[-1])
 
     class GridEncoder(PixelEncoder):
         """the flattened patches of images, their grids and what the processor side
@@ -543,6 +658,7 @@ def _parts() -> dict[str, type]:
         "pixels": PixelEncoder,
         "stacked": StackedEncoder,
         "instructed": InstructedEncoder,
+        "naflex": NaflexEncoder,
         "grid": GridEncoder,
         "tiles": TileEncoder,
         "padded": PaddedEncoder,
@@ -906,6 +1022,19 @@ def _image_sets(
                 + ",".join(f"{h}x{w}" for h, w in given.tolist())
             )
         _check_encoder(model, "padded", sets, sizes)
+    elif layout == "naflex":
+        sets, labels = [], []
+        for grids in NAFLEX_GRIDS:
+            feeds = naflex_images(model, grids, generator)
+            sets.append(feeds)
+            sizes.append(feeds["spatial_shapes"])
+            shown = ",".join(f"{h}x{w}" for h, w in grids)
+            if len(set(grids)) == 1 and len(grids) > 1:
+                shown = f"{len(grids)} of {grids[0][0]}x{grids[0][1]}"
+            labels.append(
+                f"images={len(grids)} patches={feeds['pixel_values'].shape[1]} grids={shown}"
+            )
+        _check_encoder(model, "naflex", sets, sizes)
     elif layout == "flat":
         width = _patch_embedding(model).in_features
         sets = [
@@ -970,9 +1099,11 @@ def _check_tiles(model: Any, sets: list[dict[str, Any]], sizes: list[Any]) -> No
 
 
 def _processor_images(layout: str, feeds: dict[str, Any], sizes: Any, model: Any) -> dict:
-    """A ``tiles`` or ``padded`` input set as the processor gives it."""
+    """A ``tiles``, ``padded`` or ``naflex`` input set as the processor gives it."""
     if layout == "tiles":
         return processor_tiles(feeds["pixel_values"], sizes, model)
+    if layout == "naflex":
+        return {k: v for k, v in feeds.items() if k != "grid_index"}
     return {"pixel_values": feeds["pixel_values"], "image_sizes": sizes}
 
 
@@ -982,7 +1113,11 @@ def _check_encoder(model: Any, layout: str, sets: list[dict[str, Any]], sizes: l
     ``get_image_features`` gives with the processor's inputs, on every set."""
     import torch
 
-    encoder = _parts()[layout](model, _pixel_sizes(model.config)[0], 0)
+    if layout == "naflex":
+        width = sets[0]["pixel_values"].shape[-1]
+        encoder = _parts()[layout](model, 0, width)
+    else:
+        encoder = _parts()[layout](model, _pixel_sizes(model.config)[0], 0)
     for i, (feeds, given) in enumerate(zip(sets, sizes, strict=True)):
         with torch.no_grad():
             mine = encoder(**feeds)
@@ -991,12 +1126,14 @@ def _check_encoder(model: Any, layout: str, sets: list[dict[str, Any]], sizes: l
         if isinstance(found, (list, tuple)):
             found = torch.cat([f.reshape(-1, f.shape[-1]) for f in found])
         if mine.shape != found.shape or not torch.allclose(mine, found, atol=1e-6, rtol=0):
-            why = (
-                "pack_image_features does more than reorder rows for these sizes (an "
-                "interpolation?), so its order cannot be precomputed"
-                if layout == "tiles"
-                else "the encoder computes more from image_sizes than the patches' rows, "
-                "positions, images and merged groups given precomputed"
+            why = {
+                "tiles": "pack_image_features does more than reorder rows for these sizes "
+                "(an interpolation?), so its order cannot be precomputed",
+                "naflex": "the projector's blocks are not the patch rows the index gives",
+            }.get(
+                layout,
+                "the encoder computes more from image_sizes than the patches' rows, "
+                "positions, images and merged groups given precomputed",
             )
             raise ValueError(
                 f"the images of input set {i} (image_sizes {given.tolist()}) give other "
@@ -1189,6 +1326,9 @@ class ImageTextToText(Task):
         layout = vision_layout(model)
         if layout == "flat":
             channels, width = 0, _patch_embedding(model).in_features
+        elif layout == "naflex":
+            vision = _vision_config(config)
+            channels, width = 0, int(vision.num_channels) * int(vision.patch_size) ** 2
         elif layout != "grid":
             channels, side = _pixel_sizes(config)
             width = 0
@@ -1252,6 +1392,24 @@ class ImageTextToText(Task):
                 "pack_image_features computes from image_sizes with Python loops and which "
                 "is computed here by that function on row numbers, checked to give exactly "
                 "get_image_features' features on every input set"
+            )
+        elif layout == "naflex":
+            patches = torch.export.Dim("patches", min=2, max=NAFLEX_PATCHES_MAX)
+            factor = config.downsample_factor
+            image_shapes = {
+                "pixel_values": {0: images, 1: patches},
+                "pixel_attention_mask": {0: images, 1: patches},
+                "spatial_shapes": {0: images},
+                "grid_index": {1: factor * torch.export.Dim("image_tokens", min=1)},
+            }
+            resolution = (
+                "images of any size as NaFlex patch sequences: each image its own grid of "
+                "patches (spatial_shapes), padded to the longest (pixel_attention_mask), "
+                "images and patches dynamic; the blocks of "
+                f"{factor} x {factor} patches the projector unshuffles into one token, which "
+                "get_image_features cuts per image with sizes read in Python, are given as "
+                "a precomputed index of the real tokens' patch rows (grid_index), checked to "
+                "give get_image_features' features on every input set"
             )
         elif layout == "flat":
             image_shapes = {
@@ -1381,6 +1539,8 @@ class ImageTextToText(Task):
         elif encoder.module.layout == "padded":
             channels = _pixel_sizes(m.config)[0]
             image, _ = padded_images(m.model, [PADDED_GENERATION_IMAGE] * 2, generator, channels)
+        elif encoder.module.layout == "naflex":
+            image = naflex_images(m.model, [NAFLEX_GENERATION_GRID] * 2, generator)
         elif encoder.module.layout in ("pixels", "stacked", "flat", "instructed"):
             shape = (2, *first["pixel_values"].shape[1:])
             image = {"pixel_values": torch.randn(shape, generator=generator)}
@@ -1430,6 +1590,8 @@ class ImageTextToText(Task):
             "image_grid_thw",
             "qformer_input_ids",
             "qformer_attention_mask",
+            "pixel_attention_mask",
+            "spatial_shapes",
         )
         image = {k: v for k, v in feeds["image"].items() if k in given_names}
         layout = vision_layout(m.model)
