@@ -649,11 +649,29 @@ def test_chameleon_images_become_distinct_codes_of_the_tiny_vocabulary():
     torch.testing.assert_close(rows, m.model.get_input_embeddings()(codes.flatten()))
 
 
-def test_an_encoder_whose_states_do_not_depend_on_the_image_is_refused():
+def test_an_encoder_whose_states_do_not_depend_on_the_image_is_refused(monkeypatch):
+    from exportcheck.tasks import image_text_to_text
+
     # PP-FormulaNet's vision config initializes with a deviation of 1e-10: untrained, its
-    # projector returns zeros for every image (its family sets 0.02)
+    # projector returns zeros for every image, unless the fitted config raises it
+    assert any("initializer_range 1e-10 -> 0.02" in n for n in _fitted("pp_formulanet"))
+    monkeypatch.setattr(image_text_to_text, "_usable_init_ranges", lambda config: [])
     with pytest.raises(ValueError, match=r"gives two different images the same states"):
-        untrained_model("pp_formulanet", task=TASK, **{"vision_config.initializer_range": 1e-10})
+        untrained_model("pp_formulanet", task=TASK)
+
+
+def _fitted(model_type):
+    from exportcheck.models import resolve_config
+
+    return fit_config(resolve_config(model_type, {}, shrink=True))
+
+
+def test_a_tiny_init_range_of_a_vision_tower_is_raised_so_images_matter():
+    notes = _fitted("got_ocr2")
+    assert any("vision_config.initializer_range 1e-10 -> 0.02" in n for n in notes)
+    m = untrained_model("got_ocr2", task=TASK)
+    assert m.config.vision_config.initializer_range == 0.02
+    assert any("initializer_range 1e-10 -> 0.02" in n for n in m.notes)
 
 
 def test_a_vision_encoder_that_ignores_the_pixels_is_refused():
@@ -665,7 +683,7 @@ def test_a_vision_encoder_that_ignores_the_pixels_is_refused():
         def forward(self, pixel_values):
             return torch.ones(pixel_values.shape[0], 4)
 
-    with pytest.raises(ValueError, match=r"returns the same features for other pixels"):
+    with pytest.raises(ValueError, match=r"features that move by 0 for other pixel_values"):
         _check_reads_pixels(Constant(), {"pixel_values": torch.zeros(2, 3, 8, 8)})
 
 
@@ -685,3 +703,19 @@ def test_naflex_patches_of_the_wrong_rank_say_what_the_encoder_takes():
     feeds = dict(encoder.input_sets[0], pixel_values=torch.zeros(2, 3, 16, 16))
     with pytest.raises(ValueError, match=r"padded to the longest, with pixel_attention_mask"):
         encoder.module(**feeds)
+
+
+def test_a_hybrid_encoder_reads_each_image_at_both_resolutions():
+    m = untrained_model("deepseek_vl_hybrid", task=TASK)
+    encoder = m.components[0]
+    assert encoder.module.layout == "hybrid"
+    feeds = encoder.input_sets[0]
+    high = feeds["high_res_pixel_values"]
+    assert high.shape[-1] > feeds["pixel_values"].shape[-1]
+    with torch.no_grad():
+        got = encoder.module(**feeds)
+        other = encoder.module(**dict(feeds, high_res_pixel_values=torch.randn_like(high)))
+    # the high-resolution tower counts (its config's 1e-10 init range is fixed by the family)
+    assert (got - other).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"holds 1 images and pixel_values 2"):
+        encoder.module(**dict(feeds, high_res_pixel_values=high[:1]))

@@ -183,9 +183,12 @@ def test_zero_projection_matrices_held_as_bare_parameters_are_randomized():
             super().__init__()
             self.mm_input_projection_weight = torch.nn.Parameter(torch.zeros(4, 8))
             self.position_table = torch.nn.Parameter(torch.zeros(4, 8))  # not a projection
+            self.query_tokens = torch.nn.Parameter(torch.zeros(1, 3, 8))  # a Q-Former's
             self.linear = torch.nn.Linear(8, 8)
 
     model = Projector()
-    assert randomize_zero_weights(model, 0.02) == ["mm_input_projection_weight"]
+    changed = randomize_zero_weights(model, 0.02)
+    assert changed == ["mm_input_projection_weight", "query_tokens"]
+    assert model.query_tokens.any()
     assert model.mm_input_projection_weight.any()
     assert not model.position_table.any()

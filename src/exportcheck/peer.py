@@ -59,6 +59,7 @@ def _processor_images(encoder: Any, index: int, model: Any) -> dict[str, Any]:
         "qformer_attention_mask",
         "pixel_attention_mask",
         "spatial_shapes",
+        "high_res_pixel_values",
     )
     image = {k: v for k, v in feeds.items() if k in names}
     if encoder.module.layout == "stacked":

@@ -56,7 +56,6 @@ _NO_FEATURES = {
 }
 #: model types whose get_image_features requires other inputs than pixel values
 _OTHER_INPUTS = {
-    "deepseek_vl_hybrid": "high_res_pixel_values for a second, SAM encoder at 1024 pixels",
     "molmo2": "image_token_pooling and image_grids of its crops",
 }
 #: model types whose vision config sets no image size

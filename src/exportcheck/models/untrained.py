@@ -85,9 +85,11 @@ class UntrainedModel:
 
 
 def randomize_zero_weights(model: Any, std: float) -> list[str]:
-    """Give random values to linear weights that initialisation left at zero, and to
+    """Give random values to linear weights that initialisation left at zero, to
     projection matrices a module holds as bare parameters (``*projection_weight``,
-    Gemma 3's multimodal projector multiplies by its ``mm_input_projection_weight``).
+    Gemma 3's multimodal projector multiplies by its ``mm_input_projection_weight``) and
+    to a Q-Former's learned queries (``query_tokens``: zero, every query reads the image
+    alike and returns the same row).
 
     Some models zero-initialise a layer (a router gate): untrained, every expert then
     scores the same and top-k breaks the tie one way in PyTorch and another in
@@ -104,7 +106,9 @@ def randomize_zero_weights(model: Any, std: float) -> list[str]:
                 module.weight.normal_(0.0, std)
                 changed.append(f"{name}.weight")
             for own, param in module.named_parameters(recurse=False):
-                bare = own.endswith("projection_weight") and param.dim() == 2
+                bare = (own.endswith("projection_weight") and param.dim() == 2) or (
+                    own == "query_tokens" and param.dim() >= 2
+                )
                 if bare and not bool(param.any()):
                     param.normal_(0.0, std)
                     changed.append(f"{name}.{own}" if name else own)

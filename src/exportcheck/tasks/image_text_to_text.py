@@ -317,6 +317,7 @@ def vision_layout(model: Any) -> str:
     """
     params = inspect.signature(_image_function(model)).parameters
     instructed = "qformer_input_ids" in params
+    hybrid = "high_res_pixel_values" in params
     naflex = {"spatial_shapes", "pixel_attention_mask"} <= set(params) and _naflex(model)
     tiled = "image_sizes" in params and _packer(model) is not None
     padded = "image_sizes" in params and not tiled and _pixtral(model) is not None
@@ -328,6 +329,7 @@ def vision_layout(model: Any) -> str:
         and name not in ("pixel_values", "image_grid_thw")
         and not ((tiled or padded) and name == "image_sizes")
         and not (instructed and name == "qformer_input_ids")
+        and not (hybrid and name == "high_res_pixel_values")
         and not (naflex and name in ("spatial_shapes", "pixel_attention_mask"))
     ]
     if "pixel_values" not in params or required:
@@ -335,7 +337,8 @@ def vision_layout(model: Any) -> str:
             f"{type(model).__name__}.get_image_features takes {list(params)}: exportcheck "
             "builds pixel_values, with image_grid_thw for patch sequences, image_sizes "
             "for tiles packed by pack_image_features or for a Pixtral encoder's padded "
-            "images, qformer_input_ids for a Q-Former read with the prompt, spatial_shapes "
+            "images, qformer_input_ids for a Q-Former read with the prompt, "
+            "high_res_pixel_values for a second encoder of the same images, spatial_shapes "
             "and pixel_attention_mask for a NaFlex tower whose projector unshuffles "
             "blocks of patches, and no other required input"
         )
@@ -343,6 +346,8 @@ def vision_layout(model: Any) -> str:
         return "grid"
     if instructed:
         return "instructed"
+    if hybrid:
+        return "hybrid"
     if naflex:
         return "naflex"
     if tiled:
@@ -386,7 +391,7 @@ def check_image_inputs(layout: str, pixel_values: Any, channels: int, width: int
     """A ValueError that says what the vision encoder takes, unless ``pixel_values`` has
     the rank and channels (or patch width) of ``layout``."""
     shape = tuple(getattr(pixel_values, "shape", ()))
-    if layout in ("pixels", "stacked", "tiles", "padded", "instructed"):
+    if layout in ("pixels", "stacked", "tiles", "padded", "instructed", "hybrid"):
         ok = len(shape) == 4 and shape[1] == channels
         wanted = f"(images, {channels}, height, width)"
         if layout == "tiles":
@@ -487,6 +492,26 @@ def _parts() -> dict[str, type]:
                 pixel_values=pixel_values,
                 qformer_input_ids=qformer_input_ids,
                 qformer_attention_mask=qformer_attention_mask,
+            )
+            return features(out)
+
+    class HybridEncoder(PixelEncoder):
+        """each image at two resolutions, for two encoders whose features are joined
+        (DeepSeek-VL hybrid: a low- and a high-resolution tower) -> the image features."""
+
+        layout = "hybrid"
+
+        def forward(self, pixel_values: Any, high_res_pixel_values: Any) -> Any:  # type: ignore[override]
+            check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            check_image_inputs(self.layout, high_res_pixel_values, self.channels, self.width)
+            if high_res_pixel_values.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"high_res_pixel_values holds {high_res_pixel_values.shape[0]} images and "
+                    f"pixel_values {pixel_values.shape[0]}: give each image at both "
+                    "resolutions, as the processor does"
+                )
+            out = _image_function(self.model)(
+                pixel_values=pixel_values, high_res_pixel_values=high_res_pixel_values
             )
             return features(out)
 
@@ -658,6 +683,7 @@ def _parts() -> dict[str, type]:
         "pixels": PixelEncoder,
         "stacked": StackedEncoder,
         "instructed": InstructedEncoder,
+        "hybrid": HybridEncoder,
         "naflex": NaflexEncoder,
         "grid": GridEncoder,
         "tiles": TileEncoder,
@@ -1049,6 +1075,12 @@ def _image_sets(
             for n in IMAGE_COUNTS
         ]
         labels = [f"images={n} {side}x{side}" for n in IMAGE_COUNTS]
+        if layout == "hybrid":
+            high = _side(config.high_res_vision_config.image_size)
+            for feeds in sets:
+                shape = (feeds["pixel_values"].shape[0], channels, high, high)
+                feeds["high_res_pixel_values"] = torch.randn(shape, generator=generator)
+            labels = [f"{lab} high-res {high}x{high}" for lab in labels]
         if layout == "instructed":
             lengths = [*QFORMER_LENGTHS, QFORMER_LENGTH_MAX]
             for feeds, length in zip(sets, lengths, strict=True):
@@ -1154,6 +1186,35 @@ def _modeling_source(config: Any) -> str:
         return ""
 
 
+#: the weight initialisation deviation given to a vision sub-config that sets a tiny one
+INIT_RANGE = 0.02
+
+
+def _usable_init_ranges(config: Any) -> list[str]:
+    """Sub-configs that initialise their weights with a deviation under 1e-6 (SAM-style
+    and BLIP vision towers: 1e-10, as trained weights replace them) get
+    :data:`INIT_RANGE`: untrained, their outputs are about 1e-20 and the image features
+    do not depend on the image, so the checks could not see an error on its path."""
+    notes = []
+
+    def visit(owner: Any, prefix: str) -> None:
+        for name, sub in vars(owner).items():
+            if not (hasattr(sub, "to_dict") and hasattr(sub, "model_type")):
+                continue
+            value = getattr(sub, "initializer_range", None)
+            if isinstance(value, float) and value < 1e-6:
+                sub.initializer_range = INIT_RANGE
+                notes.append(
+                    f"{prefix}{name}.initializer_range {value:g} -> {INIT_RANGE}: untrained "
+                    "weights that small make the image features about 1e-20, the same for "
+                    "every image"
+                )
+            visit(sub, f"{prefix}{name}.")
+
+    visit(config, "")
+    return notes
+
+
 def fit_config(config: Any) -> list[str]:
     """Make the tiny config's vision-to-text sizes agree, as the checkpoints' do; returns a
     note for each change.
@@ -1162,6 +1223,7 @@ def fit_config(config: Any) -> list[str]:
       sum must be half the rotary dimensions. A config without it takes the modeling
       code's default, sized for the published head dim: the tiny head dim gets sections
       of the same proportions.
+    * ``initializer_range`` of a vision sub-config, when tiny (:func:`_usable_init_ranges`).
     * ``mm_tokens_per_image``: Gemma 3 pools the patches of each side by
       ``patches // sqrt(tokens)``; the tiny vision config has fewer patches per side than
       the published token count, so the tokens become the square of half its patches.
@@ -1189,6 +1251,7 @@ def fit_config(config: Any) -> list[str]:
                 f"rope mrope_section {old} -> {new}: the sections of time, height and width "
                 f"sum to half the tiny model's rotary dimensions ({half})"
             )
+    notes.extend(_usable_init_ranges(config))
     vision = _vision_config(config)
     size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
     if isinstance(patch, (list, tuple)) and len(set(patch)) == 1:
@@ -1429,6 +1492,13 @@ class ImageTextToText(Task):
                 f"pixel_values {side}x{side} static: the model's processor resizes every "
                 "image to its vision config's image_size"
             )
+            if layout == "hybrid":
+                high = _side(config.high_res_vision_config.image_size)
+                image_shapes["high_res_pixel_values"] = {0: images}
+                resolution += (
+                    f", and high_res_pixel_values {high}x{high} static for the second, "
+                    "high-resolution encoder of the same images"
+                )
             if layout == "instructed":
                 prompt = torch.export.Dim("qformer_length", min=1, max=QFORMER_LENGTH_MAX)
                 for name in ("qformer_input_ids", "qformer_attention_mask"):
@@ -1541,9 +1611,12 @@ class ImageTextToText(Task):
             image, _ = padded_images(m.model, [PADDED_GENERATION_IMAGE] * 2, generator, channels)
         elif encoder.module.layout == "naflex":
             image = naflex_images(m.model, [NAFLEX_GENERATION_GRID] * 2, generator)
-        elif encoder.module.layout in ("pixels", "stacked", "flat", "instructed"):
+        elif encoder.module.layout in ("pixels", "stacked", "flat", "instructed", "hybrid"):
             shape = (2, *first["pixel_values"].shape[1:])
             image = {"pixel_values": torch.randn(shape, generator=generator)}
+            if encoder.module.layout == "hybrid":
+                shape = (2, *first["high_res_pixel_values"].shape[1:])
+                image["high_res_pixel_values"] = torch.randn(shape, generator=generator)
             if encoder.module.layout == "instructed":
                 image.update(qformer_prompts(m.config, 2, GENERATION_QFORMER, generator))
         else:
@@ -1592,6 +1665,7 @@ class ImageTextToText(Task):
             "qformer_attention_mask",
             "pixel_attention_mask",
             "spatial_shapes",
+            "high_res_pixel_values",
         )
         image = {k: v for k, v in feeds["image"].items() if k in given_names}
         layout = vision_layout(m.model)
@@ -1663,22 +1737,33 @@ class ImageTextToText(Task):
         )
 
 
+#: the least change of the image features, for other pixels, that shows the untrained
+#: encoder reads the image: ten times the default tolerance of the checks
+PIXELS_MATTER = 1e-3
+
+
 def _check_reads_pixels(encoder: Any, feeds: dict[str, Any]) -> None:
-    """A ValueError when the untrained vision encoder returns the same features for other
-    pixels: its graphs would be checked on outputs that do not depend on the image."""
+    """A ValueError when the untrained vision encoder's features move by less than
+    :data:`PIXELS_MATTER` for other values of one of its pixel inputs: its graphs would
+    be checked on outputs that do not depend on the image."""
     import torch
 
-    other = {**feeds, "pixel_values": torch.rand_like(feeds["pixel_values"])}
-    with torch.no_grad():
-        first, second = encoder(**copy.deepcopy(feeds)), encoder(**copy.deepcopy(other))
-    if isinstance(first, dict):
-        first, second = first["features"], second["features"]
-    if torch.equal(first, second):
-        raise ValueError(
-            f"{type(encoder.model).__name__}'s untrained vision encoder returns the same "
-            "features for other pixels: its graphs would be checked on outputs that do "
-            "not depend on the image"
-        )
+    def run(given: dict[str, Any]) -> Any:
+        with torch.no_grad():
+            out = encoder(**copy.deepcopy(given))
+        return out["features"] if isinstance(out, dict) else out
+
+    first = run(feeds)
+    for name, value in feeds.items():
+        if "pixel_values" not in name or not torch.is_floating_point(value):
+            continue
+        moved = float((first - run({**feeds, name: torch.rand_like(value)})).abs().max())
+        if moved < PIXELS_MATTER:
+            raise ValueError(
+                f"{type(encoder.model).__name__}'s untrained vision encoder returns "
+                f"features that move by {moved:.2g} for other {name}: its graphs would be "
+                "checked on outputs that do not depend on the image"
+            )
 
 
 def _is_seq2seq(m: UntrainedModel) -> bool:
