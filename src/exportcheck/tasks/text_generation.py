@@ -514,13 +514,21 @@ def greedy_generate(
 ) -> Generation:
     """Eager ``generate`` of ``new_tokens`` greedy tokens from ``feeds``, with every
     logits processor and stop off (:func:`_greedy_config`) and ``settings`` set on the
-    generation config; the model's own config is restored afterwards."""
+    generation config; the model's own config is restored afterwards. A model whose
+    ``generate`` hands the merged embeddings to its language model's ``generate``
+    (BLIP-2) gets the same on that model's config: its end token would otherwise stop a
+    row early."""
     import torch
 
-    saved = model.generation_config
-    model.generation_config = _greedy_config(saved)
-    for key, value in settings.items():
-        setattr(model.generation_config, key, value)
+    owners = [model]
+    inner = getattr(model, "language_model", None)
+    if getattr(inner, "generation_config", None) is not None and hasattr(inner, "generate"):
+        owners.append(inner)
+    saved = [owner.generation_config for owner in owners]
+    for owner in owners:
+        owner.generation_config = _greedy_config(owner.generation_config)
+        for key, value in settings.items():
+            setattr(owner.generation_config, key, value)
     try:
         with torch.no_grad():
             out = model.generate(
@@ -532,7 +540,8 @@ def greedy_generate(
                 return_dict_in_generate=True,
             )
     finally:
-        model.generation_config = saved
+        for owner, config in zip(owners, saved, strict=True):
+            owner.generation_config = config
     if len(out.logits) != new_tokens:
         raise AssertionError(
             f"generate returned {len(out.logits)} new tokens instead of {new_tokens}"
