@@ -149,3 +149,20 @@ def test_a_vision_language_classifier_reads_a_prompt_and_needs_its_patch_for_onn
     )
     assert not without.ok and without.failed_stage == "onnx", without.table()
     assert without.verdicts == {"exported_program": True, "onnx": False}
+
+
+def test_a_classifier_whose_activations_vanish_is_rescaled_and_says_so():
+    from exportcheck.tasks.image_classification import IMAGES_MATTER, _logit_change
+
+    m = untrained_model("mobilenet_v1", task=TASK)
+    note = next(n for n in m.notes if "fan-in scale" in n)
+    assert "moved by 3.8e-30" in note  # as initialised by the config, the image did not count
+    layout = image_layout(m.model, m.config)
+    assert _logit_change(m.model, layout, torch.Generator().manual_seed(1)) >= IMAGES_MATTER
+    # a model whose logits depend on the image keeps its initialisation
+    assert not any("fan-in scale" in n for n in untrained_model("resnet", task=TASK).notes)
+
+
+def test_a_classifier_whose_logits_stay_flat_even_rescaled_is_refused():
+    with pytest.raises(ValueError, match=r"untrained logits move by .* between two images"):
+        untrained_model("pp_lcnet", task=TASK)

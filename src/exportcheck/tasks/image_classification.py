@@ -308,6 +308,73 @@ def _takes_a_prompt(model_class: Any) -> bool:
     return "input_ids" in params and "pixel_values" in params
 
 
+#: the least change of the untrained logits, for other images, that shows they depend on
+#: the image: ten times the default tolerance of the checks
+IMAGES_MATTER = 1e-3
+
+
+def _logit_change(model: Any, layout: Any, generator: Any) -> float:
+    import torch
+
+    shape = (2, layout.channels, layout.height, layout.width)
+    first, second = torch.rand(shape, generator=generator), torch.rand(shape, generator=generator)
+
+    def scores(pixels: Any) -> Any:
+        out = model(pixel_values=pixels)
+        found = getattr(out, "logits", None)
+        return out[0] if found is None else found  # PP-LCNet returns its scores first
+
+    with torch.no_grad():
+        a, b = scores(first), scores(second)
+    return float((a - b).abs().max())
+
+
+def _make_images_matter(model: Any, layout: Any, generator: Any) -> str | None:
+    """Re-initialise the convolutions and linear layers of an untrained classifier whose
+    logits do not depend on the image at a fan-in scale (He), and its batch norms' scales
+    at 1 (their PyTorch default), and say so; None when they do.
+
+    Deep convolutional stacks initialised with the config's small deviation (0.02), some
+    with batch-norm scales drawn from it too, shrink the activations layer after layer:
+    untrained, MobileNet's logits move by 1e-29 between two images, EfficientNet's by
+    1e-42, and the checks could not see an error on the image's path. Trained weights
+    keep the scale; so does this initialisation.
+
+    :raises ValueError: when the logits still do not depend on the image
+    """
+    import torch
+
+    before = _logit_change(model, layout, generator)
+    if before >= IMAGES_MATTER:
+        return None
+    convolutions = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, convolutions):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(module, torch.nn.Linear):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="linear")
+            elif isinstance(module, norms) and module.weight is not None:
+                module.weight.fill_(1.0)
+    after = _logit_change(model, layout, generator)
+    if after < IMAGES_MATTER:
+        raise ValueError(
+            f"{type(model).__name__}'s untrained logits move by {after:.2g} between two "
+            "images, even with its convolutions and linear layers at a fan-in scale and "
+            "batch-norm scales at 1: "
+            "the checks would be run "
+            "on outputs that do not depend on the image"
+        )
+    return (
+        "convolutions and linear layers re-initialised at a fan-in scale (He), batch-norm "
+        "scales at 1: with "
+        "the config's "
+        f"initialisation the untrained logits moved by {before:.2g} between two images "
+        f"(activations vanish through the stack), now by {after:.2g}"
+    )
+
+
 class ImageClassification(Task):
     """Image classification: one graph, pixel values -> logits."""
 
@@ -355,6 +422,9 @@ class ImageClassification(Task):
             return self._prompted(model, config, layout, generator, notes)
         if "spatial_shapes" in inspect.signature(model.forward).parameters:
             return self._patch_sequences(model, config, generator, notes)
+        rescaled = _make_images_matter(model, layout, generator)
+        if rescaled:
+            notes.append(rescaled)
         resolutions, step, interpolate, why_static = self._resolutions(model, layout, generator)
         module = PixelClassifier(model, interpolate=interpolate)
         if why_static:
