@@ -155,12 +155,21 @@ def test_a_classifier_whose_activations_vanish_is_rescaled_and_says_so():
     from exportcheck.tasks.image_classification import IMAGES_MATTER, _logit_change
 
     m = untrained_model("mobilenet_v1", task=TASK)
-    note = next(n for n in m.notes if "fan-in scale" in n)
+    note = next(n for n in m.notes if "untrained weights rescaled" in n)
     assert "moved by 3.8e-30" in note  # as initialised by the config, the image did not count
     layout = image_layout(m.model, m.config)
     assert _logit_change(m.model, layout, torch.Generator().manual_seed(1)) >= IMAGES_MATTER
     # a model whose logits depend on the image keeps its initialisation
-    assert not any("fan-in scale" in n for n in untrained_model("resnet", task=TASK).notes)
+    assert not any("rescaled" in n for n in untrained_model("resnet", task=TASK).notes)
+
+
+def test_a_rescaled_residual_stack_gets_its_heads_scaled_down_to_logits_near_one():
+    m = untrained_model("swiftformer", task=TASK)
+    note = next(n for n in m.notes if "untrained weights rescaled" in n)
+    assert "the classifier heads divided by" in note
+    with torch.no_grad():
+        logits = m.model(**m.inputs).logits
+    assert 0.1 < float(logits.abs().max()) < 10
 
 
 def test_a_classifier_whose_logits_stay_flat_even_rescaled_is_refused():

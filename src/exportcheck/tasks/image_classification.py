@@ -329,49 +329,92 @@ def _logit_change(model: Any, layout: Any, generator: Any) -> float:
     return float((a - b).abs().max())
 
 
+def _logit_scale(model: Any, layout: Any, generator: Any) -> float:
+    import torch
+
+    shape = (2, layout.channels, layout.height, layout.width)
+    with torch.no_grad():
+        out = model(pixel_values=torch.rand(shape, generator=generator))
+    found = getattr(out, "logits", None)
+    return float((out[0] if found is None else found).abs().max())
+
+
+#: what :func:`_make_images_matter` re-initialises, in order, until the image counts
+_RESCUES = (
+    ("batch-norm scales at 1", ("norm",)),
+    ("batch-norm scales at 1, convolutions at a fan-in scale (He)", ("norm", "conv")),
+    (
+        "batch-norm scales at 1, convolutions and linear layers at a fan-in scale (He)",
+        ("norm", "conv", "linear"),
+    ),
+)
+
+
 def _make_images_matter(model: Any, layout: Any, generator: Any) -> str | None:
-    """Re-initialise the convolutions and linear layers of an untrained classifier whose
-    logits do not depend on the image at a fan-in scale (He), and its batch norms' scales
-    at 1 (their PyTorch default), and say so; None when they do.
+    """Re-initialise an untrained classifier whose logits do not depend on the image, and
+    say how; None when they do.
 
     Deep convolutional stacks initialised with the config's small deviation (0.02), some
     with batch-norm scales drawn from it too, shrink the activations layer after layer:
-    untrained, MobileNet's logits move by 1e-29 between two images, EfficientNet's by
-    1e-42, and the checks could not see an error on the image's path. Trained weights
-    keep the scale; so does this initialisation.
+    untrained, MobileNet's logits move by 1e-29 between two images, and the checks could
+    not see an error on the image's path. Trained weights keep the scale. The steps of
+    :data:`_RESCUES` are tried in order (batch-norm scales at their PyTorch default of 1,
+    then convolutions, then linear layers at a fan-in scale); when the logits then grow
+    past 10 (a residual stack at a fan-in scale), the classifier heads (the linear layers
+    with one output per label) are scaled down to bring them to 1.
 
     :raises ValueError: when the logits still do not depend on the image
     """
+    import copy
+
     import torch
 
     before = _logit_change(model, layout, generator)
     if before >= IMAGES_MATTER:
         return None
-    convolutions = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-    norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, convolutions):
-                torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(module, torch.nn.Linear):
-                torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="linear")
-            elif isinstance(module, norms) and module.weight is not None:
-                module.weight.fill_(1.0)
-    after = _logit_change(model, layout, generator)
-    if after < IMAGES_MATTER:
-        raise ValueError(
-            f"{type(model).__name__}'s untrained logits move by {after:.2g} between two "
-            "images, even with its convolutions and linear layers at a fan-in scale and "
-            "batch-norm scales at 1: "
-            "the checks would be run "
-            "on outputs that do not depend on the image"
-        )
-    return (
-        "convolutions and linear layers re-initialised at a fan-in scale (He), batch-norm "
-        "scales at 1: with "
-        "the config's "
-        f"initialisation the untrained logits moved by {before:.2g} between two images "
-        f"(activations vanish through the stack), now by {after:.2g}"
+    kinds = {
+        "norm": (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d),
+        "conv": (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d),
+        "linear": (torch.nn.Linear,),
+    }
+    labels = getattr(model.config, "num_labels", None)
+    original = copy.deepcopy(model.state_dict())
+    after = before
+    for what, steps in _RESCUES:
+        model.load_state_dict(original)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, kinds["norm"]) and module.weight is not None:
+                    module.weight.fill_(1.0)
+                elif "conv" in steps and isinstance(module, kinds["conv"]):
+                    torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                elif "linear" in steps and isinstance(module, kinds["linear"]):
+                    torch.nn.init.kaiming_normal_(
+                        module.weight, mode="fan_in", nonlinearity="linear"
+                    )
+            scale = _logit_scale(model, layout, generator)
+            heads = [
+                m
+                for m in model.modules()
+                if isinstance(m, torch.nn.Linear) and m.out_features == labels
+            ]
+            if scale > 10 and heads:
+                for head in heads:
+                    head.weight.div_(scale)
+                    if head.bias is not None:
+                        head.bias.div_(scale)
+                what += f", the classifier heads divided by {scale:.2g}"
+        after = _logit_change(model, layout, generator)
+        if after >= IMAGES_MATTER:
+            return (
+                f"untrained weights rescaled ({what}): with the config's initialisation the "
+                f"logits moved by {before:.2g} between two images (activations vanish "
+                f"through the stack), now by {after:.2g}"
+            )
+    raise ValueError(
+        f"{type(model).__name__}'s untrained logits move by {after:.2g} between two images, "
+        "even with batch-norm scales at 1 and its convolutions and linear layers at a "
+        "fan-in scale: the checks would be run on outputs that do not depend on the image"
     )
 
 
