@@ -184,7 +184,6 @@ def _cache_of(out: Any) -> Any:
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-@functools.cache
 def text_lm(model: Any) -> Any:
     """The module that runs the language model on merged input embeddings: the model
     itself, or, when its forward requires the pixels (BLIP-2: it encodes the image on
@@ -205,6 +204,7 @@ def text_lm(model: Any) -> Any:
     return lm
 
 
+@functools.cache
 def _parts() -> dict[str, type]:
     import torch
 
