@@ -172,6 +172,45 @@ def test_a_rescaled_residual_stack_gets_its_heads_scaled_down_to_logits_near_one
     assert 0.1 < float(logits.abs().max()) < 10
 
 
-def test_a_classifier_whose_logits_stay_flat_even_rescaled_is_refused():
-    with pytest.raises(ValueError, match=r"untrained logits move by .* between two images"):
-        untrained_model("pp_lcnet", task=TASK)
+@pytest.mark.parametrize("model_type", ["efficientnet", "pp_lcnet"])
+def test_gated_classifiers_get_batch_norm_statistics_measured_on_random_images(model_type):
+    from exportcheck.tasks.image_classification import IMAGES_MATTER, _logit_change
+
+    m = untrained_model(model_type, task=TASK)
+    note = next(n for n in m.notes if "untrained weights rescaled" in n)
+    assert "statistics measured on random images" in note, note
+    layout = image_layout(m.model, m.config)
+    assert _logit_change(m.model, layout, torch.Generator().manual_seed(1)) >= IMAGES_MATTER
+    # the measured statistics are kept, and the model is left in inference mode
+    norms = [x for x in m.model.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    assert norms and not any(x.training for x in norms)
+    assert any(float((x.running_var - 1).abs().max()) > 0.1 for x in norms)
+    # at the largest resolution the checks use, the logits stay near 1: float rounding
+    # alone would move logits of 1e3 beyond the tolerance
+    with torch.no_grad():
+        out = m.model(**m.other_inputs[-1])
+    logits = getattr(out, "logits", None)
+    assert float((out[0] if logits is None else logits).abs().max()) < 10
+
+
+def test_a_classifier_whose_logits_ignore_the_image_is_refused():
+    from types import SimpleNamespace
+
+    from exportcheck.tasks.image_classification import _make_images_matter
+
+    class Flat(torch.nn.Module):
+        config = SimpleNamespace(num_labels=3)
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.norm = torch.nn.BatchNorm2d(4)
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, pixel_values):
+            features = self.norm(self.conv(pixel_values)).mean((2, 3))
+            return SimpleNamespace(logits=self.head(features * 0))
+
+    layout = SimpleNamespace(channels=3, height=32, width=32, step=1)
+    with pytest.raises(ValueError, match=r"untrained logits move by 0 between two images"):
+        _make_images_matter(Flat().eval(), layout, torch.Generator().manual_seed(0))

@@ -347,7 +347,45 @@ _RESCUES = (
         "batch-norm scales at 1, convolutions and linear layers at a fan-in scale (He)",
         ("norm", "conv", "linear"),
     ),
+    (
+        "batch-norm scales at 1 and statistics measured on random images",
+        ("norm", "statistics"),
+    ),
 )
+
+
+def _measure_norm_statistics(model: Any, layout: Any) -> None:
+    """Set every batch norm's running mean and variance to those of its inputs on random
+    images, as training would: each then hands on activations of unit scale, where the
+    untrained running variance of 1 lets gated blocks shrink them block after block.
+
+    The images are of the config's resolution and of those the checks use (:func:`_sizes`),
+    each the model accepts: statistics of 64-pixel images alone, whose last feature map
+    is 2 x 2, make EfficientNet's logits grow to 1e3 at 192 pixels, where float rounding
+    alone moves them by more than the tolerance.
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momentums = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+        norm.train()
+    generator = torch.Generator().manual_seed(0)  # the caller's draws stay as they were
+    step = layout.step * -(-STRIDE // layout.step)
+    sizes = [(layout.height, layout.width), *_sizes(layout.height, layout.width, step)]
+    with torch.no_grad():
+        for size in sizes:
+            pixels = torch.rand((2, layout.channels, *size), generator=generator)
+            try:
+                model(pixel_values=pixels)
+            except (RuntimeError, ValueError):  # a resolution the model rejects
+                if size == sizes[0]:
+                    raise
+    for norm, momentum in zip(norms, momentums, strict=True):
+        norm.momentum = momentum
+        norm.eval()
 
 
 def _make_images_matter(model: Any, layout: Any, generator: Any) -> str | None:
@@ -359,7 +397,9 @@ def _make_images_matter(model: Any, layout: Any, generator: Any) -> str | None:
     untrained, MobileNet's logits move by 1e-29 between two images, and the checks could
     not see an error on the image's path. Trained weights keep the scale. The steps of
     :data:`_RESCUES` are tried in order (batch-norm scales at their PyTorch default of 1,
-    then convolutions, then linear layers at a fan-in scale); when the logits then grow
+    then convolutions, then linear layers at a fan-in scale; else the batch norms' running
+    statistics measured on random images, with the config's weights, which EfficientNet's
+    and PP-LCNet's gated blocks need); when the logits then grow
     past 10 (a residual stack at a fan-in scale), the classifier heads (the linear layers
     with one output per label) are scaled down to bring them to 1.
 
@@ -392,6 +432,8 @@ def _make_images_matter(model: Any, layout: Any, generator: Any) -> str | None:
                     torch.nn.init.kaiming_normal_(
                         module.weight, mode="fan_in", nonlinearity="linear"
                     )
+            if "statistics" in steps:
+                _measure_norm_statistics(model, layout)
             scale = _logit_scale(model, layout, generator)
             heads = [
                 m
@@ -413,8 +455,8 @@ def _make_images_matter(model: Any, layout: Any, generator: Any) -> str | None:
             )
     raise ValueError(
         f"{type(model).__name__}'s untrained logits move by {after:.2g} between two images, "
-        "even with batch-norm scales at 1 and its convolutions and linear layers at a "
-        "fan-in scale: the checks would be run on outputs that do not depend on the image"
+        "with batch-norm scales at 1 and its convolutions and linear layers at a fan-in "
+        "scale, or its batch-norm statistics measured on random images: the checks would be run on outputs that do not depend on the image"
     )
 
 
