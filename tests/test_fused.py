@@ -198,3 +198,56 @@ def test_a_gemm_after_the_fused_attention_reads_matrices_again():
     assert report.ok, report.table()
     fused = report.artifacts["model/onnx_ort"]
     assert fused["op_types"].get("Gemm", 0) > 0 and "GroupQueryAttention" in fused["op_types"]
+
+
+def test_projections_reading_one_input_are_packed_into_one_matmul():
+    # three projections of x (as a layer's queries, keys and values) become one MatMul
+    # by the weights side by side and a Split; a weight another node also reads, or a
+    # projection of another input, is left alone
+    import numpy as np
+    import onnx_ir
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exportcheck.runtimes.ort_pack import pack_shared_matmuls
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "wq": rng.standard_normal((8, 8)),
+        "wk": rng.standard_normal((8, 4)),
+        "wv": rng.standard_normal((8, 4)),
+        "wo": rng.standard_normal((8, 8)),
+        "shared": rng.standard_normal((8, 8)),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node("MatMul", ["x", "shared"], ["s"]),
+        helper.make_node("MatMul", ["q", "shared"], ["s2"]),
+        helper.make_node("MatMul", ["q", "wo"], ["o"]),
+        helper.make_node("Concat", ["k", "v"], ["kv"], axis=-1),
+    ]
+    outputs = ["o", "kv", "s", "s2"]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = onnx_ir.from_proto(proto)
+    assert pack_shared_matmuls(model) == 2  # q, k and v: two nodes fewer
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("MatMul") == 4 and ops.count("Split") == 1, ops
+    packed = onnx_ir.to_proto(model)
+    x = {"x": rng.standard_normal((2, 3, 8)).astype(np.float32)}
+    run = [
+        onnxruntime.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
+        for p in (proto, packed)
+    ]
+    for before, after in zip(run[0].run(None, x), run[1].run(None, x), strict=True):
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    assert {i.name for i in packed.graph.initializer} >= {"shared", "wo"}
+    assert not {"wq", "wk", "wv"} & {i.name for i in packed.graph.initializer}
