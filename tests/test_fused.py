@@ -28,9 +28,14 @@ def test_a_llama_graph_fuses_and_stays_correct(tmp_path):
     # attention and (skip) RMS normalization rewritten as onnxruntime's contrib ops
     for fusion in ("skip_rms_normalization", "sdpa", "cos_sin_cache", "group_query_attention"):
         assert fused["fusions"].get(fusion, 0) > 0, fused["fusions"]
-    for op in ("GroupQueryAttention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization"):
+    for op in ("GroupQueryAttention", "SkipSimplifiedLayerNormalization"):
         assert fused["op_types"].get(op, 0) > 0, fused["op_types"]
         assert op not in report.artifacts["model/onnx"]["op_types"]
+    # the rotary embedding went on into the attention, which reads the queries, keys and
+    # values as the one packed MatMul computes them (no Split)
+    assert fused["fusions"]["rotary_in_group_query_attention"] == 2, fused["fusions"]
+    assert fused["fusions"]["packed_matmul"] == 6, fused["fusions"]  # 2 layers: 2 + 1 each
+    assert "RotaryEmbedding" not in fused["op_types"], fused["op_types"]
     # every attention over the cache went on to GroupQueryAttention
     assert "MultiHeadAttention" not in fused["op_types"], fused["op_types"]
     assert fused["nodes"] < report.artifacts["model/onnx"]["nodes"]
@@ -40,8 +45,12 @@ def test_a_llama_graph_fuses_and_stays_correct(tmp_path):
     generated = next(s for s in report.stages if s["stage"] == "fused_generate")
     assert generated["ok"]
     saved = next(tmp_path.rglob("*.fused.onnx"))
-    meta = {p.key: p.value for p in onnx.load(saved, load_external_data=False).metadata_props}
+    proto = onnx.load(saved, load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta[FUSIONS_KEY]) == fused["fusions"]
+    for node in (n for n in proto.graph.node if n.op_type == "GroupQueryAttention"):
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["do_rotary"] == 1 and node.input[1] == node.input[2] == ""
 
 
 @pytest.mark.models
@@ -251,3 +260,45 @@ def test_projections_reading_one_input_are_packed_into_one_matmul():
         np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
     assert {i.name for i in packed.graph.initializer} >= {"shared", "wo"}
     assert not {"wq", "wk", "wv"} & {i.name for i in packed.graph.initializer}
+
+
+def test_rotary_stays_outside_the_attention_unless_its_positions_follow_the_cache():
+    # GroupQueryAttention rotates with positions it computes from the cache length; the
+    # graph's own positions go in only when they are provably those: cache length plus
+    # arange(new tokens). Positions given as an input (or computed otherwise) are not.
+    import onnx_ir
+    from onnx import TensorProto, helper
+
+    from exportcheck.runtimes.ort_gqa import _positions_follow_cache
+
+    def graph(start: int):
+        nodes = [
+            helper.make_node("Shape", ["ids"], ["n_shape"], start=1, end=2),
+            helper.make_node("Squeeze", ["n_shape"], ["n"]),
+            helper.make_node("Range", ["start", "n", "one"], ["arange"]),
+            helper.make_node("Shape", ["past"], ["past_shape"], start=2, end=3),
+            helper.make_node("Squeeze", ["past_shape"], ["past_len"]),
+            helper.make_node("Add", ["arange", "past_len"], ["pos"]),
+            helper.make_node("Unsqueeze", ["pos", "zero"], ["positions"]),
+        ]
+        inits = [
+            helper.make_tensor("start", TensorProto.INT64, [], [start]),
+            helper.make_tensor("one", TensorProto.INT64, [], [1]),
+            helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+        ]
+        inputs = [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"]),
+            helper.make_tensor_value_info("past", TensorProto.FLOAT, ["b", 2, "p", 8]),
+            helper.make_tensor_value_info("given", TensorProto.INT64, [1, "s"]),
+        ]
+        outputs = [helper.make_tensor_value_info("positions", TensorProto.INT64, None)]
+        proto = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits))
+        model = onnx_ir.from_proto(proto)
+        values = {v.name: v for v in model.graph.inputs}
+        return model.graph, values, model.graph.outputs[0]
+
+    g, values, positions = graph(start=0)
+    assert _positions_follow_cache(positions, values["past"], g)
+    assert not _positions_follow_cache(values["given"], values["past"], g)
+    g, values, positions = graph(start=1)  # one past the cache length: not GQA's
+    assert not _positions_follow_cache(positions, values["past"], g)

@@ -7,7 +7,9 @@ rotary embeddings into ``RotaryEmbedding``, ``SkipLayerNormalization``,
 ``SkipSimplifiedLayerNormalization``, ``BiasGelu``, ...; then attention over a cache into
 ``GroupQueryAttention`` with the graph's mask kept (:func:`.ort_gqa.mha_to_gqa`); then
 the projections that read one input packed into one ``MatMul``
-(:func:`.ort_pack.pack_shared_matmuls`). The fused graph is validated like
+(:func:`.ort_pack.pack_shared_matmuls`), and the rotary embedding moved into
+``GroupQueryAttention`` with the packed queries, keys and values
+(:func:`.ort_gqa.rotary_into_gqa`). The fused graph is validated like
 the plain one: every input set against eager, and the generation loop. It is not part of
 ``--exporter onnx``; ``validate(runtimes=...)`` or ``exportcheck validate --optimize ort``
 adds it beside the plain graph, so a row shows both.
@@ -28,6 +30,7 @@ from .ort_gqa import (
     gemm_inputs_as_matrices,
     mha_to_gqa,
     rotary_frequencies_as_matmul,
+    rotary_into_gqa,
     rotary_positions_per_row,
 )
 from .ort_pack import pack_shared_matmuls
@@ -58,6 +61,7 @@ def fuse_for_ort(source: str, target: str) -> dict[str, int]:
     counts["group_query_attention"] = mha_to_gqa(model)
     counts["rotary_frequencies_as_matmul"] = rewritten
     counts["packed_matmul"] = pack_shared_matmuls(model)
+    counts["rotary_in_group_query_attention"] = rotary_into_gqa(model)
     gemm_inputs_as_matrices(model)  # a repair, not a fusion: not counted
     applied = {name: int(n) for name, n in sorted(counts.items()) if n}
     model.metadata_props[FUSIONS_KEY] = json.dumps(applied)

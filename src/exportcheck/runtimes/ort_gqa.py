@@ -19,12 +19,15 @@ so), which the mask already is; the one difference is on query rows whose every 
 masked, a padded position of a prompt, where the plain graph averages over every key and
 the operator over the earlier ones: values no later token reads.
 
-The rotary embedding is applied before the operator, on the graph's own positions.
-onnxscript fuses it into ``RotaryEmbedding`` with cos/sin tables when its frequencies
-are a product of matrices; the exported graph computes them as a broadcast product,
-which :func:`rotary_frequencies_as_matmul` rewrites first, and
+onnxscript fuses the rotary embedding into ``RotaryEmbedding`` with cos/sin tables when
+its frequencies are a product of matrices; the exported graph computes them as a
+broadcast product, which :func:`rotary_frequencies_as_matmul` rewrites first, and
 :func:`rotary_positions_per_row` gives the fused operator the per-row positions
-onnxruntime asks for.
+onnxruntime asks for. :func:`rotary_into_gqa` then hands the rotation to
+``GroupQueryAttention`` itself (``do_rotary``) where the graph's positions are provably
+the ones the operator computes (the cache length plus each new token's index), and the
+queries, keys and values packed as one input when one ``MatMul`` computes them
+(:mod:`.ort_pack`).
 
 Every rewrite is structural: it applies to the nodes of the form it names and leaves
 every other node as it was; the fused graph is then checked against eager like any other.
@@ -40,6 +43,7 @@ __all__ = [
     "gemm_inputs_as_matrices",
     "mha_to_gqa",
     "rotary_frequencies_as_matmul",
+    "rotary_into_gqa",
     "rotary_positions_per_row",
 ]
 
@@ -187,6 +191,147 @@ def mha_to_gqa(model: Any) -> int:
         _remove_unused(graph)
         graph.sort()
     return rewritten
+
+
+def _const_int(value: Any) -> int | None:
+    if value is None or value.const_value is None or value.const_value.size != 1:
+        return None
+    return int(value.const_value.numpy().ravel()[0])
+
+
+def _cache_length_of(value: Any) -> Any:
+    """The graph input whose axis 2 (a cache's length) ``value`` is, read through
+    ``Squeeze``/``Cast`` of ``Shape(input, start=2, end=3)``; None otherwise."""
+    for op in ("Cast", "Squeeze", "Reshape"):
+        node = _producer(value, op)
+        if node is not None:
+            value = node.inputs[0]
+    shape = _producer(value, "Shape")
+    if shape is None:
+        return None
+    start, end = shape.attributes.get_int("start", 0), shape.attributes.get_int("end", -1)
+    return shape.inputs[0] if (start, end) == (2, 3) else None
+
+
+def _positions_follow_cache(positions: Any, past_key: Any, graph: Any) -> bool:
+    """True when ``positions`` is provably ``cache length + arange(new tokens)`` in every
+    row: ``(Expand of) Unsqueeze(Add(Range(0, n, 1), length of a cache))``, the cache a
+    graph input whose length is the same dimension as ``past_key``'s. These are the
+    positions ``GroupQueryAttention`` rotates with when every row's cache is full (its
+    ``seqlens_k + 1 - new tokens``)."""
+    expand = _producer(positions, "Expand")
+    value = expand.inputs[0] if expand is not None else positions
+    unsqueeze = _producer(value, "Unsqueeze")
+    if unsqueeze is None:
+        return False
+    axes = unsqueeze.inputs[1].const_value if len(unsqueeze.inputs) > 1 else None
+    if axes is None or [int(a) for a in axes.numpy().ravel()] != [0]:
+        return False
+    add = _producer(unsqueeze.inputs[0], "Add")
+    if add is None:
+        return False
+    for arange, length in (add.inputs, reversed(add.inputs)):
+        node = _producer(arange, "Range")
+        if node is None or _const_int(node.inputs[0]) != 0 or _const_int(node.inputs[2]) != 1:
+            continue
+        cache = _cache_length_of(length)
+        if cache is None or cache not in graph.inputs or cache.shape is None:
+            continue
+        if past_key.shape is not None and str(cache.shape[2]) == str(past_key.shape[2]):
+            return True
+    return False
+
+
+def rotary_into_gqa(model: Any) -> int:
+    """Hand the rotation of the queries and keys to ``GroupQueryAttention``
+    (``do_rotary=1`` with the same cos/sin tables); returns how many operators rotate.
+
+    Only where the two ``RotaryEmbedding`` nodes in front of the operator rotate with the
+    same tables, full heads, and positions that are provably the cache length plus each
+    new token's index (:func:`_positions_follow_cache`): the operator computes those
+    itself from its lengths. Two nodes fewer per layer, and the rotation is applied on
+    the way into the attention instead of in two passes over the queries and keys.
+    """
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "GroupQueryAttention" or node.domain != "com.microsoft":
+            continue
+        inputs = list(node.inputs)
+        if node.attributes.get_int("do_rotary", 0) or len(inputs) < 11:
+            continue
+        if any(inputs[i] is not None for i in (7, 8, 9)):
+            continue
+        rotaries = [inputs[0].producer(), inputs[1].producer() if inputs[1] else None]
+        if any(
+            r is None or r.op_type != "RotaryEmbedding" or r.domain != "com.microsoft"
+            for r in rotaries
+        ):
+            continue
+        q_rot, k_rot = rotaries
+        readers = [u.node for r in rotaries for u in r.outputs[0].uses() if u.node is not node]
+        if any(r.op_type != "Shape" for r in readers):
+            continue  # something else reads the rotated values, not only their shape
+        if list(q_rot.inputs[1:4]) != list(k_rot.inputs[1:4]):
+            continue  # other positions or tables
+        defaults = {"interleaved": 0, "rotary_embedding_dim": 0, "scale": 1.0}
+        attributes = [
+            {**defaults, **{k: a.value for k, a in r.attributes.items() if k != "num_heads"}}
+            for r in rotaries
+        ]
+        first = attributes[0]
+        if attributes[1] != first or first.get("rotary_embedding_dim", 0) != 0:
+            continue
+        if first.get("is_packed_batching", 0) or first.get("scale", 1.0) != 1.0:
+            continue
+        positions, cos, sin = q_rot.inputs[1:4]
+        if not _positions_follow_cache(positions, inputs[3], graph):
+            continue
+        for reader in readers:  # the lengths read the shape, which rotating keeps
+            rotated = reader.inputs[0]
+            reader.replace_input_with(0, rotated.producer().inputs[0])
+        node.replace_input_with(0, q_rot.inputs[0])
+        node.replace_input_with(1, k_rot.inputs[0])
+        node.replace_input_with(7, cos)
+        node.replace_input_with(8, sin)
+        import onnx_ir as ir
+
+        node.attributes["do_rotary"] = ir.AttrInt64("do_rotary", 1)
+        node.attributes["rotary_interleaved"] = ir.AttrInt64(
+            "rotary_interleaved", int(first.get("interleaved", 0))
+        )
+        for r in rotaries:
+            graph.remove(r, safe=True)
+        _packed_into_gqa(node)
+        count += 1
+    if count:
+        _remove_unused(graph)
+    return count
+
+
+def _packed_into_gqa(node: Any) -> bool:
+    """Hand a rotating ``GroupQueryAttention`` its queries, keys and values packed as one
+    input (B, S, (H + 2 Hkv) * Dh), as the ``MatMul`` that computes them gives them,
+    when they are the three outputs of one ``Split`` of it that nothing else reads but
+    for its shape: the split's copy is saved."""
+    q, k, v = node.inputs[:3]
+    split = _producer(q, "Split")
+    if split is None or k is None or v is None or list(split.outputs) != [q, k, v]:
+        return False
+    if split.attributes.get_int("axis", 0) != -1:
+        return False
+    readers = [u.node for o in split.outputs for u in o.uses() if u.node is not node]
+    if any(r.op_type != "Shape" or r.attributes.get_int("start", 0) > 1 for r in readers):
+        return False  # batch and length are the packed value's; the last axis is not
+    if any(r.attributes.get_int("end", 2) > 2 for r in readers):
+        return False
+    packed = split.inputs[0]
+    for reader in readers:
+        reader.replace_input_with(0, packed)
+    node.replace_input_with(0, packed)
+    node.replace_input_with(1, None)
+    node.replace_input_with(2, None)
+    return True
 
 
 def _split_heads(value: Any, heads: int) -> Any:

@@ -1,0 +1,135 @@
+"""Where one decode step spends its time, operator type by operator type, in each ONNX
+graph that ``decode_latency.py`` converted.
+
+Runs on a folder ``decode_latency.py --folder F`` filled (``--convert-only`` is enough):
+each way's graph is loaded with onnxruntime's profiler on, called ``--warmup`` times, then
+``--runs`` times on one decode step (batch 1, ``--cache`` cached tokens, the same random
+inputs for every way); the table gives, per operator type, the kernel time per step (the
+median over the profiled steps), the number of nodes run per step, and the step's whole
+time as the profiler saw it. Every way runs in this one process, one after the other,
+with the same thread count.
+
+    python benchmarks/decode_latency.py HuggingFaceTB/SmolLM2-135M --folder /tmp/smol \\
+        --ways plain fused builder --convert-only
+    python benchmarks/decode_profile.py /tmp/smol --cache 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import decode_latency  # the folder's inputs and ways, shared
+
+
+def profile(way: str, folder: str, cache: int, threads: int, warmup: int, runs: int) -> dict:
+    """Per operator type: the kernel microseconds and the node count of one step."""
+    import onnxruntime
+
+    runner = decode_latency._Runner(way, folder, threads)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(folder, f"profile_{way}")
+    runner.session = onnxruntime.InferenceSession(
+        runner.session._model_path, options, providers=["CPUExecutionProvider"]
+    )
+    case = decode_latency._case(decode_latency._config(folder), 1, cache, 1, seed=2)
+    feeds = runner.prepared(case)
+    for _ in range(warmup + runs):
+        runner.call(feeds)
+    path = runner.session.end_profiling()
+    with open(path) as f:
+        events = json.load(f)
+    os.remove(path)
+    steps = [e for e in events if e.get("name") == "model_run"][warmup:]
+    per_step: list[collections.Counter] = []
+    counts: collections.Counter = collections.Counter()
+    for step in steps:
+        begin, end = step["ts"], step["ts"] + step["dur"]
+        kernels = collections.Counter()
+        for e in events:
+            kernel = e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+            if kernel and begin <= e["ts"] <= end:
+                kernels[e["args"]["op_name"]] += e["dur"]
+                if step is steps[0]:
+                    counts[e["args"]["op_name"]] += 1
+        per_step.append(kernels)
+    ops = {op for kernels in per_step for op in kernels}
+    return {
+        "step_us": statistics.median(s["dur"] for s in steps),
+        "ops": {
+            op: {"us": statistics.median(k.get(op, 0) for k in per_step), "nodes": counts[op]}
+            for op in ops
+        },
+    }
+
+
+def render(results: dict, top: int) -> str:
+    ways = list(results)
+    totals = collections.Counter()
+    for r in results.values():
+        for op, v in r["ops"].items():
+            totals[op] += v["us"]
+    head = ["operator"] + [f"{decode_latency.TITLES[w]} us (nodes)" for w in ways]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    shown = [op for op, _ in totals.most_common(top)]
+    for op in shown:
+        cells = []
+        for w in ways:
+            v = results[w]["ops"].get(op)
+            cells.append(f"{v['us']:.0f} ({v['nodes']})" if v else "")
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    others = []
+    for w in ways:
+        rest = [v for op, v in results[w]["ops"].items() if op not in shown]
+        others.append(f"{sum(v['us'] for v in rest):.0f} ({sum(v['nodes'] for v in rest)})")
+    lines.append("| other operators | " + " | ".join(others) + " |")
+    kernels = [sum(v["us"] for v in results[w]["ops"].values()) for w in ways]
+    lines.append("| all kernels | " + " | ".join(f"{k:.0f}" for k in kernels) + " |")
+    lines.append(
+        "| whole step | " + " | ".join(f"{results[w]['step_us']:.0f}" for w in ways) + " |"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", help="a folder decode_latency.py converted (--folder)")
+    parser.add_argument("--ways", nargs="+", default=["plain", "fused", "builder"])
+    parser.add_argument("--cache", type=int, default=2048, help="cached tokens")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--top", type=int, default=8, help="operator types shown")
+    args = parser.parse_args()
+    for way in args.ways:
+        if way not in ("plain", "fused", "builder", "hf"):
+            parser.error(f"{way!r} is not an ONNX way of decode_latency.py")
+        if not os.path.isdir(os.path.join(args.folder, way)):
+            parser.error(
+                f"{args.folder} has no {way}/ conversion: run decode_latency.py with "
+                f"--folder {args.folder} --ways {' '.join(args.ways)} --convert-only first"
+            )
+    results = {
+        w: profile(w, args.folder, args.cache, args.threads, args.warmup, args.runs)
+        for w in args.ways
+    }
+    source = decode_latency._config(args.folder).name_or_path or args.folder
+    print(
+        f"one decode step, batch 1, {args.cache} cached tokens, {args.threads} threads, "
+        f"median of {args.runs} profiled steps ({source})\n"
+    )
+    print(render(results, args.top))
+
+
+if __name__ == "__main__":
+    main()
