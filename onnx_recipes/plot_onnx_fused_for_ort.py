@@ -46,8 +46,11 @@ with export_patches(m.model), torch.no_grad():
 #
 # ``fuse_for_ort`` applies onnxscript's onnxruntime fusions, then hands each attention
 # over the cache to ``GroupQueryAttention`` with the graph's mask kept
-# (``group_query_attention``), and records how many of each it applied in the model's
-# metadata.
+# (``group_query_attention``), packs the projections that read one input into one
+# ``MatMul`` (``packed_matmul``: queries, keys and values; the MLP's gate and up), moves
+# the rotary embedding into the attention operator, which then reads the packed
+# projections as they are (``rotary_in_group_query_attention``), and records how many of
+# each it applied in the model's metadata.
 
 from exportcheck.runtimes.onnx_ort import fuse_for_ort
 
@@ -58,8 +61,10 @@ print("fusions applied:", fusions)
 # %%
 # The operator histograms: the attention's MatMul, Softmax and masking nodes, and the
 # ``Expand`` that repeats the cached keys and values for each of the 3 query heads of a
-# group, become one ``GroupQueryAttention`` per layer, which reads each cached key once;
-# a residual Add followed by an RMS norm becomes one ``SkipSimplifiedLayerNormalization``.
+# group, become one ``GroupQueryAttention`` per layer, which reads each cached key once
+# and rotates the queries and keys itself; five projection ``MatMul`` nodes per layer
+# become three; a residual Add followed by an RMS norm becomes one
+# ``SkipSimplifiedLayerNormalization``.
 
 import collections
 
@@ -77,6 +82,7 @@ for op in sorted(set(before) | set(after), key=lambda o: -(before[o] + after[o])
     print(f"{op:>34} {before[op]:6} {after[op]:6}")
 print(f"{'nodes':>34} {sum(before.values()):6} {sum(after.values()):6}")
 assert after["GroupQueryAttention"] == config_layers and not after["MultiHeadAttention"]
+assert fusions["rotary_in_group_query_attention"] == config_layers and not after["RotaryEmbedding"]
 
 # %%
 # The same histogram as a picture: the fused graph has fewer, larger nodes.

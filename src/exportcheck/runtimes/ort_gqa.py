@@ -407,7 +407,8 @@ class _Adder:
 
 
 def _remove_unused(graph: Any) -> None:
-    """Drop nodes whose outputs nothing reads any more (the repeats, the old concat)."""
+    """Drop nodes whose outputs nothing reads any more (the repeats, the old concat),
+    then the initializers nothing reads."""
     outputs = set(graph.outputs)
     changed = True
     while changed:
@@ -417,6 +418,9 @@ def _remove_unused(graph: Any) -> None:
                 continue
             graph.remove(node, safe=True)
             changed = True
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and value not in outputs and value not in graph.inputs:
+            graph.initializers.pop(name)
 
 
 def rotary_frequencies_as_matmul(model: Any) -> int:
