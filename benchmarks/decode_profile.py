@@ -101,6 +101,43 @@ def render(results: dict, top: int) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict, top: int, title: str, path: str) -> None:
+    """One horizontal bar per way, split by operator type (the ``top`` largest, then the
+    rest), in ms per step; the step's whole time as a black tick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    totals: collections.Counter = collections.Counter()
+    for r in results.values():
+        for op, v in r["ops"].items():
+            totals[op] += v["us"]
+    shown = [op for op, _ in totals.most_common(top)]
+    ways = list(results)
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.7 * len(ways)))
+    left = [0.0] * len(ways)
+    for op in [*shown, "other operators"]:
+        widths = []
+        for w in ways:
+            ops = results[w]["ops"]
+            if op in shown:
+                widths.append(ops.get(op, {"us": 0})["us"] / 1e3)
+            else:
+                widths.append(sum(v["us"] for o, v in ops.items() if o not in shown) / 1e3)
+        ax.barh(range(len(ways)), widths, left=left, label=op)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for i, w in enumerate(ways):
+        ax.vlines(results[w]["step_us"] / 1e3, i - 0.4, i + 0.4, colors="black", linewidth=2)
+    ax.set_yticks(range(len(ways)), [decode_latency.TITLES[w] for w in ways])
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per decode step (black: the whole step)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="a folder decode_latency.py converted (--folder)")
@@ -110,6 +147,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--top", type=int, default=8, help="operator types shown")
+    parser.add_argument("--plot", help="also draw the table as stacked bars (PNG) here")
+    parser.add_argument("--name", help="the model's name in the title (the folder's)")
     args = parser.parse_args()
     for way in args.ways:
         if way not in ("plain", "fused", "builder", "hf"):
@@ -123,12 +162,19 @@ def main() -> None:
         w: profile(w, args.folder, args.cache, args.threads, args.warmup, args.runs)
         for w in args.ways
     }
-    source = decode_latency._config(args.folder).name_or_path or args.folder
-    print(
-        f"one decode step, batch 1, {args.cache} cached tokens, {args.threads} threads, "
-        f"median of {args.runs} profiled steps ({source})\n"
+    import datetime
+    import platform
+
+    name = args.name or os.path.basename(os.path.abspath(args.folder))
+    title = (
+        f"{name}: one decode step, batch 1, {args.cache} cached tokens, float32\n"
+        f"{args.threads} threads, median of {args.runs} profiled steps; "
+        f"{platform.machine()}, {os.cpu_count()} cores, {datetime.date.today()}"
     )
+    print(title + "\n")
     print(render(results, args.top))
+    if args.plot:
+        plot(results, args.top, title, args.plot)
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ def test_projections_reading_one_input_are_packed_into_one_matmul():
         helper.make_node("MatMul", ["q", "wo"], ["o"]),
         helper.make_node("Concat", ["k", "v"], ["kv"], axis=-1),
     ]
-    outputs = ["o", "kv", "s", "s2"]
+    outputs = ["o", "kv", "s", "s2", "k"]  # a projection can be a graph output too
     graph = helper.make_graph(
         nodes,
         "g",
@@ -260,6 +260,7 @@ def test_projections_reading_one_input_are_packed_into_one_matmul():
         np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
     assert {i.name for i in packed.graph.initializer} >= {"shared", "wo"}
     assert not {"wq", "wk", "wv"} & {i.name for i in packed.graph.initializer}
+    assert [o.name for o in packed.graph.output] == outputs
 
 
 def test_rotary_stays_outside_the_attention_unless_its_positions_follow_the_cache():

@@ -80,10 +80,10 @@ def pack_shared_matmuls(model: Any) -> int:
         graph.insert_before(first, [matmul, split])
         for node, out in zip(nodes, split.outputs, strict=True):
             old = node.outputs[0]
+            # the name goes with the value: a graph output keeps its name
+            out.name, old.name = old.name, f"{old.name}_unpacked"
             out.shape, out.type = old.shape, old.type
-            ir.convenience.replace_all_uses_with(old, out)
-            if old in graph.outputs:
-                graph.outputs[graph.outputs.index(old)] = out
+            ir.convenience.replace_all_uses_with(old, out, replace_graph_outputs=True)
             graph.remove(node, safe=True)
         for weight in weights:
             graph.initializers.pop(weight.name)
