@@ -407,6 +407,39 @@ def test_a_pixel_shuffle_order_is_recorded_and_the_exported_tower_matches_on_uns
     assert float((got - expected).abs().max()) < 1e-5
 
 
+def test_a_projector_that_merges_per_image_in_a_loop_is_one_gather_on_unseen_grids():
+    # PaddleOCR-VL's projector regroups each image's patches into 2x2 blocks in a Python
+    # loop over the grids; the graph takes that order (merge_order) as an input, and its
+    # tower the patches in the processor's 5-D layout
+    from exportcheck.tasks.image_text_to_text import grid_inputs
+
+    m = untrained_model("paddleocr_vl", task=TASK)
+    encoder = m.components[0]
+    assert encoder.dynamic_shapes["merge_order"] == encoder.dynamic_shapes["pixel_values"]
+    assert any("the order in which the projector merges the patches" in n for n in m.notes)
+    program = _exported(encoder)
+    generator = torch.Generator().manual_seed(3)
+    vision = m.config.vision_config
+    thw = torch.tensor([[1, 6, 8], [1, 2, 4]])
+    patches = int(thw.prod(-1).sum())
+    pixels = torch.randn(
+        (patches, vision.num_channels, vision.patch_size, vision.patch_size), generator=generator
+    )
+    extra = grid_inputs(m.model, thw)
+    # the first merged token: patches 0, 1 and 8, 9 of the 6x8 grid; the second image
+    # starts after the first's 48 patches
+    assert extra["merge_order"][:4].tolist() == [0, 1, 8, 9]
+    assert extra["merge_order"][48:52].tolist() == [48, 49, 52, 53]
+    with torch.no_grad():
+        got = program.module()(
+            pixel_values=pixels.reshape(patches, -1), image_grid_thw=thw, **extra
+        )
+        own = m.model.get_image_features(pixel_values=pixels, image_grid_thw=thw)
+    expected = torch.cat(list(own.pooler_output))
+    assert got.shape == expected.shape == ((48 + 8) // 4, got.shape[1])
+    assert float((got - expected).abs().max()) < 1e-5
+
+
 @pytest.fixture(scope="module")
 def llava_next():
     return untrained_model("llava_next", task=TASK)

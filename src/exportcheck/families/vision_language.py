@@ -109,11 +109,6 @@ _GRID: dict[str, tuple[str, str]] = {
         "at export; a dynamic count needs the convolution as a gather of each patch's "
         "neighbours within its image, precomputed from the grids",
     ),
-    "paddleocr_vl": (
-        r"'PaddleOCRVisionModel' object has no attribute 'spatial_merge_size'",
-        "its tower is named visual but merges no patches (the projector does), so it has "
-        "no spatial_merge_size, which the positions precomputed from the grids need",
-    ),
     "glm5_next": (
         r"Guard failed: \(15 \+ inputs_embeds\.size\(\)\[1\] \+ cache\['indexer_keys'\]",
         "the vision encoder and the decoder step export, but the decoder's sparse-attention "
@@ -285,9 +280,70 @@ def _adapted(model, out):
     return base.perception_emb_norm(adapted)
 
 
-#: variable-resolution towers under another name than ``visual``, with the steps
-#: ``get_image_features`` takes after them (before it splits the rows per image)
+def _paddle_processor_patches(model, pixel_values):
+    """The flattened patches as PaddleOCR-VL's image processor gives them:
+    ``(patches, channels, patch, patch)``."""
+    vision = model.config.vision_config
+    side = vision.patch_size
+    return pixel_values.reshape(-1, vision.num_channels, side, side)
+
+
+def _paddle_patches(model, pixel_values):
+    """The patches as PaddleOCR-VL's tower takes them: the processor's layout as one
+    sequence of every image's patches, ``(1, patches, channels, patch, patch)``, as
+    get_image_features unsqueezes it."""
+    return _paddle_processor_patches(model, pixel_values)[None]
+
+
+def _paddle_merge_order(model, grid):
+    """The order in which PaddleOCR-VL's projector takes the tower's rows: in each image,
+    its ``merge x merge`` blocks row by row, each block's patches row by row, as the
+    projector's reshape and transpose of the image's ``(t, h, w)`` patches lays them out.
+    Returned under ``merge_order``, one index per patch, for the grids ``(images, 3)``."""
+    import torch
+
+    merge = model.config.vision_config.spatial_merge_size
+    orders, offset = [], 0
+    for t, h, w in grid.tolist():
+        index = torch.arange(t * h * w).reshape(t, h // merge, merge, w // merge, merge)
+        orders.append(index.transpose(2, 3).reshape(-1) + offset)
+        offset += t * h * w
+    return {"merge_order": torch.cat(orders)}
+
+
+def _paddle_projected(model, out, merge_order):
+    """PaddleOCR-VL's projector on the rows gathered by ``merge_order``: its per-row norm,
+    then each block's ``merge x merge`` rows side by side through its two layers (what its
+    forward computes image by image in a Python loop)."""
+    projector = _base(model).projector
+    rows = out.last_hidden_state
+    rows = projector.pre_norm(rows.reshape(-1, rows.shape[-1]))[merge_order]
+    merge = model.config.vision_config.spatial_merge_size
+    blocks = rows.reshape(-1, merge * merge * rows.shape[-1])
+    return projector.linear_2(projector.act(projector.linear_1(blocks)))
+
+
+#: variable-resolution towers under another name than ``visual`` or with other steps
+#: around them, with the steps ``get_image_features`` takes after them (before it splits
+#: the rows per image): ``vision_tower`` (the attribute), ``vision_output`` ((model, tower
+#: output, **grid extras) -> features), ``vision_input`` ((model, flattened patches) -> the
+#: patches as the tower takes them), ``processor_pixels`` (the same, as the processor
+#: gives them to ``generate``) and ``grid_extras`` ((model, grids) -> more tensors
+#: computed from the grids, inputs of the graph)
 _TOWERS = {
+    "paddleocr_vl": (
+        {
+            "vision_tower": "visual",
+            "vision_input": _paddle_patches,
+            "processor_pixels": _paddle_processor_patches,
+            "vision_output": _paddle_projected,
+            "grid_extras": _paddle_merge_order,
+        },
+        "its tower, visual, takes the patches as (1, patches, channels, patch, patch) and "
+        "merges none; its projector then takes each image's merge x merge blocks in a "
+        "Python loop over the images, which here is one gather by merge_order, "
+        "precomputed from the grids",
+    ),
     **{
         t: (
             {"vision_tower": "vision_tower", "vision_output": _adapted},

@@ -574,6 +574,7 @@ def _parts() -> dict[str, type]:
             interp_indices: Any = None,
             interp_weights: Any = None,
             pixel_shuffle_index: Any = None,
+            merge_order: Any = None,
         ) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
             optional = {
@@ -585,13 +586,15 @@ def _parts() -> dict[str, type]:
             }
             tower = vision_tower(self.model)
             out = tower(
-                pixel_values.to(tower.dtype),
+                tower_pixels(self.model, pixel_values.to(tower.dtype)),
                 grid_thw=image_grid_thw,
                 position_ids=vision_position_ids,
                 cu_seqlens=cu_seqlens,
                 **{k: v for k, v in optional.items() if v is not None},
             )
             post = _tower_layout(self.model).get("vision_output")
+            if merge_order is not None:
+                return post(self.model, out, merge_order=merge_order)
             if post is not None:
                 return post(self.model, out)
             if not self.deepstack:
@@ -872,6 +875,14 @@ def _tower_layout(model: Any) -> dict[str, Any]:
     return INPUT_LAYOUTS.get(model_type, ({}, ""))[0]
 
 
+def tower_pixels(model: Any, pixel_values: Any) -> Any:
+    """The flattened patches ``(patches, width)`` in the shape the tower takes them: as
+    they are, or as the family's ``vision_input`` ``(model, patches) -> tensor`` lays them
+    out (a tower that takes ``(1, patches, channels, patch, patch)``)."""
+    reshape = _tower_layout(model).get("vision_input")
+    return pixel_values if reshape is None else reshape(model, pixel_values)
+
+
 def vision_tower(model: Any) -> Any:
     """The vision tower of a variable-resolution model (``visual``, or the attribute its
     family names, of the model or of its base model), None when it has none."""
@@ -926,7 +937,7 @@ def recorded_grid_inputs(model: Any, grid: Any, width: int) -> dict[str, Any]:
         for name, function in originals.items():
             setattr(module, name, recording(name, function))
         with torch.no_grad():
-            tower(patches, grid_thw=grid)
+            tower(tower_pixels(model, patches), grid_thw=grid)
     finally:
         for name, function in originals.items():
             setattr(module, name, function)
@@ -959,8 +970,13 @@ def grid_inputs(model: Any, grid: Any) -> dict[str, Any]:
     bounds."""
     from transformers import vision_utils
 
-    if "vision_tower" in _tower_layout(model):
-        return recorded_grid_inputs(model, grid, _grid_width(model.config))
+    layout = _tower_layout(model)
+    if "vision_tower" in layout:
+        extras = layout.get("grid_extras")
+        return {
+            **recorded_grid_inputs(model, grid, _grid_width(model.config)),
+            **(extras(model, grid) if extras is not None else {}),
+        }
     tower = vision_tower(model)
     merge = tower.spatial_merge_size
     out = {
@@ -1526,10 +1542,12 @@ class ImageTextToText(Task):
                 "interp_indices",
                 "interp_weights",
                 "pixel_shuffle_index",
+                "merge_order",
             }
             for name in sorted(extras & set(image_sets[0])):
-                # windows: as many as the grids hold; taps and shuffle: one row per patch
-                per_patch = name.startswith(("interp", "pixel_shuffle"))
+                # windows: as many as the grids hold; taps, shuffle and merge order: one
+                # row per patch
+                per_patch = name.startswith(("interp", "pixel_shuffle", "merge_order"))
                 image_shapes[name] = {0: patches if per_patch else dynamic}
             resolution = (
                 "images of any resolution: their patches flattened into one sequence of "
@@ -1540,6 +1558,11 @@ class ImageTextToText(Task):
                 + (
                     ", the order of the pixel shuffle's blocks"
                     if "pixel_shuffle_index" in image_sets[0]
+                    else ""
+                )
+                + (
+                    ", the order in which the projector merges the patches"
+                    if "merge_order" in image_sets[0]
                     else ""
                 )
                 + ") as inputs"
@@ -1679,6 +1702,10 @@ class ImageTextToText(Task):
             patch = _pixtral(m.model)[0].patch_size
             size = [v * patch for v in PADDED_GENERATION_IMAGE]
             image["image_sizes"] = torch.tensor([size] * 2)
+        elif layout == "grid" and "processor_pixels" in _tower_layout(m.model):
+            # the processor's own layout of the same patches
+            lay_out = _tower_layout(m.model)["processor_pixels"]
+            image["pixel_values"] = lay_out(m.model, image["pixel_values"])
         if "mm_token_type_ids" in inspect.signature(m.model.forward).parameters:
             # what the processor returns beside the ids: 1 on image tokens
             given["mm_token_type_ids"] = (given["input_ids"] == image_token(m.config)).int()
