@@ -883,6 +883,13 @@ def tower_pixels(model: Any, pixel_values: Any) -> Any:
     return pixel_values if reshape is None else reshape(model, pixel_values)
 
 
+def processor_patches(model: Any, pixel_values: Any) -> Any:
+    """The flattened patches ``(patches, width)`` as the model's processor gives them to
+    ``generate``: as they are, or as the family's ``processor_pixels`` lays them out."""
+    reshape = _tower_layout(model).get("processor_pixels")
+    return pixel_values if reshape is None else reshape(model, pixel_values)
+
+
 def vision_tower(model: Any) -> Any:
     """The vision tower of a variable-resolution model (``visual``, or the attribute its
     family names, of the model or of its base model), None when it has none."""
@@ -1702,10 +1709,8 @@ class ImageTextToText(Task):
             patch = _pixtral(m.model)[0].patch_size
             size = [v * patch for v in PADDED_GENERATION_IMAGE]
             image["image_sizes"] = torch.tensor([size] * 2)
-        elif layout == "grid" and "processor_pixels" in _tower_layout(m.model):
-            # the processor's own layout of the same patches
-            lay_out = _tower_layout(m.model)["processor_pixels"]
-            image["pixel_values"] = lay_out(m.model, image["pixel_values"])
+        elif layout == "grid":
+            image["pixel_values"] = processor_patches(m.model, image["pixel_values"])
         if "mm_token_type_ids" in inspect.signature(m.model.forward).parameters:
             # what the processor returns beside the ids: 1 on image tokens
             given["mm_token_type_ids"] = (given["input_ids"] == image_token(m.config)).int()
