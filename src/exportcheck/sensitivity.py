@@ -1,0 +1,226 @@
+"""Does every checked output depend on the inputs it is checked on?
+
+A numerical check compares a graph's outputs with eager's on the same inputs. On an
+untrained model an output can be nearly constant in one of its inputs (activations that
+vanish layer after layer, a gate that stays closed, a decoder that does not read its
+encoder): the check then passes whatever the graph does with that input. This module
+measures, for every graph a task exports, how far its main output moves when one primary
+input of the first input set is replaced by another of the same shape (random token ids,
+random values), everything else equal.
+
+Primary inputs are the token ids and the float inputs (features, pixels, encoder states,
+embeddings); masks, positions, caches and the sizes or indices computed from them are
+left as they are, since a random mask or position is not an input a model is given.
+
+Run it on the green rows of a sweep::
+
+    python -m exportcheck.sensitivity --results docs/status/fill-mask/results.jsonl \\
+        --out /tmp/fill-mask.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["Moved", "component_sensitivity", "ignored", "input_sensitivity"]
+
+#: parts of an input's name that mark it as no primary input: it is left unchanged
+NOT_PRIMARY = (
+    "mask",
+    "position",
+    "cache",
+    "past",
+    "token_type",
+    "lengths",
+    "cu_",
+    "grid",
+    "sizes",
+    "index",
+    "order",
+    "interp",
+    "shapes",
+)
+#: how far an output must move, relative to its largest value, for an input to count
+#: as read (above float rounding: a graph's error of that size would be seen)
+READ = 1e-3
+
+
+@dataclasses.dataclass
+class Moved:
+    """How far one graph's main output moved when one input changed.
+
+    * ``component``: the graph (``model``, ``encoder``, ``decoder``, ...)
+    * ``input``: the input that was replaced
+    * ``output``: the output measured (``logits``, ``last_hidden_state``, ...)
+    * ``moved``: the largest absolute change of that output
+    * ``scale``: the output's largest absolute value on the first input set
+    * ``cached``: True when the graph also takes a cache and the input is the encoder's
+      states: a decoder step reads cross-attention keys and values from its cache, so the
+      states do not move it (they are given for their shape)
+    """
+
+    component: str
+    input: str
+    output: str
+    moved: float
+    scale: float
+    cached: bool = False
+
+    @property
+    def read(self) -> bool:
+        """True when the output moved by more than :data:`READ` of its scale (and by
+        more than :data:`READ` in absolute terms)."""
+        return self.moved > READ and self.moved > READ * self.scale
+
+
+def _main_output(out: Any) -> tuple[str, Any]:
+    """The output a check is mostly about: logits, else the last hidden states, else the
+    first float tensor."""
+    import torch
+
+    if hasattr(out, "keys"):
+        for key in ("logits", "last_hidden_state", "features"):
+            if key in out and torch.is_tensor(out[key]):
+                return key, out[key]
+    if torch.is_tensor(out):
+        return "output", out
+    leaves = [
+        x
+        for x in torch.utils._pytree.tree_leaves(out)
+        if torch.is_tensor(x) and x.is_floating_point()
+    ]
+    if not leaves:
+        raise ValueError(f"no float tensor among the outputs ({type(out).__name__})")
+    return "output 0", leaves[0]
+
+
+def _replacement(name: str, value: Any, vocab: int, generator: Any) -> Any:
+    """Another value of the same shape for a primary input, None for an input that is
+    not one."""
+    import torch
+
+    if not torch.is_tensor(value) or any(part in name for part in NOT_PRIMARY):
+        return None
+    if value.is_floating_point():
+        return torch.randn(value.shape, generator=generator, dtype=value.dtype)
+    if name.endswith("input_ids") and vocab > 4:
+        # above the ids special tokens usually take
+        return torch.randint(3, vocab, value.shape, generator=generator, dtype=value.dtype)
+    return None
+
+
+def component_sensitivity(component: Any, vocab: int, seed: int = 0) -> list[Moved]:
+    """For each primary input of ``component``'s first input set, how far the main
+    output moves when that input alone is replaced (see the module)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    feeds = component.input_sets[0]
+    with torch.no_grad():
+        output, base = _main_output(component.module(**copy.deepcopy(feeds)))
+        base = base.float()
+        scale = float(base.abs().max())
+        has_cache = any(part in name for name in feeds for part in ("cache", "past"))
+        rows = []
+        for name, value in feeds.items():
+            other = _replacement(name, value, vocab, generator)
+            if other is None:
+                continue
+            _, out = _main_output(component.module(**copy.deepcopy({**feeds, name: other})))
+            moved = (
+                float((out.float() - base).abs().max()) if out.shape == base.shape else float("inf")
+            )
+            rows.append(
+                Moved(
+                    component.name,
+                    name,
+                    output,
+                    moved,
+                    scale,
+                    cached=has_cache and name == "encoder_hidden_states",
+                )
+            )
+    return rows
+
+
+def _vocab(config: Any) -> int:
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return int(getattr(text, "vocab_size", None) or getattr(config, "vocab_size", None) or 0)
+
+
+def input_sensitivity(m: Any, seed: int = 0) -> list[Moved]:
+    """:func:`component_sensitivity` of every graph the task exports for the built model
+    ``m`` (an :class:`exportcheck.UntrainedModel`), eager fixes applied as validation
+    applies them."""
+    from .patches import eager_fixes
+    from .tasks import get_task
+
+    components = get_task(m.task).components(m)
+    rows = []
+    with eager_fixes(m.model):
+        for component in components:
+            rows.extend(component_sensitivity(component, _vocab(m.config), seed))
+    return rows
+
+
+def ignored(rows: list[Moved]) -> list[Moved]:
+    """The inputs an output does not read, but for encoder states a cached decoder step
+    takes from its cache."""
+    return [r for r in rows if not r.read and not r.cached]
+
+
+def _green(results: str) -> list[str]:
+    from .sweep import read_results
+
+    return [r["source"] for r in read_results(results) if r.get("ok")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m exportcheck.sensitivity",
+        description="Measure how far each exported graph's main output moves when one of "
+        "its primary inputs changes, for the green model types of a sweep's results.",
+    )
+    parser.add_argument("--results", required=True, help="a sweep's results.jsonl")
+    parser.add_argument("--only", nargs="*", help="these model types only")
+    parser.add_argument("--out", required=True, help="where to write one JSON line per type")
+    args = parser.parse_args(argv)
+
+    from .sweep import read_results
+    from .tasks import untrained_model
+
+    rows = read_results(args.results)
+    if not rows:
+        parser.error(f"{args.results} holds no results: run exportcheck sweep first")
+    task = rows[0]["task"]
+    types = args.only or _green(args.results)
+    weak = 0
+    with open(args.out, "w") as f:
+        for model_type in types:
+            try:
+                moved = input_sensitivity(untrained_model(model_type, task=task))
+            except Exception as e:  # one model's failure is recorded, the others go on
+                line = {"source": model_type, "task": task, "error": f"{type(e).__name__}: {e}"}
+            else:
+                line = {
+                    "source": model_type,
+                    "task": task,
+                    "moved": [dataclasses.asdict(r) for r in moved],
+                    "ignored": [f"{r.component}:{r.input}" for r in ignored(moved)],
+                }
+                weak += bool(line["ignored"])
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            print(model_type, line.get("ignored", line.get("error")), file=sys.stderr)
+    print(f"{task}: {len(types)} types, {weak} with an input their output does not read")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

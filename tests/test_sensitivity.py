@@ -1,0 +1,72 @@
+"""The sensitivity audit: does each graph's main output depend on its primary inputs?"""
+
+import json
+
+import pytest
+import torch
+
+from exportcheck import untrained_model
+from exportcheck.sensitivity import component_sensitivity, ignored, input_sensitivity, main
+from exportcheck.tasks import Component
+
+
+def test_every_graph_of_an_encoder_decoder_reads_its_inputs_but_cached_states():
+    rows = input_sensitivity(untrained_model("t5", task="text2text-generation"))
+    by = {(r.component, r.input): r for r in rows}
+    assert set(by) == {
+        ("encoder", "input_ids"),
+        ("decoder_init", "decoder_input_ids"),
+        ("decoder_init", "encoder_hidden_states"),
+        ("decoder", "decoder_input_ids"),
+        ("decoder", "encoder_hidden_states"),
+    }
+    assert all(by[k].read for k in by if k != ("decoder", "encoder_hidden_states"))
+    # the decoder step reads cross-attention from its cache: the states do not move it,
+    # and that is not counted as an ignored input
+    cached = by[("decoder", "encoder_hidden_states")]
+    assert cached.cached and cached.moved == 0.0
+    assert ignored(rows) == []
+
+
+class _IgnoresFeatures(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 4)
+
+    def forward(self, input_ids, input_features, attention_mask):
+        # the features pass through a gate that is closed: the output cannot see them
+        return {"logits": self.embed(input_ids) + 0.0 * input_features.sum()}
+
+
+def test_an_input_the_output_does_not_read_is_reported_and_masks_are_left_alone():
+    feeds = {
+        "input_ids": torch.tensor([[5, 6, 7]]),
+        "input_features": torch.randn(1, 3, 4),
+        "attention_mask": torch.ones(1, 3, dtype=torch.int64),
+    }
+    component = Component("model", _IgnoresFeatures(), [feeds], {}, ["batch=1"])
+    rows = component_sensitivity(component, vocab=50)
+    assert [r.input for r in rows] == ["input_ids", "input_features"]
+    assert [r.input for r in ignored(rows)] == ["input_features"]
+    assert rows[0].read and rows[0].output == "logits"
+
+
+def test_the_command_writes_one_line_per_type_and_refuses_an_empty_results_file(tmp_path):
+    results = tmp_path / "results.jsonl"
+    results.write_text(
+        json.dumps({"source": "bert", "task": "fill-mask", "ok": True})
+        + "\n"
+        + json.dumps({"source": "albert", "task": "fill-mask", "ok": False})
+        + "\n"
+    )
+    out = tmp_path / "sensitivity.jsonl"
+    assert main(["--results", str(results), "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    # the green rows only
+    assert [line["source"] for line in lines] == ["bert"]
+    assert lines[0]["ignored"] == []
+    assert {m["input"] for m in lines[0]["moved"]} == {"input_ids"}
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SystemExit):
+        main(["--results", str(empty), "--out", str(out)])
