@@ -80,6 +80,8 @@ class ImageSeq2Seq(Seq2Seq):
     name = "image-text-to-text"
     mapping = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
     auto_class = "AutoModelForImageTextToText"
+    # images of one resolution take no mask: a batch's padding is its decoder prompts'
+    pad_decoder_prompts = True
 
     def _kind(self, model: Any) -> str:
         import inspect

@@ -150,13 +150,22 @@ def _parts() -> dict[str, type]:
             self.states = states
 
         def decode(
-            self, ids: Any, states: Any, mask: Any, states_mask: Any = None, **cache: Any
+            self,
+            ids: Any,
+            states: Any,
+            mask: Any,
+            states_mask: Any = None,
+            decoder_mask: Any = None,
+            **cache: Any,
         ) -> dict[str, Any]:
             # ``mask`` is the encoder input's (tokens, frames or samples): the model
             # derives the cross-attention mask from it as its own forward does;
             # ``states_mask`` is the states' own, for models that read it from the
-            # encoder's output.
+            # encoder's output; ``decoder_mask`` the decoder tokens' (cached and new),
+            # zeros where a decoder prompt is left-padded.
             masks = {} if mask is None else {"attention_mask": mask}
+            if decoder_mask is not None:
+                masks["decoder_attention_mask"] = decoder_mask
             if self.states == "pooler_output":
                 encoded = BaseModelOutputWithPooling(last_hidden_state=states, pooler_output=states)
             else:
@@ -176,9 +185,14 @@ def _parts() -> dict[str, type]:
             encoder_hidden_states: Any,
             attention_mask: Any = None,
             encoder_attention_mask: Any = None,
+            decoder_attention_mask: Any = None,
         ) -> dict[str, Any]:
             return self.decode(
-                decoder_input_ids, encoder_hidden_states, attention_mask, encoder_attention_mask
+                decoder_input_ids,
+                encoder_hidden_states,
+                attention_mask,
+                encoder_attention_mask,
+                decoder_attention_mask,
             )
 
     class DecoderStep(DecoderInit):
@@ -191,14 +205,22 @@ def _parts() -> dict[str, type]:
             attention_mask: Any = None,
             cache: Any = None,
             encoder_attention_mask: Any = None,
+            decoder_cache_mask: Any = None,
         ) -> dict[str, Any]:
-            # the order of the inputs of the text graphs: ids, states, mask, cache
+            # the order of the inputs of the text graphs: ids, states, mask, cache;
+            # ``decoder_cache_mask`` says which cached decoder tokens are real (zeros on
+            # a left-padded prompt's pads); the new tokens are
             feeds = {self.cache_argument: cache}
+            decoder_mask = None
+            if decoder_cache_mask is not None:
+                new = torch.ones_like(decoder_input_ids, dtype=decoder_cache_mask.dtype)
+                decoder_mask = torch.cat([decoder_cache_mask, new], 1)
             return self.decode(
                 decoder_input_ids,
                 encoder_hidden_states,
                 attention_mask,
                 encoder_attention_mask,
+                decoder_mask,
                 **feeds,
             )
 
@@ -312,6 +334,9 @@ class Seq2Seq(Task):
 
     auto_class: str = ""
     new_tokens = 8
+    #: pad the decoder's prompts in the padded sets when the encoder takes no mask
+    #: (:func:`pads_decoder`); the text and speech tasks pad the encoder's input
+    pad_decoder_prompts = False
 
     def encoder_inputs(
         self,
@@ -400,9 +425,10 @@ class Seq2Seq(Task):
         states_output = self.states_output(model)
         encoder = Encoder(model, with_mask=with_mask, states=states_output)
         decoder_config = _decoder_config(config)
-        init_sets, step_sets, prompts = [], [], []
+        decoder_padded = self.pad_decoder_prompts and pads_decoder(model, side, with_mask)
+        init_sets, step_sets, prompts, prompt_masks = [], [], [], []
         for feeds, shape, first in zip(side.sets, shapes, init_tokens, strict=True):
-            n_batch, cached, new = shape[0], shape[3], shape[4]
+            n_batch, padding, cached, new = shape[0], shape[2], shape[3], shape[4]
             with torch.no_grad():
                 states, masks = _states(encoder(**copy.deepcopy(feeds)), feeds, side)
             init_sets.append(
@@ -413,21 +439,26 @@ class Seq2Seq(Task):
                 }
             )
             prefix = random_ids(decoder_config, (n_batch, cached), generator)
+            prefix_mask = left_padded(n_batch, cached, padding) if decoder_padded else None
             # with the family's eager fixes, as validate's reference: a decoder that
             # changed its inputs in place would otherwise store changed states in the sets
             with torch.no_grad(), eager_fixes(model):
-                prefill = DecoderInit(model, cache_argument, states_output)(prefix, states, **masks)
+                prefill = DecoderInit(model, cache_argument, states_output)(
+                    prefix, states, **masks, decoder_attention_mask=prefix_mask
+                )
             # in the order of DecoderStep.forward: the ONNX inputs follow it
-            step_sets.append(
-                {
-                    "decoder_input_ids": random_ids(decoder_config, (n_batch, new), generator),
-                    "encoder_hidden_states": states,
-                    **{k: v for k, v in masks.items() if k == "attention_mask"},
-                    "cache": _contiguous(prefill["cache"]),
-                    **{k: v for k, v in masks.items() if k != "attention_mask"},
-                }
-            )
+            step = {
+                "decoder_input_ids": random_ids(decoder_config, (n_batch, new), generator),
+                "encoder_hidden_states": states,
+                **{k: v for k, v in masks.items() if k == "attention_mask"},
+                "cache": _contiguous(prefill["cache"]),
+                **{k: v for k, v in masks.items() if k != "attention_mask"},
+            }
+            if decoder_padded:
+                step["decoder_cache_mask"] = prefix_mask
+            step_sets.append(step)
             prompts.append(prefix)
+            prompt_masks.append(prefix_mask)
         seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
         cache_length = torch.export.Dim("cache_length", min=1, max=cache_max)
         cache = step_sets[0]["cache"]
@@ -450,6 +481,17 @@ class Seq2Seq(Task):
         elif side.mask_dims:
             step_shapes["attention_mask"] = side.mask_dims
         init_shapes = {k: v for k, v in step_shapes.items() if k != "cache"}
+        if decoder_padded:
+            step_shapes["decoder_cache_mask"] = {0: batch, 1: cache_length}
+            notes.append(
+                "decoder prompts left-padded in the padded sets: the decoder step takes "
+                "decoder_cache_mask (which cached decoder tokens are real, zeros on the "
+                "pads; the new tokens are) and gives the model the mask over cached and "
+                "new tokens, since the encoder takes no mask and the padding a batch can "
+                "have is on the decoder's side; the first decoder step is checked on "
+                "unpadded prompts only, as the outputs at a pad, which attends to nothing, "
+                "are undefined"
+            )
         if one_token:
             step_shapes = {**step_shapes, "decoder_input_ids": {0: batch}}
         init_labels = [
@@ -457,7 +499,7 @@ class Seq2Seq(Task):
             for shape, n, label in zip(shapes, init_tokens, side.labels, strict=True)
         ]
         step_labels = [
-            _label(shape, "decoder", encoder=label)
+            _label(shape, "decoder", encoder=label, decoder_padded=decoder_padded)
             for shape, label in zip(shapes, side.labels, strict=True)
         ]
         m = UntrainedModel(
@@ -469,6 +511,7 @@ class Seq2Seq(Task):
             cache_argument=cache_argument,
             shapes=[(b, n, s, c) for b, n, _, c, s in shapes],
             prompts=prompts,
+            prompt_masks=prompt_masks,
             task=self.name,
             notes=[*side.notes, *notes],
             components=[
@@ -514,6 +557,7 @@ class Seq2Seq(Task):
                     feeds["encoder_hidden_states"],
                     feeds.get("attention_mask"),
                     feeds.get("encoder_attention_mask"),
+                    _whole_mask(feeds.get("decoder_cache_mask"), new),
                 )["logits"][:, -new.shape[1] :]
             diff = float((got.double() - whole.double()).abs().max())
             out.append({"input_set": i, "abs": diff, "ok": diff <= atol})
@@ -548,8 +592,22 @@ class Seq2Seq(Task):
         init = next(c for c in m.components if c.name == "decoder_init")
         states, masks = _states(call("encoder", feeds), feeds, init.input_sets[0])
         start = torch.full((states.shape[0], 1), decoder_start(m.model, m.config))
+        # a decoder step that takes the decoder tokens' mask gets ones: generation
+        # starts every row from the start token, unpadded
+        step = next(c for c in m.components if c.name == "decoder")
+        padded = "decoder_cache_mask" in step.input_sets[0]
+
+        def decoder_mask(cached: int) -> dict[str, Any]:
+            ones = torch.ones((states.shape[0], cached), dtype=torch.int64)
+            return {"decoder_cache_mask": ones} if padded else {}
+
         out = call(
-            "decoder_init", {"decoder_input_ids": start, "encoder_hidden_states": states, **masks}
+            "decoder_init",
+            {
+                "decoder_input_ids": start,
+                "encoder_hidden_states": states,
+                **masks,
+            },
         )
         logits = [out["logits"][:, -1].detach().float()]
         for t in range(self.new_tokens - 1):
@@ -561,6 +619,7 @@ class Seq2Seq(Task):
                     **{k: v for k, v in masks.items() if k == "attention_mask"},
                     "cache": out["cache"],
                     **{k: v for k, v in masks.items() if k != "attention_mask"},
+                    **decoder_mask(t + 1),
                 },
             )
             logits.append(out["logits"][:, -1].detach().float())
@@ -592,9 +651,41 @@ def _states(out: Any, feeds: dict[str, Any], decoder_feeds: Any) -> tuple[Any, d
     return out.contiguous(), ({"attention_mask": feeds["attention_mask"]} if takes_mask else {})
 
 
-def _label(shape: tuple[Any, ...], part: str, encoder: str = "") -> str:
+def pads_decoder(model: Any, side: EncoderSide, with_mask: bool) -> bool:
+    """True when the padded sets can pad the decoder's prompts instead of the encoder's
+    input: the encoder takes no mask (images of one resolution) and the model's forward
+    takes ``decoder_attention_mask``."""
+    if side.mask_dims is not None or with_mask:
+        return False
+    return "decoder_attention_mask" in inspect.signature(model.forward).parameters
+
+
+def _whole_mask(cache_mask: Any, new: Any) -> Any:
+    """The mask over cached and new decoder tokens, None without a cache mask."""
+    import torch
+
+    if cache_mask is None:
+        return None
+    return torch.cat([cache_mask, torch.ones_like(new, dtype=cache_mask.dtype)], 1)
+
+
+def left_padded(batch: int, length: int, padding: tuple[int, ...]) -> Any:
+    """A ``(batch, length)`` mask whose row ``i`` starts with ``padding[i]`` zeros (at
+    most ``length - 1``: every row keeps a token)."""
+    import torch
+
+    mask = torch.ones((batch, length), dtype=torch.int64)
+    for i, pad in enumerate(padding[:batch]):
+        mask[i, : min(pad, length - 1)] = 0
+    return mask
+
+
+def _label(
+    shape: tuple[Any, ...], part: str, encoder: str = "", decoder_padded: bool = False
+) -> str:
     """``batch=2 encoder=12 seq=3 cache=5 padded``: a decoder's label carries the
-    encoder's (``encoder``) after its own sizes."""
+    encoder's (``encoder``) after its own sizes, and a decoder step's ``decoder
+    left-padded`` when its cached prompt is (``decoder_padded``)."""
     batch, length, padding, cached, new = shape
     head = encoder or f"batch={batch} encoder={length}"
     words = head.split()
@@ -603,6 +694,12 @@ def _label(shape: tuple[Any, ...], part: str, encoder: str = "") -> str:
         text += f" seq={new}"
     if part == "decoder":
         text += f" cache={cached}"
+    if (
+        decoder_padded
+        and part == "decoder"
+        and any(min(p, cached - 1) > 0 for p in padding[:batch])
+    ):
+        text += " decoder left-padded"
     rest = words[2:] if encoder else (["padded"] if any(padding) else [])
     if not encoder and batch == BATCH_MAX:
         rest.append("at bounds")
