@@ -227,10 +227,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         r"requires the timm library",
         "its vision tower is a timm model, and timm is not installed with the torch pin",
     ),
-    "inkling_mm_model": (
-        r"No module named 'scipy'",
-        "its modeling code imports scipy, which is not installed with the torch pin",
-    ),
     "granite4_vision": (
         r"object of type 'NoneType' has no len\(\)",
         "the config class leaves deepstack_layer_map None, the pairs of vision and text "
@@ -329,8 +325,16 @@ def _paddle_projected(model, out, merge_order):
 #: output, **grid extras) -> features), ``vision_input`` ((model, flattened patches) -> the
 #: patches as the tower takes them), ``processor_pixels`` (the same, as the processor
 #: gives them to ``generate``) and ``grid_extras`` ((model, grids) -> more tensors
-#: computed from the grids, inputs of the graph)
+#: computed from the grids, inputs of the graph); or ``layout``, the task's layout of a
+#: model whose image inputs are not recognised from its code
 _TOWERS = {
+    "inkling_mm_model": (
+        {"layout": "patches"},
+        "its processor cuts each image into patches of temporal_patch_size frames of "
+        "patch_size x patch_size pixels, channels last, (patches, T, P, P, C), every "
+        "image's one after the other; its tower encodes each patch alone (an MLP that "
+        "folds time and space into depth) into one image token",
+    ),
     "paddleocr_vl": (
         {
             "vision_tower": "visual",

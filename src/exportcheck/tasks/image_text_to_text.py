@@ -15,7 +15,7 @@ the result. It is exported as three graphs and one merge, as a runtime drives th
 * ``decoder``: a decode step of the causal LM on input embeddings with the cache of the
   positions before -> logits and the grown cache.
 
-Eight layouts of image inputs are built from the config, without a processor:
+Nine layouts of image inputs are built from the config, without a processor:
 
 * ``pixels``: ``pixel_values`` ``(images, channels, height, width)`` at the vision
   config's ``image_size``. The resolution stays static: the processors of these models
@@ -71,6 +71,12 @@ Eight layouts of image inputs are built from the config, without a processor:
 * ``flat``: the flattened patches of each image, ``(images, patches, channels * patch **
   2)``, for an encoder that is one linear map of a patch (Fuyu): images and patches
   dynamic.
+* ``patches``: the patches of every image one after the other, ``pixel_values``
+  ``(patches, temporal_patch_size, patch_size, patch_size, channels)`` as the processor
+  cuts them (Inkling), for an encoder of each patch alone into one image token: an image
+  has as many tokens as patches, with no positions or grids. Declared by the family
+  (``input_layouts`` ``layout``). Dynamic: the patches; each input set has images of
+  patch counts of its own, the last at the declared bound (64 patches).
 
 A model with multimodal rope (``get_rope_index``) gets a decoder step that takes
 ``position_ids`` ``(3, batch, seq_length)``: text positions in the checked sets, the
@@ -169,6 +175,12 @@ PADDED_GENERATION_IMAGE = (4, 6)
 #: many, as the processor pads them): every set a distinct count, the last at the bound
 FLAT_PATCHES = [(2, 16), (1, 9), (3, 25), (4, 4), (2, 36), (1, 12), (4, 64)]
 FLAT_PATCHES_MAX = 64
+#: the patch count of each image of each ``patches`` input set: every set a distinct
+#: total, the first traced, the last at the bound
+PATCH_IMAGES = [[3, 2], [1], [4, 6, 2], [9], [2, 5, 7, 6], [16, 8], [16] * 4]
+PATCHES_MAX = 64
+#: the patches of each of the generation prompt's two images in the ``patches`` layout
+PATCH_GENERATION_IMAGE = 6
 #: patches per side of the images of a fixed-resolution encoder: a larger image_size of
 #: the tiny config is shrunk to this many patches
 PATCHES_PER_SIDE = 8
@@ -311,7 +323,8 @@ def _patch_embedding(model: Any) -> Any:
 
 def vision_layout(model: Any) -> str:
     """``pixels``, ``stacked``, ``instructed``, ``naflex``, ``grid``, ``tiles``,
-    ``padded`` or ``flat``: how ``get_image_features`` takes the image (see the module).
+    ``padded``, ``flat`` or ``patches``: how ``get_image_features`` takes the image (see
+    the module); the family's ``input_layouts`` ``layout`` when it declares one.
 
     :raises ValueError: for a function that requires other inputs
     """
@@ -342,6 +355,9 @@ def vision_layout(model: Any) -> str:
             "and pixel_attention_mask for a NaFlex tower whose projector unshuffles "
             "blocks of patches, and no other required input"
         )
+    declared = _tower_layout(model).get("layout")
+    if declared is not None:
+        return declared
     if "image_grid_thw" in params:
         return "grid"
     if instructed:
@@ -387,11 +403,22 @@ def _side(value: Any) -> int:
     return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
 
 
-def check_image_inputs(layout: str, pixel_values: Any, channels: int, width: int) -> None:
+def check_image_inputs(
+    layout: str, pixel_values: Any, channels: int, width: int, patch: tuple[int, ...] = ()
+) -> None:
     """A ValueError that says what the vision encoder takes, unless ``pixel_values`` has
-    the rank and channels (or patch width) of ``layout``."""
+    the rank and channels (or patch width) of ``layout``; for ``patches``, ``patch`` is
+    the shape of one patch, ``(temporal_patch_size, patch_size, patch_size, channels)``."""
     shape = tuple(getattr(pixel_values, "shape", ()))
-    if layout in ("pixels", "stacked", "tiles", "padded", "instructed", "hybrid"):
+    if layout == "patches":
+        ok = len(shape) == 5 and shape[1:] == tuple(patch)
+        frames, side, _, depth = patch
+        wanted = (
+            f"(patches, {', '.join(map(str, patch))}): the patches of every image one after "
+            f"the other, each {frames} frames of {side}x{side} pixels with {depth} channels "
+            "last, as the processor cuts them"
+        )
+    elif layout in ("pixels", "stacked", "tiles", "padded", "instructed", "hybrid"):
         ok = len(shape) == 4 and shape[1] == channels
         wanted = f"(images, {channels}, height, width)"
         if layout == "tiles":
@@ -459,6 +486,21 @@ def _parts() -> dict[str, type]:
 
         def forward(self, pixel_values: Any) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            return features(_image_function(self.model)(pixel_values=pixel_values))
+
+    class PatchEncoder(PixelEncoder):
+        """the patches of every image, ``(patches, temporal, patch, patch, channels)`` as
+        the processor cuts them -> one feature row per patch (each patch encoded alone)."""
+
+        layout = "patches"
+
+        def __init__(self, model: Any, channels: int, width: int) -> None:
+            super().__init__(model, channels, width)
+            channels, temporal, patch, _ = _grid_sizes(model.config)
+            self.patch = (temporal, patch, patch, channels)
+
+        def forward(self, pixel_values: Any) -> Any:
+            check_image_inputs(self.layout, pixel_values, self.channels, self.width, self.patch)
             return features(_image_function(self.model)(pixel_values=pixel_values))
 
     class StackedEncoder(PixelEncoder):
@@ -692,6 +734,7 @@ def _parts() -> dict[str, type]:
         "tiles": TileEncoder,
         "padded": PaddedEncoder,
         "flat": FlatEncoder,
+        "patches": PatchEncoder,
     }
 
 
@@ -870,7 +913,8 @@ def rope_index(model: Any) -> Any:
 def _tower_layout(model: Any) -> dict[str, Any]:
     """The family's ``input_layouts`` entry of a variable-resolution model whose tower is
     not named ``visual``: ``vision_tower`` (its attribute) and ``vision_output`` (the steps
-    ``get_image_features`` takes after it, ``(model, tower output) -> features``)."""
+    ``get_image_features`` takes after it, ``(model, tower output) -> features``); or of a
+    model that declares its ``layout``."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return INPUT_LAYOUTS.get(model_type, ({}, ""))[0]
 
@@ -1091,6 +1135,20 @@ def _image_sets(
             for n, patches in FLAT_PATCHES
         ]
         labels = [f"images={n} patches={patches}" for n, patches in FLAT_PATCHES]
+    elif layout == "patches":
+        channels, temporal, patch, _ = _grid_sizes(config)
+        sets = [
+            {
+                "pixel_values": torch.randn(
+                    (sum(images), temporal, patch, patch, channels), generator=generator
+                )
+            }
+            for images in PATCH_IMAGES
+        ]
+        labels = [
+            f"images={len(images)} patches={sum(images)} per image=" + ",".join(map(str, images))
+            for images in PATCH_IMAGES
+        ]
     elif layout != "grid":
         channels, side = _pixel_sizes(config)
         sets = [
@@ -1415,6 +1473,8 @@ class ImageTextToText(Task):
         elif layout == "naflex":
             vision = _vision_config(config)
             channels, width = 0, int(vision.num_channels) * int(vision.patch_size) ** 2
+        elif layout == "patches":
+            channels, width = _grid_sizes(config)[0], _grid_width(config)
         elif layout != "grid":
             channels, side = _pixel_sizes(config)
             width = 0
@@ -1509,6 +1569,19 @@ class ImageTextToText(Task):
                 f"(images, patches, {width}): the encoder is one linear map of each patch, "
                 "so images and patches are both dynamic"
             )
+        elif layout == "patches":
+            _, temporal, patch, _ = _grid_sizes(config)
+            image_shapes = {
+                "pixel_values": {0: torch.export.Dim("patches", min=1, max=PATCHES_MAX)}
+            }
+            resolution = (
+                "images of any size as the processor cuts them into patches of "
+                f"{temporal} frames of {patch}x{patch} pixels: pixel_values (patches, "
+                f"{temporal}, {patch}, {patch}, {channels}) of every image one after the "
+                "other, patches dynamic; the encoder takes each patch alone to one image "
+                "token, so an image has as many tokens as patches"
+            )
+            fitted.append(f"image layout patches: {INPUT_LAYOUTS[config.model_type][1]}")
         elif layout != "grid":
             image_shapes: dict[str, Any] = {"pixel_values": {0: images}}
             resolution = (
@@ -1641,6 +1714,9 @@ class ImageTextToText(Task):
             image, _ = padded_images(m.model, [PADDED_GENERATION_IMAGE] * 2, generator, channels)
         elif encoder.module.layout == "naflex":
             image = naflex_images(m.model, [NAFLEX_GENERATION_GRID] * 2, generator)
+        elif encoder.module.layout == "patches":
+            shape = (2 * PATCH_GENERATION_IMAGE, *first["pixel_values"].shape[1:])
+            image = {"pixel_values": torch.randn(shape, generator=generator)}
         elif encoder.module.layout in ("pixels", "stacked", "flat", "instructed", "hybrid"):
             shape = (2, *first["pixel_values"].shape[1:])
             image = {"pixel_values": torch.randn(shape, generator=generator)}
