@@ -606,6 +606,44 @@ def test_flattened_patches_of_the_wrong_rank_say_what_the_encoder_takes():
         encoder.module(pixel_values=torch.zeros(2, 3, 30, 30))
 
 
+@pytest.fixture(scope="module")
+def inkling():
+    return untrained_model("inkling_mm_model", task=TASK)
+
+
+def test_the_exported_patch_encoder_matches_get_image_features_on_unseen_patch_counts(inkling):
+    # Inkling's processor cuts images into patches (patches, T, P, P, C), every image's
+    # one after the other, and its tower encodes each patch alone into one image token:
+    # the graph traced on 5 patches equals get_image_features on counts it never saw
+    m = inkling
+    encoder = m.components[0]
+    assert encoder.module.layout == "patches"
+    counts = [s["pixel_values"].shape[0] for s in encoder.input_sets]
+    assert len(set(counts)) == len(counts)  # every set its own patch count
+    dim = encoder.dynamic_shapes["pixel_values"][0]
+    assert (dim.__name__, dim.max) == ("patches", counts[-1])  # the last set at the bound
+    program = _exported(encoder)
+    generator = torch.Generator().manual_seed(3)
+    shape = encoder.input_sets[0]["pixel_values"].shape[1:]
+    assert tuple(shape) == (2, 40, 40, 3)  # temporal_patch_size, patch_size, channels
+    for patches in (7, 30):
+        pixels = torch.randn((patches, *shape), generator=generator)
+        with torch.no_grad():
+            got = program.module()(pixel_values=pixels)
+            own = m.model.get_image_features(pixel_values=pixels).pooler_output
+        assert got.shape == (patches, m.config.text_config.hidden_size)  # a token a patch
+        assert float((got - own.reshape(got.shape)).abs().max()) < 1e-6, patches
+
+
+def test_patches_of_the_wrong_rank_or_shape_say_what_the_encoder_takes(inkling):
+    encoder = inkling.components[0]
+    wanted = r"\(patches, 2, 40, 40, 3\): the patches of every image one after the other"
+    with pytest.raises(ValueError, match=wanted):  # flattened patches
+        encoder.module(pixel_values=torch.zeros(4, 2 * 40 * 40 * 3))
+    with pytest.raises(ValueError, match=wanted):  # channels first, as pixels
+        encoder.module(pixel_values=torch.zeros(4, 2, 3, 40, 40))
+
+
 def test_an_instructed_q_former_takes_each_images_prompt_and_the_decoder_its_lm():
     m = untrained_model("instructblip", task=TASK)
     encoder, _, step = m.components
@@ -665,6 +703,40 @@ def test_an_image_encoder_decoder_is_three_graphs_and_refuses_pixels_of_another_
     assert set(encoder.input_sets[0]) == {"pixel_values"}
     with pytest.raises(ValueError, match=r"pixel_values must have rank 4"):
         encoder.module(pixel_values=torch.zeros(3, 128, 128))
+
+
+def test_an_image_encoder_decoder_pads_its_decoder_prompts_and_the_mask_is_read():
+    # images of one resolution take no mask: the padded sets pad the cached decoder
+    # prompt instead (decoder_cache_mask), the new tokens are real
+    m = untrained_model("vision-encoder-decoder", task=TASK)
+    init, step = m.components[1], m.components[2]
+    assert "decoder_cache_mask" not in init.input_sets[0]  # the first step stays unpadded
+    padded = [i for i, label in enumerate(step.labels) if "decoder left-padded" in label]
+    assert padded == [4, 5]
+    for i, feeds in enumerate(step.input_sets):
+        mask = feeds["decoder_cache_mask"]
+        assert mask.shape == feeds["cache"].self_attention_cache.layers[0].keys.shape[::2][:2]
+        assert bool((mask == 0).any()) == (i in padded)
+        assert torch.equal(mask, m.prompt_masks[i])
+    feeds = step.input_sets[4]
+    assert feeds["decoder_cache_mask"][0].tolist()[:6] == [0, 0, 0, 0, 0, 1]
+    with torch.no_grad():
+        got = step.module(**copy.deepcopy(feeds))["logits"]
+        ones = torch.ones_like(feeds["decoder_cache_mask"])
+        unmasked = step.module(**copy.deepcopy({**feeds, "decoder_cache_mask": ones}))
+    # the pads' zeros change the padded row's logits, and no other row's
+    moved = (got - unmasked["logits"]).abs().amax((1, 2))
+    assert float(moved[0]) > 1e-3 and float(moved[1:].max()) == 0.0
+    # the step equals a full decoder forward over prompt and new tokens with their mask
+    assert all(row["ok"] for row in get_task(TASK).check_eager(m, 1e-4))
+    assert any("decoder_cache_mask" in note for note in m.notes)
+
+
+def test_text_encoder_decoders_still_pad_the_encoders_input():
+    m = untrained_model("t5", task="text2text-generation")
+    step = m.components[2]
+    assert "decoder_cache_mask" not in step.input_sets[0]
+    assert any(label.endswith("padded") for label in step.labels)
 
 
 def test_chameleon_images_become_distinct_codes_of_the_tiny_vocabulary():
