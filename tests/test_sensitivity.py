@@ -51,6 +51,23 @@ def test_an_input_the_output_does_not_read_is_reported_and_masks_are_left_alone(
     assert rows[0].read and rows[0].output == "logits"
 
 
+def test_a_replacement_is_never_the_input_it_replaces():
+    # the tasks draw their first input set from seed 0: a replacement drawn from the
+    # same seed would be that very tensor, and every output would seem to ignore it
+    (row,) = input_sensitivity(untrained_model("wav2vec2", task="automatic-speech-recognition-ctc"))
+    assert row.input == "input_values" and row.read
+
+    class Reads(torch.nn.Module):
+        def forward(self, input_features):
+            return {"logits": input_features * 2}
+
+    drawn = torch.randn((1, 3, 4), generator=torch.Generator().manual_seed(0))
+    component = Component("model", Reads(), [{"input_features": drawn}], {}, ["batch=1"])
+    assert component_sensitivity(component, vocab=0)[0].read
+    with pytest.raises(ValueError, match="equals it: pass another seed than 0"):
+        component_sensitivity(component, vocab=0, seed=0)
+
+
 def test_the_command_writes_one_line_per_type_and_refuses_an_empty_results_file(tmp_path):
     results = tmp_path / "results.jsonl"
     results.write_text(
