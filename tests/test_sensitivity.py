@@ -83,6 +83,12 @@ def test_the_command_writes_one_line_per_type_and_refuses_an_empty_results_file(
     assert [line["source"] for line in lines] == ["bert"]
     assert lines[0]["ignored"] == []
     assert {m["input"] for m in lines[0]["moved"]} == {"input_ids"}
+    from exportcheck.sensitivity import summary
+
+    assert summary(str(out)).startswith(
+        "fill-mask: 1 type audited; 0 with an input their output does not read; "
+        "the least read: bert's model input_ids moves its logits by"
+    )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(SystemExit):

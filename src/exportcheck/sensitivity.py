@@ -12,10 +12,11 @@ Primary inputs are the token ids and the float inputs (features, pixels, encoder
 embeddings); masks, positions, caches and the sizes or indices computed from them are
 left as they are, since a random mask or position is not an input a model is given.
 
-Run it on the green rows of a sweep::
+Run it on the green rows of a sweep, then summarize what it wrote::
 
     python -m exportcheck.sensitivity --results docs/status/fill-mask/results.jsonl \\
-        --out /tmp/fill-mask.jsonl
+        --out docs/status/fill-mask/sensitivity.jsonl
+    python -m exportcheck.sensitivity --summary docs/status/*/sensitivity.jsonl
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Moved", "component_sensitivity", "ignored", "input_sensitivity"]
+__all__ = ["Moved", "component_sensitivity", "ignored", "input_sensitivity", "summary"]
 
 #: parts of an input's name that mark it as no primary input: it is left unchanged
 NOT_PRIMARY = (
@@ -190,16 +191,57 @@ def _green(results: str) -> list[str]:
     return [r["source"] for r in read_results(results) if r.get("ok")]
 
 
+def summary(path: str) -> str:
+    """One line on a sensitivity file: how many types were audited, which have an input
+    their output does not read, and the least read input of all."""
+    with open(path, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} holds no audited model type")
+    task = lines[0]["task"]
+    errors = [line["source"] for line in lines if "error" in line]
+    weak = [
+        f"{line['source']} ({', '.join(line['ignored'])})" for line in lines if line.get("ignored")
+    ]
+    moved = [
+        (m["moved"] / max(m["scale"], 1e-30), line["source"], m)
+        for line in lines
+        for m in line.get("moved", [])
+        if not m["cached"]
+    ]
+    text = f"{task}: {len(lines)} type{'s' if len(lines) > 1 else ''} audited"
+    if errors:
+        text += f", {len(errors)} could not be ({', '.join(errors)})"
+    text += f"; {len(weak)} with an input their output does not read"
+    text += f" ({'; '.join(weak)})" if weak else ""
+    if moved:
+        ratio, source, m = min(moved, key=lambda x: x[0])
+        text += (
+            f"; the least read: {source}'s {m['component']} {m['input']} moves its "
+            f"{m['output']} by {m['moved']:.1e}, {ratio:.1e} of its largest value"
+        )
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m exportcheck.sensitivity",
         description="Measure how far each exported graph's main output moves when one of "
         "its primary inputs changes, for the green model types of a sweep's results.",
     )
-    parser.add_argument("--results", required=True, help="a sweep's results.jsonl")
+    parser.add_argument("--results", help="a sweep's results.jsonl")
     parser.add_argument("--only", nargs="*", help="these model types only")
-    parser.add_argument("--out", required=True, help="where to write one JSON line per type")
+    parser.add_argument("--out", help="where to write one JSON line per type")
+    parser.add_argument(
+        "--summary", nargs="+", metavar="FILE", help="print one line on each sensitivity file"
+    )
     args = parser.parse_args(argv)
+    if args.summary:
+        for path in args.summary:
+            print(summary(path))
+        return 0
+    if not args.results or not args.out:
+        parser.error("give --results and --out (or --summary FILE...)")
 
     from .sweep import read_results
     from .tasks import untrained_model
@@ -209,7 +251,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{args.results} holds no results: run exportcheck sweep first")
     task = rows[0]["task"]
     types = args.only or _green(args.results)
-    weak = 0
     with open(args.out, "w") as f:
         for model_type in types:
             try:
@@ -223,11 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "moved": [dataclasses.asdict(r) for r in moved],
                     "ignored": [f"{r.component}:{r.input}" for r in ignored(moved)],
                 }
-                weak += bool(line["ignored"])
             f.write(json.dumps(line) + "\n")
             f.flush()
             print(model_type, line.get("ignored", line.get("error")), file=sys.stderr)
-    print(f"{task}: {len(types)} types, {weak} with an input their output does not read")
+    print(summary(args.out))
     return 0
 
 
