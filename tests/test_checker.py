@@ -223,6 +223,31 @@ def test_summary_counts_and_categories(tmp_path):
     assert "**1 of 3**" in page and "took 1.0 minutes" in page
     assert "\nNotes\n" not in page  # no row has notes
     assert len(written) == 3 and (tmp_path / "page" / "r.jsonl").exists()
+    assert "What the checks can see" not in page  # no audit next to the results
+
+
+def test_a_sensitivity_audit_next_to_the_results_is_summarized_on_the_page(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(_row("a")) + "\n")
+    moved = {"component": "model", "input": "input_ids", "output": "logits", "cached": False}
+    (tmp_path / "sensitivity.jsonl").write_text(
+        json.dumps(
+            {
+                "source": "a",
+                "task": "t",
+                "moved": [{**moved, "moved": 0.0, "scale": 2.0}],
+                "ignored": ["model:input_ids"],
+            }
+        )
+        + "\n"
+    )
+    write_report(str(path), str(tmp_path / "page"))
+    page = (tmp_path / "page" / "index.rst").read_text()
+    assert (
+        "t: 1 type audited; 1 with an input their output does not read (a (model:input_ids))"
+        in page
+    )
+    assert (tmp_path / "page" / "sensitivity.jsonl").exists()  # the page links its copy
 
 
 def test_report_of_nothing_says_so(tmp_path):

@@ -497,8 +497,21 @@ def write_report(results: str, out_dir: str, title: str | None = None) -> list[s
                 + " minutes, each measured from its first start to its last finish)."
             )
         )
+    lines.append(
+        f"* Results file: :download:`{os.path.basename(results)} <{os.path.basename(results)}>`."
+    )
+    audit = os.path.join(os.path.dirname(results), "sensitivity.jsonl")
+    if os.path.exists(audit):
+        from .sensitivity import summary as audit_summary
+
+        if os.path.abspath(os.path.dirname(audit)) != os.path.abspath(out_dir):
+            shutil.copyfile(audit, os.path.join(out_dir, "sensitivity.jsonl"))
+        lines.append(
+            "* What the checks can see (``python -m exportcheck.sensitivity``: how far each "
+            "graph's main output moves when one primary input of the green types changes): "
+            f"{audit_summary(audit)}. File: :download:`sensitivity.jsonl <sensitivity.jsonl>`."
+        )
     lines += [
-        f"* Results file: :download:`{os.path.basename(results)} <{os.path.basename(results)}>`.",
         "",
         "Stages",
         "------",
