@@ -187,7 +187,6 @@ def test_the_audio_ledger_covers_the_types_that_cannot_be_built():
         "granite_speech_plus",
         "fun_asr_nano",
         "musicflamingo",
-        "voxtral_realtime",
         "kyutai_speech_to_text",
         "vibevoice",
     }
@@ -248,3 +247,79 @@ def test_family_layouts_name_unread_audio_arguments_and_deterministic_settings()
         _audio_lm.audio_arguments(_model_of("some_audio_lm", features))
     assert _audio_lm.audio_settings(_model_of("vibevoice_asr", features)) == {"sample": False}
     assert _audio_lm.audio_settings(moss) == {}
+
+
+@pytest.fixture(scope="module")
+def voxtral_realtime():
+    return untrained_model("voxtral_realtime", task="automatic-speech-recognition")
+
+
+def _calls(m, replace=None):
+    """``call`` of the generation loop on the eager components, the audio encoder's
+    frames passed through ``replace`` when given."""
+    modules = {c.name: c.module for c in m.components}
+
+    def call(name, feeds):
+        with torch.no_grad():
+            out = modules[name](**feeds)
+        return replace(out) if replace is not None and name == "audio_encoder" else out
+
+    return call
+
+
+def test_voxtral_realtime_adds_one_audio_frame_to_each_position_without_a_placeholder(
+    voxtral_realtime,
+):
+    m = voxtral_realtime
+    assert _audio_lm.added_audio(m.config)
+    assert [c.name for c in m.components] == ["audio_encoder", "embed_tokens", "decoder"]
+    encoder = m.components[0]
+    # the waveform padded to whole tokens: one frame per 8 mel frames, every clip
+    for feeds in encoder.input_sets:
+        features = feeds["input_features"]
+        assert features.shape[-1] % 8 == 0
+        with torch.no_grad():
+            frames = encoder.module(**feeds)
+        assert frames.shape == (features.shape[0] * features.shape[-1] // 8, 64)
+    # the exported encoder equals eager on an audio length it was not traced with
+    program = torch.export.export(
+        encoder.module, (), kwargs=encoder.input_sets[0], dynamic_shapes=encoder.dynamic_shapes
+    )
+    unseen = encoder.input_sets[3]
+    assert unseen["input_features"].shape[-1] != encoder.input_sets[0]["input_features"].shape[-1]
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(**unseen), encoder.module(**unseen))
+
+
+def test_voxtral_realtime_generation_through_the_graphs_equals_streaming_generate(
+    voxtral_realtime,
+):
+    m = voxtral_realtime
+    # eager generate streams: the encoder runs four frames a step with its own cache
+    reference = _audio_lm.generate_eager(m)
+    got = _audio_lm.generate(m, _calls(m), reference.tokens)
+    for expected, step in zip(reference.logits, got.logits, strict=True):
+        torch.testing.assert_close(step, expected, atol=1e-4, rtol=0)
+    # each new token gets the audio frame of its position: silencing the frames after the
+    # prompt leaves the prompt's logits and changes those of every generated position
+    prompt = _audio_lm.added_generation_inputs(m)["input_ids"].shape[1]
+
+    def silence_after_prompt(flat):
+        frames = flat.reshape(2, -1, flat.shape[-1]).clone()
+        frames[:, prompt:] = 0
+        return frames.reshape(flat.shape)
+
+    silenced = _audio_lm.generate(m, _calls(m, silence_after_prompt), reference.tokens)
+    torch.testing.assert_close(silenced.logits[0], got.logits[0])
+    assert all(
+        float((a - b).abs().max()) > 1e-3
+        for a, b in zip(silenced.logits[1:], got.logits[1:], strict=True)
+    )
+
+
+def test_voxtral_realtime_text_cannot_outrun_its_audio():
+    embeds = torch.zeros(2, 3, 4)
+    frames = torch.ones(2, 5, 4)
+    assert torch.equal(_audio_lm.add_frames(embeds, frames, 2), torch.ones(2, 3, 4))
+    with pytest.raises(ValueError, match=r"positions 3 to 5 need audio frames.*returned 5"):
+        _audio_lm.add_frames(embeds, frames, 3)

@@ -19,6 +19,12 @@ graphs and one merge:
 * ``decoder``: a decode step of the causal LM on input embeddings, with the cache of
   the tokens before -> logits and the grown cache.
 
+A model with no placeholder token whose forward *adds* the audio frame ``i`` to the
+embedding of position ``i`` instead (a family's ``input_layouts`` entry ``added_audio``:
+Voxtral Realtime, a text stream that runs alongside the audio, one frame a token) is
+exported as the same three graphs; only the merge differs (:func:`add_frames`), in the
+prompt and at every generated token, and generation stops where its audio ends.
+
 Dynamic dimensions: ``batch`` and ``frames`` for the encoder; ``batch``, ``seq_length``
 (new positions) and ``cache_length`` for the decoder, whose mask covers cache and new
 positions. The decoder step is checked against a full forward over its prompt and new
@@ -86,6 +92,17 @@ def audio_token(config: Any) -> int:
         f"{type(config).__name__} names no audio placeholder token ({' or '.join(_TOKEN_NAMES)}): "
         "exportcheck places the audio frames at that token's positions"
     )
+
+
+def _layout(config: Any) -> dict[str, Any]:
+    return INPUT_LAYOUTS.get(getattr(config, "model_type", None), ({}, ""))[0]
+
+
+def added_audio(config: Any) -> bool:
+    """True for a model with no placeholder token whose forward adds the projected audio
+    frame ``i`` to the text embedding of position ``i`` (a family's ``input_layouts``
+    entry ``added_audio``)."""
+    return bool(_layout(config).get("added_audio"))
 
 
 def audio_function_of(model_type: str | None) -> Any:
@@ -189,8 +206,16 @@ def text_lm(model: Any) -> Any:
     itself, or, when its forward requires the pixels (BLIP-2: it encodes the image on
     every call), its ``language_model``, the causal LM it hands the merged embeddings to.
 
+    A family's ``input_layouts`` entry ``text_lm`` gives it instead, for a model whose
+    forward requires its audio on every call (``text_lm(model)``: a module taking
+    ``inputs_embeds``, ``attention_mask``, ``cache``, ``use_cache``, returning
+    ``logits`` and ``cache``).
+
     :raises ValueError: when the forward requires pixels and there is no such LM
     """
+    given = _layout(getattr(model, "config", None)).get("text_lm")
+    if given is not None:
+        return given(model)
     pixels = inspect.signature(model.forward).parameters.get("pixel_values")
     if pixels is None or pixels.default is not inspect.Parameter.empty:
         return model
@@ -432,6 +457,13 @@ def frames_multiple(config: Any) -> int:
     return int(INPUT_LAYOUTS.get(model_type, ({}, ""))[0].get("frames_multiple_of", 1))
 
 
+def samples_multiple(config: Any) -> int:
+    """The multiple of samples a model's processor pads each waveform to before its
+    feature extractor (whole tokens of audio): a family's ``input_layouts`` entry
+    ``samples_multiple_of`` names it, with why (1: none)."""
+    return int(_layout(config).get("samples_multiple_of", 1))
+
+
 def frames_axis(audio: Any, mask: Any) -> int:
     """The axis of the frames (or samples) of ``audio``: the last one as long as its mask
     (log-mel features come as (batch, bins, frames) or (batch, frames, bins))."""
@@ -440,19 +472,28 @@ def frames_axis(audio: Any, mask: Any) -> int:
 
 
 def audio_inputs(
-    extractor: Any, kind: str, seconds: tuple[float, ...], seed: int, multiple: int = 1
+    extractor: Any,
+    kind: str,
+    seconds: tuple[float, ...],
+    seed: int,
+    multiple: int = 1,
+    samples: int = 1,
 ) -> dict[str, Any]:
     """What the feature extractor returns for random waveforms of ``seconds``, padded as
-    it pads by default (to its chunk, or to the longest clip), then on the right to a
-    multiple of ``multiple`` frames, with the mask of the real frames (or samples), under
-    the audio encoder graph's input names."""
+    it pads by default (to its chunk, or to the longest clip; the waveforms to a multiple
+    of ``samples`` samples first), then on the right to a multiple of ``multiple`` frames,
+    with the mask of the real frames (or samples), under the audio encoder graph's input
+    names."""
     import numpy as np
     import torch
 
     rng = np.random.default_rng(seed)
     rate = extractor.sampling_rate
     waves = [rng.standard_normal(int(s * rate)).astype("float32") * 0.1 for s in seconds]
-    out = extractor(waves, sampling_rate=rate, return_tensors="pt", return_attention_mask=True)
+    given = {"pad_to_multiple_of": samples} if samples > 1 else {}
+    out = extractor(
+        waves, sampling_rate=rate, return_tensors="pt", return_attention_mask=True, **given
+    )
     audio_name, mask_name = ENCODER_INPUTS[kind]
     # the mask of what the graph takes first: an extractor may return the samples' mask
     # beside the frames' (padding_mask beside input_features_mask)
@@ -531,7 +572,8 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
     model = auto.from_config(config).to(torch.float32).eval()
     prepare_weights(model, config)
     bind_audio_function(model)
-    token = audio_token(config)
+    added = added_audio(config)
+    token = -1 if added else audio_token(config)  # -1: no text id to avoid
     parts = _parts()
     masked = audio_arguments(model)[1] is not None
     windowed = masked and _window_function(model) is not None
@@ -543,12 +585,19 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
 
     audio_name, mask_name = ENCODER_INPUTS[kind]
     audio_sets = [
-        audio_inputs(extractor, kind, seconds, seed + i, frames_multiple(config))
+        audio_inputs(
+            extractor, kind, seconds, seed + i, frames_multiple(config), samples_multiple(config)
+        )
         for i, (_, seconds) in enumerate(AUDIO_SETS)
     ]
     audio_sets.append(
         audio_inputs(
-            extractor, kind, (BOUND_SECONDS,) * BATCH_MAX, seed + 99, frames_multiple(config)
+            extractor,
+            kind,
+            (BOUND_SECONDS,) * BATCH_MAX,
+            seed + 99,
+            frames_multiple(config),
+            samples_multiple(config),
         )
     )
     notes = [
@@ -556,6 +605,13 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
         "LM's input embeddings at the audio token's positions; exported as audio_encoder, "
         "embed_tokens and decoder, the merge done by the driver as the forward does it"
     ]
+    if added:
+        notes[0] = (
+            f"audio LM with added audio: {type(model).__name__} has no audio token, it adds "
+            "its audio encoder's frame i to the token embedding of position i; exported as "
+            "audio_encoder, embed_tokens and decoder, the sum done by the driver as the "
+            f"forward does it ({INPUT_LAYOUTS[config.model_type][1]})"
+        )
     if chunk_note:
         notes.append(chunk_note)
     axis = frames_axis(audio_sets[0][audio_name], audio_sets[0][mask_name])
@@ -799,6 +855,8 @@ def generation_inputs(m: UntrainedModel) -> dict[str, Any]:
 def generate_eager(m: UntrainedModel) -> Generation:
     from .text_generation import greedy_generate
 
+    if added_audio(m.config):
+        return _added_generate_eager(m)
     feeds = generation_inputs(m)
     kind, mask_argument = audio_arguments(m.model)
     audio = feeds["audio"]
@@ -815,6 +873,8 @@ def generate_eager(m: UntrainedModel) -> Generation:
 
 def generate(m: UntrainedModel, call: Any, forced: Any) -> Generation:
     """The encoder once, then :func:`merged_generate` on the prompt."""
+    if added_audio(m.config):
+        return _added_generate(m, call, forced)
     feeds = generation_inputs(m)
     return merged_generate(
         m, call, forced, "audio_encoder", feeds["audio"], feeds, audio_token(m.config), "frames"
@@ -936,5 +996,121 @@ def merged_generate(
             f"embeddings, the first of its {ids.shape[1]} positions eager, the rest through "
             "the decoder graph"
             + (f" in {chunks} chunks of at most {bound} positions" if chunks > 1 else "")
+        ),
+    )
+
+
+#: seconds of audio of each row of the generation prompt of a model that adds its audio
+#: to every position: long enough for the prompt and every new token to get a frame
+ADDED_AUDIO = (1.2, 0.9)
+
+
+def added_generation_inputs(m: UntrainedModel) -> dict[str, Any]:
+    """The prompt of the generation stage of a model that adds its audio to every
+    position: text tokens (as many as :data:`GENERATION_TEXT` holds), and two clips of
+    :data:`ADDED_AUDIO` padded to one length, under the audio encoder graph's names."""
+    import torch
+
+    encoder = next(c for c in m.components if c.name == "audio_encoder").module
+    extractor = _audio_features_extractor(m.config, encoder.kind)
+    audio = audio_inputs(
+        extractor,
+        encoder.kind,
+        ADDED_AUDIO,
+        4321,
+        frames_multiple(m.config),
+        samples_multiple(m.config),
+    )
+    audio = _graph_audio(audio, encoder)
+    text = m.config.get_text_config(decoder=True)
+    generator = torch.Generator().manual_seed(1234)
+    ids = _text_ids(text, (2, sum(GENERATION_TEXT)), generator, -1)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "audio": audio}
+
+
+def add_frames(embeds: Any, frames: Any, start: int) -> Any:
+    """``embeds`` ``(batch, length, hidden)`` of the positions from ``start`` on, plus the
+    audio frames of the same positions (``frames``: ``(batch, positions, hidden)``), as a
+    forward that adds audio to every position does.
+
+    :raises ValueError: when the audio ends before the last position
+    """
+    end = start + embeds.shape[1]
+    if end > frames.shape[1]:
+        raise ValueError(
+            f"positions {start} to {end - 1} need audio frames and the encoder returned "
+            f"{frames.shape[1]}: the model adds one frame to every position, its text "
+            "cannot outrun its audio"
+        )
+    return embeds + frames[:, start:end].to(embeds.dtype)
+
+
+def _added_generate_eager(m: UntrainedModel) -> Generation:
+    """Eager ``generate`` on :func:`added_generation_inputs`, with the default delay the
+    exported decoder step uses (the streaming encoder and its cache run inside)."""
+    from .text_generation import greedy_generate
+
+    feeds = added_generation_inputs(m)
+    kind, _ = audio_arguments(m.model)
+    given = {
+        "input_ids": feeds["input_ids"],
+        "attention_mask": feeds["attention_mask"],
+        kind: feeds["audio"][ENCODER_INPUTS[kind][0]],
+    }
+    delay = getattr(m.config, "default_num_delay_tokens", None)
+    if delay is not None:
+        given["num_delay_tokens"] = delay
+    return greedy_generate(m.model, given, NEW_TOKENS)
+
+
+def _added_generate(m: UntrainedModel, call: Any, forced: Any) -> Generation:
+    """The encoder once on the whole clips, the prompt's token embeddings plus the frames
+    of their positions (:func:`add_frames`), the first position eagerly (the decoder graph
+    takes a cache), the rest through the decoder graph, then one step per token, each
+    token's embedding plus the frame of its position."""
+    import torch
+
+    feeds = added_generation_inputs(m)
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    step = next(c for c in m.components if c.name == "decoder")
+    bound = getattr(step.dynamic_shapes["inputs_embeds"][1], "max", ids.shape[1])
+    flat = call("audio_encoder", feeds["audio"])
+    frames = flat.reshape(ids.shape[0], -1, flat.shape[-1])
+    embeds = torch.cat(
+        [
+            call("embed_tokens", {"input_ids": ids[:, start : start + bound]})
+            for start in range(0, ids.shape[1], bound)
+        ],
+        1,
+    )
+    merged = add_frames(embeds, frames, 0)
+    with torch.no_grad():
+        first = text_lm(m.model)(
+            inputs_embeds=merged[:, :1], attention_mask=mask[:, :1], use_cache=True
+        )
+    out, cache, chunks = None, _cache_of(first), 0
+    for start in range(1, merged.shape[1], bound):
+        end = min(start + bound, merged.shape[1])
+        given = {"inputs_embeds": merged[:, start:end], "attention_mask": mask[:, :end]}
+        out = call("decoder", {**given, "cache": cache})
+        cache, chunks = out["cache"], chunks + 1
+    logits = [out["logits"][:, -1].detach().float()]
+    seen = mask
+    for t in range(NEW_TOKENS - 1):
+        token_ids = forced[:, t : t + 1]
+        seen = torch.cat([seen, torch.ones_like(token_ids)], 1)
+        new = add_frames(call("embed_tokens", {"input_ids": token_ids}), frames, ids.shape[1] + t)
+        out = call("decoder", {"inputs_embeds": new, "attention_mask": seen, "cache": cache})
+        cache = out["cache"]
+        logits.append(out["logits"][:, -1].detach().float())
+    return Generation(
+        tokens=torch.stack([step.argmax(-1) for step in logits], 1),
+        logits=logits,
+        calls=1 + -(-ids.shape[1] // bound) + chunks + 2 * (NEW_TOKENS - 1),
+        prefill=(
+            f"audio encoder once on the whole clips ({frames.shape[1]} frames), frame i added "
+            f"to the embedding of position i, the first of the {ids.shape[1]} prompt "
+            "positions eager, the rest through the decoder graph; each new token gets the "
+            "frame of its position"
         ),
     )
