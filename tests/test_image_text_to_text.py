@@ -824,3 +824,87 @@ def test_a_hybrid_encoder_reads_each_image_at_both_resolutions():
     assert (got - other).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"holds 1 images and pixel_values 2"):
         encoder.module(**dict(feeds, high_res_pixel_values=high[:1]))
+
+
+@pytest.fixture(scope="module")
+def paligemma():
+    return untrained_model("paligemma", task=TASK)
+
+
+def test_a_prefix_lm_step_attends_bidirectionally_over_its_prefix_in_the_graph(paligemma):
+    # PaliGemma is a prefix LM: the decoder step takes token_type_ids of its new tokens
+    # (0 prefix, 1 suffix); its sets cache a prefix prompt and add suffix tokens, and
+    # equal one forward over both given the same types
+    m = paligemma
+    step = next(c for c in m.components if c.name == "decoder")
+    assert list(step.input_sets[0]) == [
+        "inputs_embeds",
+        "attention_mask",
+        "token_type_ids",
+        "cache",
+    ]
+    assert all(
+        torch.equal(s["token_type_ids"], torch.ones_like(s["token_type_ids"]))
+        for s in step.input_sets
+    )
+    assert all(c["ok"] for c in get_task(TASK).check_eager(m, 1e-4))
+    # a prefill: one masked-out cached position, then 6 prefix and 4 suffix tokens
+    generator = torch.Generator().manual_seed(7)
+    embeds = torch.randn((2, 11, m.config.text_config.hidden_size), generator=generator)
+    mask = torch.ones((2, 11), dtype=torch.int64)
+    mask[:, 0] = 0
+    types = torch.tensor([[0] * 6 + [1] * 4] * 2)
+    program = _exported(step)
+    with export_patches(m.model), torch.no_grad():
+        exported = program.module()  # while the caches are pytree nodes
+        cache = _audio_lm._cache_of(m.model(inputs_embeds=embeds[:, :1], use_cache=True))
+        feeds = {"inputs_embeds": embeds[:, 1:], "attention_mask": mask, "token_type_ids": types}
+        got = exported(**copy.deepcopy(feeds), cache=copy.deepcopy(cache))["logits"]
+        whole = m.model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            token_type_ids=torch.cat([types[:, :1], types], 1),
+        ).logits[:, 1:]
+        causal = exported(
+            **dict(copy.deepcopy(feeds), token_type_ids=torch.ones_like(types)),
+            cache=copy.deepcopy(cache),
+        )["logits"]
+    assert (got - whole).abs().max() < 1e-4
+    # the prefix's tokens see its later ones, which a causal step does not
+    assert (got - causal)[:, :6].abs().max() > 1e-3
+
+
+def test_a_prefix_lm_prefills_its_prompt_in_one_call_and_generates_as_generate(paligemma):
+    m = paligemma
+    task = get_task(TASK)
+    assert torch.equal(
+        task.processor_inputs(m)["token_type_ids"],
+        torch.zeros_like(task.processor_inputs(m)["input_ids"]),
+    )
+    modules = {c.name: c.module for c in m.components}
+    calls = []
+
+    def call(name, feeds):
+        calls.append((name, feeds.get("token_type_ids")))
+        return modules[name](**feeds)
+
+    with torch.no_grad():
+        reference = task.generate_eager(m)
+        loop = task.generate(m, call, reference.tokens)
+        # the same loop with the prompt's types as suffix: a causal prefill, not generate's
+        causal = task.generate(
+            m,
+            lambda name, feeds: modules[name](
+                **dict(feeds, token_type_ids=torch.ones_like(feeds["token_type_ids"]))
+                if name == "decoder"
+                else feeds
+            ),
+            reference.tokens,
+        )
+    prefill = next(types for name, types in calls if name == "decoder")
+    assert prefill.shape == task.generation_inputs(m)["input_ids"].shape  # the whole prompt
+    assert not prefill.any()
+    assert torch.equal(loop.tokens, reference.tokens)
+    logits = torch.stack(reference.logits)
+    assert torch.allclose(torch.stack(loop.logits), logits, atol=1e-4)
+    assert not torch.allclose(torch.stack(causal.logits), logits, atol=1e-4)

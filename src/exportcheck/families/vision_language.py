@@ -253,15 +253,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         "the config's sliding_window, left None, is set by its family so that the "
         "model builds)",
     ),
-    "paligemma": (
-        r"eager is inconsistent: the decode step differs from a full forward",
-        "a prefix LM: PaliGemmaConfig sets text_config.use_bidirectional_attention to True "
-        "when unset (configuration_paligemma.py:91), so its layers attend without the "
-        "causal flag; a full forward over prompt and new tokens whose mask sdpa drops (no "
-        "padding) is bidirectional over all of them, while a step over a cache attends "
-        "causally to it (0.007 off on the first set); a decoder graph that matches needs "
-        "the prefix mask (token_type_ids) as an input and a prefill that is not chunked",
-    ),
 }
 
 

@@ -83,7 +83,11 @@ A model with multimodal rope (``get_rope_index``) gets a decoder step that takes
 positions ``get_rope_index`` gives the prompt and its offset for every later token in
 generation. A model whose forward requires the pixels on every call (BLIP-2,
 InstructBLIP) gets a decoder step of the language model it hands the merged embeddings
-to (:func:`exportcheck.tasks._audio_lm.text_lm`).
+to (:func:`exportcheck.tasks._audio_lm.text_lm`). A prefix LM (PaliGemma:
+:func:`prefix_lm`), whose image tokens and prompt attend bidirectionally, gets a decoder
+step that takes ``token_type_ids`` of its new tokens (0 prefix, 1 suffix), checked
+against a full forward given the same prefix, and a generation that prefills the whole
+prompt in one decoder call.
 
 The decoder step is checked against a full forward over its prompt and new embeddings.
 Generation: the vision encoder once, the merged prompt (text, the image's tokens, text),
@@ -1673,7 +1677,7 @@ class ImageTextToText(Task):
                 "layers as the forward adds them at the image tokens"
             )
         _check_reads_pixels(encoder, image_sets[0])
-        return _audio_lm.merged_lm(
+        m = _audio_lm.merged_lm(
             self.name,
             model,
             config,
@@ -1685,6 +1689,9 @@ class ImageTextToText(Task):
             position_rows=rows,
             deepstack=deepstack,
         )
+        if prefix_lm(model):
+            _as_prefix_lm(m)
+        return m
 
     def components(self, m: UntrainedModel) -> list[Component]:
         return list(m.components)
@@ -1692,6 +1699,8 @@ class ImageTextToText(Task):
     def check_eager(self, m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
         if _is_seq2seq(m):
             return _ENCODER_DECODER.check_eager(m, atol)
+        if prefix_lm(m.model):
+            return _prefix_check_eager(m, atol)
         return _audio_lm.check_eager(m, atol)
 
     def generation_inputs(self, m: UntrainedModel) -> dict[str, Any]:
@@ -1790,6 +1799,8 @@ class ImageTextToText(Task):
         if "mm_token_type_ids" in inspect.signature(m.model.forward).parameters:
             # what the processor returns beside the ids: 1 on image tokens
             given["mm_token_type_ids"] = (given["input_ids"] == image_token(m.config)).int()
+        if prefix_lm(m.model):  # the prompt is the prefix: 0 on every token
+            given["token_type_ids"] = torch.zeros_like(given["input_ids"])
         return {**given, **image}
 
     def generate_eager(self, m: UntrainedModel) -> Generation:
@@ -1807,6 +1818,8 @@ class ImageTextToText(Task):
 
         feeds = self.generation_inputs(m)
         token = image_token(m.config)
+        if prefix_lm(m.model):
+            return _prefix_generate(m, call, forced, feeds, token)
         positions = None
         index = rope_index(m.model)
         if index is not None:
@@ -1843,6 +1856,185 @@ class ImageTextToText(Task):
             "feature rows",
             positions=positions,
         )
+
+
+def prefix_lm(model: Any) -> bool:
+    """True for a prefix LM (PaliGemma): its text config sets
+    ``use_bidirectional_attention`` (PaliGemmaConfig sets it when unset) and its forward
+    takes ``token_type_ids``, 0 on the prefix (image tokens and prompt), which attends
+    bidirectionally within itself, 1 on the suffix (generated tokens), causal."""
+    text = model.config.get_text_config(decoder=True)
+    return getattr(text, "use_bidirectional_attention", None) is True and (
+        "token_type_ids" in inspect.signature(model.forward).parameters
+    )
+
+
+@functools.cache
+def _prefix_decoder() -> type:
+    import torch
+
+    class PrefixDecoder(_audio_lm._parts()["decoder"]):
+        """A decode step of a prefix LM that also takes ``token_type_ids`` of its new
+        tokens ``(batch, seq_length)``: 0 on prefix tokens, which attend to every prefix
+        token of the call (and causally to the cache), 1 on suffix tokens, causal. The
+        forward reads ``token_type_ids`` only on a call without a cache (its mask is
+        causal over one), so the step builds that mask itself, with transformers' own
+        ``create_causal_mask`` and the same blocks (the cached positions in none), and
+        passes it as the 4-D mask the forward takes as is. A prefix spread over two
+        calls cannot attend to its later part: the driver prefills it in one call."""
+
+        def forward(  # type: ignore[override]
+            self, inputs_embeds: Any, attention_mask: Any, token_type_ids: Any, cache: Any
+        ) -> dict[str, Any]:
+            from transformers.masking_utils import create_causal_mask
+
+            # each position's block over cache + new, -1 on the cached ones; indexed so
+            # that no tensor is as long as the cache (the export would guard it != 1)
+            length = attention_mask.shape[1]
+            index = torch.arange(length, device=attention_mask.device)
+            index = index - (length - inputs_embeds.shape[1])
+            types = token_type_ids.gather(1, index.clamp(min=0).expand_as(attention_mask))
+            blocks = torch.where((index >= 0) & (types == 0), 0, -1)
+            mask = create_causal_mask(
+                config=self.model.config.get_text_config(),
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=cache,
+                block_sequence_ids=blocks,
+            )
+            return super().forward(inputs_embeds, mask, cache)
+
+    return PrefixDecoder
+
+
+def _as_prefix_lm(m: UntrainedModel) -> None:
+    """Make ``m``'s decoder step a :func:`_prefix_decoder` step: each set's cached prompt
+    is a prefix (recomputed with ``token_type_ids`` 0: without them the forward attends
+    bidirectionally when nothing is padded and causally when something is), its new
+    tokens suffix (1), as generated tokens are.
+
+    :raises ValueError: for a text model with sliding-window layers, which the one 4-D
+        mask the step passes would give full attention
+    """
+    import torch
+
+    from .text_generation import _contiguous
+
+    text = m.config.get_text_config(decoder=True)
+    if getattr(text, "sliding_window", None) is not None:
+        raise ValueError(
+            f"{type(m.model).__name__} is a prefix LM with sliding-window layers: the "
+            "decoder step builds the prefix mask of full attention only"
+        )
+    step = next(c for c in m.components if c.name == "decoder")
+    step.module = _prefix_decoder()(m.model)
+    for i, feeds in enumerate(step.input_sets):
+        mask = m.prompt_masks[i]
+        with torch.no_grad():
+            out = m.model(
+                inputs_embeds=m.prompts[i],
+                attention_mask=mask,
+                token_type_ids=torch.zeros_like(mask),
+                use_cache=True,
+            )
+        new = feeds["inputs_embeds"].shape[:2]
+        given = {
+            "inputs_embeds": feeds.pop("inputs_embeds"),
+            "attention_mask": feeds.pop("attention_mask"),
+            "token_type_ids": torch.ones(new, dtype=torch.int64),
+            "cache": _contiguous(_audio_lm._cache_of(out)),
+        }
+        feeds.clear()  # the same dict is m.inputs or one of m.other_inputs
+        feeds.update(given)
+    shapes = step.dynamic_shapes
+    shapes["token_type_ids"] = dict(shapes["inputs_embeds"])
+    shapes["cache"] = shapes.pop("cache")  # the inputs' order, as the forward's
+    m.notes.append(
+        "prefix LM: the image tokens and the prompt attend bidirectionally to each other, "
+        "generated tokens causally; the decoder step takes token_type_ids of its new "
+        "tokens (0 prefix, 1 suffix), its sets cache a prefix prompt and add suffix "
+        "tokens, and the generation prefills the whole prefix in one decoder call"
+    )
+
+
+def _prefix_check_eager(m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
+    """The prefix LM's step against one forward over prompt + new embeddings given the
+    same prefix: ``token_type_ids`` 0 on the prompt, the step's own on the new tokens."""
+    import torch
+
+    step = next(c for c in m.components if c.name == "decoder")
+    out = []
+    for i, feeds in enumerate(step.input_sets):
+        new = feeds["inputs_embeds"]
+        types = torch.cat([torch.zeros_like(m.prompt_masks[i]), feeds["token_type_ids"]], 1)
+        with torch.no_grad():
+            got = step.module(**copy.deepcopy(feeds))["logits"]
+            whole = m.model(
+                inputs_embeds=torch.cat([m.prompts[i], new], 1),
+                attention_mask=feeds["attention_mask"],
+                token_type_ids=types,
+                use_cache=False,
+            ).logits[:, -new.shape[1] :]
+        diff = float((got.double() - whole.double()).abs().max())
+        out.append({"input_set": i, "abs": diff, "ok": diff <= atol})
+    return out
+
+
+def _prefix_generate(
+    m: UntrainedModel, call: Any, forced: Any, feeds: dict[str, Any], token: int
+) -> Generation:
+    """A prefix LM's generation: the vision encoder once, the prompt's embeddings with
+    the features merged, the whole prompt (the prefix) through the decoder graph in one
+    call, then one step per token (suffix). The graph takes a cache: an eager call on one
+    position that the graph's mask then leaves out, as a left-padding position, gives it
+    one (the prompt's own first position, run alone, would not see the rest of the
+    prefix)."""
+    import torch
+
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    step = next(c for c in m.components if c.name == "decoder")
+    bound = getattr(step.dynamic_shapes["inputs_embeds"][1], "max", ids.shape[1])
+    if ids.shape[1] > bound:
+        raise ValueError(
+            f"the prompt's {ids.shape[1]} positions are a prefix, which a prefix LM prefills "
+            f"in one decoder call, and the decoder graph takes at most {bound}"
+        )
+    features = call("vision_encoder", feeds["image"])
+    embeds = call("embed_tokens", {"input_ids": ids})
+    merged = _audio_lm.merge(embeds, ids, token, features, "feature rows")
+    with torch.no_grad():
+        padding = m.model(inputs_embeds=merged[:, :1], use_cache=True)
+    seen = torch.cat([torch.zeros_like(mask[:, :1]), mask], 1)
+    out = call(
+        "decoder",
+        {
+            "inputs_embeds": merged,
+            "attention_mask": seen,
+            "token_type_ids": torch.zeros_like(ids),
+            "cache": _audio_lm._cache_of(padding),
+        },
+    )
+    logits = [out["logits"][:, -1].detach().float()]
+    for t in range(_audio_lm.NEW_TOKENS - 1):
+        token_ids = forced[:, t : t + 1]
+        seen = torch.cat([seen, torch.ones_like(token_ids)], 1)
+        given = {
+            "inputs_embeds": call("embed_tokens", {"input_ids": token_ids}),
+            "attention_mask": seen,
+            "token_type_ids": torch.ones_like(token_ids),
+        }
+        out = call("decoder", {**given, "cache": out["cache"]})
+        logits.append(out["logits"][:, -1].detach().float())
+    return Generation(
+        tokens=torch.stack([s.argmax(-1) for s in logits], 1),
+        logits=logits,
+        calls=3 + 2 * (_audio_lm.NEW_TOKENS - 1),
+        prefill=(
+            f"vision encoder once, its feature rows merged into the prompt's embeddings, "
+            f"all {ids.shape[1]} positions (the prefix) through the decoder graph in one "
+            "call, after one masked-out position eager for its cache"
+        ),
+    )
 
 
 #: the least change of the image features, for other pixels, that shows the untrained
