@@ -244,8 +244,8 @@ def test_a_sensitivity_audit_next_to_the_results_is_summarized_on_the_page(tmp_p
     write_report(str(path), str(tmp_path / "page"))
     page = (tmp_path / "page" / "index.rst").read_text()
     assert (
-        "t: 1 type audited; 1 with an input their output does not read (a (model:input_ids))"
-        in page
+        "t: 1 type audited; 1 with an input whose change moves the output by no more than "
+        "the checks' tolerance (0.0001): a (model:input_ids)" in page
     )
     assert (tmp_path / "page" / "sensitivity.jsonl").exists()  # the page links its copy
 

@@ -86,10 +86,42 @@ def test_the_command_writes_one_line_per_type_and_refuses_an_empty_results_file(
     from exportcheck.sensitivity import summary
 
     assert summary(str(out)).startswith(
-        "fill-mask: 1 type audited; 0 with an input their output does not read; "
-        "the least read: bert's model input_ids moves its logits by"
+        "fill-mask: 1 type audited; 0 with an input whose change moves the output by no "
+        "more than the checks' tolerance (0.0001); the least read: bert's model input_ids "
+        "moves its logits by"
     )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(SystemExit):
         main(["--results", str(empty), "--out", str(out)])
+
+
+def test_placeholder_ids_stay_where_they_are_and_no_other_token_becomes_one():
+    from exportcheck.sensitivity import _replacement
+
+    ids = torch.tensor([[7, 7, 7, 9, 10, 11, 12, 13] * 4])
+    generator = torch.Generator().manual_seed(1)
+    other = _replacement("input_ids", ids, 9, generator, frozenset({7}))
+    assert torch.equal(other == 7, ids == 7)  # the image tokens, and only they
+    assert not torch.equal(other, ids) and int(other.max()) < 9
+    # masks and positions are no primary inputs
+    assert _replacement("attention_mask", ids, 9, generator) is None
+    assert _replacement("position_ids", ids, 9, generator) is None
+
+
+def test_an_output_that_moves_within_the_tolerance_counts_as_ignored():
+    from exportcheck.sensitivity import Moved
+
+    assert not Moved("model", "input_ids", "logits", 1e-4, 1.0).read
+    assert Moved("model", "input_ids", "logits", 2e-4, 1e6).read  # absolute, not relative
+
+
+def test_flattened_patches_keep_their_row_and_column():
+    from exportcheck.sensitivity import _replacement
+
+    patches = torch.zeros((1, 4, 6))
+    patches[0, :, 0] = torch.tensor([1.0, 1.0, 2.0, 2.0])
+    patches[0, :, 1] = torch.tensor([1.0, 2.0, 1.0, 2.0])
+    other = _replacement("flattened_patches", patches, 0, torch.Generator().manual_seed(1))
+    assert torch.equal(other[..., :2], patches[..., :2])  # positions, looked up by index
+    assert not torch.equal(other[..., 2:], patches[..., 2:])

@@ -47,9 +47,9 @@ NOT_PRIMARY = (
     "interp",
     "shapes",
 )
-#: how far an output must move, relative to its largest value, for an input to count
-#: as read (above float rounding: a graph's error of that size would be seen)
-READ = 1e-3
+#: the checks' default tolerance: an input whose replacement moves the output by no
+#: more than this could be dropped by a graph without any check seeing it
+TOLERANCE = 1e-4
 
 
 @dataclasses.dataclass
@@ -60,7 +60,9 @@ class Moved:
     * ``input``: the input that was replaced
     * ``output``: the output measured (``logits``, ``last_hidden_state``, ...)
     * ``moved``: the largest absolute change of that output
-    * ``scale``: the output's largest absolute value on the first input set
+    * ``scale``: the output's largest absolute value on the first input set, over the
+      values a model does not pin to the float range's ends (the logits of tokens it
+      never generates)
     * ``cached``: True when the graph also takes a cache and the input is the encoder's
       states: a decoder step reads cross-attention keys and values from its cache, so the
       states do not move it (they are given for their shape)
@@ -75,9 +77,9 @@ class Moved:
 
     @property
     def read(self) -> bool:
-        """True when the output moved by more than :data:`READ` of its scale (and by
-        more than :data:`READ` in absolute terms)."""
-        return self.moved > READ and self.moved > READ * self.scale
+        """True when the output moved by more than :data:`TOLERANCE`: a graph that
+        dropped the input would then fail the checks."""
+        return self.moved > TOLERANCE
 
 
 def _main_output(out: Any) -> tuple[str, Any]:
@@ -101,19 +103,31 @@ def _main_output(out: Any) -> tuple[str, Any]:
     return "output 0", leaves[0]
 
 
-def _replacement(name: str, value: Any, vocab: int, generator: Any) -> Any:
+def _replacement(
+    name: str, value: Any, vocab: int, generator: Any, special: frozenset[int] = frozenset()
+) -> Any:
     """Another value of the same shape for a primary input, None for an input that is
-    not one."""
+    not one. Token ids in ``special`` (the image or audio placeholders a prompt's
+    structure rests on) stay where they are, and no other token becomes one."""
     import torch
 
     if not torch.is_tensor(value) or any(part in name for part in NOT_PRIMARY):
         return None
     if value.is_floating_point():
-        return torch.randn(value.shape, generator=generator, dtype=value.dtype)
-    if name.endswith("input_ids") and vocab > 4:
-        # above the ids special tokens usually take
-        return torch.randint(3, vocab, value.shape, generator=generator, dtype=value.dtype)
-    return None
+        other = torch.randn(value.shape, generator=generator, dtype=value.dtype)
+        if name == "flattened_patches":  # each patch's row and column stay: positions
+            other[..., :2] = value[..., :2]
+        return other
+    if not name.endswith("input_ids") or vocab <= 4:
+        return None
+    # above the ids special tokens usually take
+    other = torch.randint(3, vocab, value.shape, generator=generator, dtype=value.dtype)
+    if special:
+        marks = torch.tensor(sorted(special), dtype=value.dtype)
+        plain = next(i for i in range(3, vocab) if i not in special)
+        other = torch.where(torch.isin(other, marks), plain, other)
+        other = torch.where(torch.isin(value, marks), value, other)
+    return other
 
 
 #: the seed of the replacements: not the tasks' (0), whose first draws built the input
@@ -121,7 +135,9 @@ def _replacement(name: str, value: Any, vocab: int, generator: Any) -> Any:
 SEED = 2027
 
 
-def component_sensitivity(component: Any, vocab: int, seed: int = SEED) -> list[Moved]:
+def component_sensitivity(
+    component: Any, vocab: int, seed: int = SEED, special: frozenset[int] = frozenset()
+) -> list[Moved]:
     """For each primary input of ``component``'s first input set, how far the main
     output moves when that input alone is replaced (see the module)."""
     import torch
@@ -131,11 +147,13 @@ def component_sensitivity(component: Any, vocab: int, seed: int = SEED) -> list[
     with torch.no_grad():
         output, base = _main_output(component.module(**copy.deepcopy(feeds)))
         base = base.float()
-        scale = float(base.abs().max())
+        values = base.abs()
+        kept = values[values < torch.finfo(torch.float32).max / 2]
+        scale = float(kept.max()) if kept.numel() else 0.0
         has_cache = any(part in name for name in feeds for part in ("cache", "past"))
         rows = []
         for name, value in feeds.items():
-            other = _replacement(name, value, vocab, generator)
+            other = _replacement(name, value, vocab, generator, special)
             if other is None:
                 continue
             if torch.equal(other, value):
@@ -159,9 +177,33 @@ def component_sensitivity(component: Any, vocab: int, seed: int = SEED) -> list[
     return rows
 
 
-def _vocab(config: Any) -> int:
+def _vocab(model: Any) -> int:
+    """The rows of the model's token embedding (its config's vocab_size without one)."""
+    try:
+        embedding = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # no token embedding (audio, pixels)
+        embedding = None
+    rows = getattr(embedding, "num_embeddings", None)
+    if isinstance(rows, int):
+        return rows
+    config = model.config
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     return int(getattr(text, "vocab_size", None) or getattr(config, "vocab_size", None) or 0)
+
+
+def _special_ids(config: Any) -> frozenset[int]:
+    """The placeholder token ids the config names (image, audio, video tokens), which a
+    prompt's structure rests on."""
+    found = set()
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    for holder in {id(config): config, id(text): text}.values():
+        for key, value in vars(holder).items():
+            placeholder = key.endswith(("_token_id", "_token_index")) and any(
+                kind in key for kind in ("image", "audio", "video", "boi", "eoi")
+            )
+            if placeholder and isinstance(value, int) and value >= 0:
+                found.add(value)
+    return frozenset(found)
 
 
 def input_sensitivity(m: Any, seed: int = SEED) -> list[Moved]:
@@ -175,7 +217,9 @@ def input_sensitivity(m: Any, seed: int = SEED) -> list[Moved]:
     rows = []
     with eager_fixes(m.model):
         for component in components:
-            rows.extend(component_sensitivity(component, _vocab(m.config), seed))
+            rows.extend(
+                component_sensitivity(component, _vocab(m.model), seed, _special_ids(m.config))
+            )
     return rows
 
 
@@ -200,25 +244,30 @@ def summary(path: str) -> str:
         raise ValueError(f"{path} holds no audited model type")
     task = lines[0]["task"]
     errors = [line["source"] for line in lines if "error" in line]
-    weak = [
-        f"{line['source']} ({', '.join(line['ignored'])})" for line in lines if line.get("ignored")
-    ]
-    moved = [
-        (m["moved"] / max(m["scale"], 1e-30), line["source"], m)
+    rows = {
+        line["source"]: [Moved(**m) for m in line.get("moved", [])]
         for line in lines
-        for m in line.get("moved", [])
-        if not m["cached"]
+        if "error" not in line
+    }
+    weak = [
+        f"{source} ({', '.join(f'{r.component}:{r.input}' for r in ignored(moved))})"
+        for source, moved in rows.items()
+        if ignored(moved)
     ]
+    seen = [(r.moved, source, r) for source, moved in rows.items() for r in moved if not r.cached]
     text = f"{task}: {len(lines)} type{'s' if len(lines) > 1 else ''} audited"
     if errors:
         text += f", {len(errors)} could not be ({', '.join(errors)})"
-    text += f"; {len(weak)} with an input their output does not read"
-    text += f" ({'; '.join(weak)})" if weak else ""
-    if moved:
-        ratio, source, m = min(moved, key=lambda x: x[0])
+    text += (
+        f"; {len(weak)} with an input whose change moves the output by no more than the "
+        f"checks' tolerance ({TOLERANCE:g})"
+    )
+    text += f": {'; '.join(weak)}" if weak else ""
+    if seen:
+        least, source, r = min(seen, key=lambda x: x[0])
         text += (
-            f"; the least read: {source}'s {m['component']} {m['input']} moves its "
-            f"{m['output']} by {m['moved']:.1e}, {ratio:.1e} of its largest value"
+            f"; the least read: {source}'s {r.component} {r.input} moves its {r.output} "
+            f"by {least:.1e}, {least / TOLERANCE:.0f} times the tolerance"
         )
     return text
 
