@@ -908,3 +908,92 @@ def test_a_prefix_lm_prefills_its_prompt_in_one_call_and_generates_as_generate(p
     logits = torch.stack(reference.logits)
     assert torch.allclose(torch.stack(loop.logits), logits, atol=1e-4)
     assert not torch.allclose(torch.stack(causal.logits), logits, atol=1e-4)
+
+
+def _tiny_model(model_type):
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from exportcheck import tiny_config
+
+    config = tiny_config(AutoConfig.for_model(model_type))
+    torch.manual_seed(0)
+    return config, AutoModelForImageTextToText.from_config(config).eval()
+
+
+def test_emu3_images_become_rows_of_codes_of_the_tiny_vocabulary():
+    from exportcheck.families.emu3 import CODES, FIRST_ID, IMAGE_TOKEN, ROW_END, _code_name
+
+    assert _code_name(305) == "<|visual token 000305|>"  # the model reads [-8:-2] back
+    config, m = _tiny_model("emu3")
+    assert config.image_token_id == IMAGE_TOKEN
+    pixels = torch.randn((2, 3, 32, 48), generator=torch.Generator().manual_seed(0))
+    sizes = torch.tensor([[32, 48]] * 2)  # 4 x 6 codes of 8 x 8 pixels
+    with torch.no_grad():
+        tokens = m.model.get_image_tokens(pixels, sizes).view(2, 4, 7)
+        rows = m.model.get_image_features(pixels, sizes).pooler_output
+    assert (tokens[..., -1] == ROW_END).all()  # each row of codes closed by its row end
+    codes = tokens[..., :-1]
+    assert ((codes >= FIRST_ID) & (codes < FIRST_ID + CODES)).all()
+    assert codes.unique().numel() > 10  # random images give many codes, not one
+    assert [tuple(r.shape) for r in rows] == [(28, config.text_config.hidden_size)] * 2
+    assert not torch.equal(rows[0], rows[1])  # two images, two sets of rows
+
+
+def test_granite4_vision_injects_each_image_at_distinct_layers_of_the_tiny_decoder():
+    config, m = _tiny_model("granite4_vision")
+    targets = [text for _, text in config.deepstack_layer_map] + config.spatial_target_layers
+    assert sorted(targets) == list(range(config.text_config.num_hidden_layers))
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn((2, 1, 3, 3, 256, 256), generator=generator)  # base view + 1 x 2
+    sizes = torch.tensor([[256, 512]])
+    with torch.no_grad():
+        one, other = (
+            m.model.get_image_features(p, sizes, vision_feature_select_strategy="default")
+            for p in pixels
+        )
+    assert [layer for layer, _ in one.deepstack_features] == targets
+    pairs = zip(one.deepstack_features, other.deepstack_features, strict=True)
+    for (_, (rows,)), (_, (others,)) in pairs:
+        assert rows.shape == one.deepstack_features[0][1][0].shape
+        assert (rows - others).abs().max() > 1e-3  # the rows depend on the image
+
+
+def test_diffusion_gemma_builds_its_experts():
+    config, m = _tiny_model("diffusion_gemma")
+    text = config.text_config
+    assert (text.num_experts, text.top_k_experts, text.moe_intermediate_size) == (4, 2, 32)
+    routers = [x for x in m.modules() if type(x).__name__ == "DiffusionGemmaTextRouter"]
+    assert routers and all(r.proj.out_features == 4 for r in routers)
+    # the image is read by the prompt's encoder, not by the model the task merges into
+    assert hasattr(m.model.encoder, "get_image_features")
+    assert not hasattr(m, "get_image_features") and not hasattr(m.model, "get_image_features")
+
+
+def test_a_tower_fed_token_blocks_with_class_tokens_matches_get_image_features_on_unseen_grids():
+    from exportcheck.tasks.image_text_to_text import grid_inputs
+
+    m = untrained_model("inkling2", task=TASK)
+    encoder = m.components[0]
+    assert encoder.dynamic_shapes["patch_index"] == encoder.dynamic_shapes["pixel_values"]
+    program = _exported(encoder)
+    vision = m.config.vision_config
+    merge, patch, channels = vision.spatial_merge_size, vision.patch_size, vision.num_channels
+    # grids in language-model image tokens, as the processor counts them; none of the sets'
+    tokens = torch.tensor([[1, 3, 1], [1, 1, 4], [1, 2, 5]])
+    thw = tokens * torch.tensor([1, merge, merge])
+    generator = torch.Generator().manual_seed(5)
+    blocks = torch.rand((17, merge * patch, merge * patch, channels), generator=generator) * 2 - 1
+    # the graph's flattened patches: each token's merge x merge patches row by row, each
+    # patch's pixels channels last
+    patches = blocks.reshape(-1, merge, patch, merge, patch, channels).transpose(2, 3)
+    patches = patches.reshape(-1, patch * patch * channels)
+    extra = grid_inputs(m.model, thw)
+    # a class token opens each image: the second image's first patch (the 13th) comes
+    # after two of them
+    assert extra["patch_index"][[0, 11, 12]].tolist() == [1, 12, 14]
+    with torch.no_grad():
+        got = program.module()(pixel_values=patches, image_grid_thw=thw, **extra)
+        own = m.model.get_image_features(pixel_values=blocks, image_grid_thw=tokens)
+    expected = torch.cat(list(own.pooler_output))
+    assert got.shape == expected.shape == (17, got.shape[1])
+    assert float((got - expected).abs().max()) < 1e-5

@@ -48,7 +48,7 @@ def _error(e: BaseException) -> str:
 def _processor_images(encoder: Any, index: int, model: Any) -> dict[str, Any]:
     """Input set ``index`` of exportcheck's vision encoder as the processor gives it."""
     from .tasks.image_text_to_text import _processor_images as sized
-    from .tasks.image_text_to_text import processor_patches
+    from .tasks.image_text_to_text import processor_grid_images
 
     feeds = encoder.input_sets[index]
     if encoder.module.layout in ("tiles", "padded"):
@@ -66,7 +66,7 @@ def _processor_images(encoder: Any, index: int, model: Any) -> dict[str, Any]:
     if encoder.module.layout == "stacked":
         image["pixel_values"] = image["pixel_values"][None]
     elif encoder.module.layout == "grid":
-        image["pixel_values"] = processor_patches(model, image["pixel_values"])
+        image = processor_grid_images(model, image)
     return image
 
 

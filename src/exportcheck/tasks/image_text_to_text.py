@@ -621,6 +621,7 @@ def _parts() -> dict[str, type]:
             interp_weights: Any = None,
             pixel_shuffle_index: Any = None,
             merge_order: Any = None,
+            patch_index: Any = None,
         ) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
             optional = {
@@ -629,9 +630,13 @@ def _parts() -> dict[str, type]:
                 "interp_indices": interp_indices,
                 "interp_weights": interp_weights,
                 "pixel_shuffle_index": pixel_shuffle_index,
+                "patch_index": patch_index,
             }
             tower = vision_tower(self.model)
-            out = tower(
+            # a family's vision_call runs the tower's steps on the precomputed tensors
+            call = _tower_layout(self.model).get("vision_call")
+            run = tower if call is None else functools.partial(call, self.model)
+            out = run(
                 tower_pixels(self.model, pixel_values.to(tower.dtype)),
                 grid_thw=image_grid_thw,
                 position_ids=vision_position_ids,
@@ -918,7 +923,12 @@ def _tower_layout(model: Any) -> dict[str, Any]:
     """The family's ``input_layouts`` entry of a variable-resolution model whose tower is
     not named ``visual``: ``vision_tower`` (its attribute) and ``vision_output`` (the steps
     ``get_image_features`` takes after it, ``(model, tower output) -> features``); or of a
-    model that declares its ``layout``."""
+    model that declares its ``layout``. A tower that cannot take every tensor computed from
+    the grids precomputed also names ``vision_call`` ``(model, patches, grid_thw=...,
+    position_ids=..., cu_seqlens=..., **optional) -> tower output`` (its steps on those
+    tensors), ``grid_inputs`` ``(model, grids) -> tensors`` (them, ``patch_index`` among
+    the optional ones) and ``processor_grid`` ``(model, grids) -> grids`` (the grids in the
+    units its processor gives them to ``generate``)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return INPUT_LAYOUTS.get(model_type, ({}, ""))[0]
 
@@ -936,6 +946,17 @@ def processor_patches(model: Any, pixel_values: Any) -> Any:
     ``generate``: as they are, or as the family's ``processor_pixels`` lays them out."""
     reshape = _tower_layout(model).get("processor_pixels")
     return pixel_values if reshape is None else reshape(model, pixel_values)
+
+
+def processor_grid_images(model: Any, image: dict[str, Any]) -> dict[str, Any]:
+    """A grid layout's pixels and grids as the model's processor gives them to
+    ``generate``: :func:`processor_patches`, and the grids in the processor's units when
+    the family names ``processor_grid``."""
+    image = {**image, "pixel_values": processor_patches(model, image["pixel_values"])}
+    grid = _tower_layout(model).get("processor_grid")
+    if grid is not None:
+        image["image_grid_thw"] = grid(model, image["image_grid_thw"])
+    return image
 
 
 def vision_tower(model: Any) -> Any:
@@ -1026,6 +1047,8 @@ def grid_inputs(model: Any, grid: Any) -> dict[str, Any]:
     from transformers import vision_utils
 
     layout = _tower_layout(model)
+    if "grid_inputs" in layout:  # the family computes them from the grids
+        return layout["grid_inputs"](model, grid)
     if "vision_tower" in layout:
         extras = layout.get("grid_extras")
         return {
@@ -1498,7 +1521,11 @@ class ImageTextToText(Task):
             fitted.append(
                 f"vision tower {tower_layout['vision_tower']}: "
                 f"{INPUT_LAYOUTS[config.model_type][1]}; what it computes from the grids is "
-                "recorded from its own calls of transformers' helpers on each set's grids"
+                + (
+                    "computed by its family from each set's grids"
+                    if "grid_inputs" in tower_layout
+                    else "recorded from its own calls of transformers' helpers on each set's grids"
+                )
             )
         encoder = _parts()[layout](model, channels, width)
         generator = torch.Generator().manual_seed(seed)
@@ -1627,11 +1654,14 @@ class ImageTextToText(Task):
                 "interp_weights",
                 "pixel_shuffle_index",
                 "merge_order",
+                "patch_index",
             }
             for name in sorted(extras & set(image_sets[0])):
-                # windows: as many as the grids hold; taps, shuffle and merge order: one
-                # row per patch
-                per_patch = name.startswith(("interp", "pixel_shuffle", "merge_order"))
+                # windows: as many as the grids hold; taps, shuffle, merge order and patch
+                # index: one row per patch
+                per_patch = name.startswith(
+                    ("interp", "pixel_shuffle", "merge_order", "patch_index")
+                )
                 image_shapes[name] = {0: patches if per_patch else dynamic}
             resolution = (
                 "images of any resolution: their patches flattened into one sequence of "
@@ -1647,6 +1677,11 @@ class ImageTextToText(Task):
                 + (
                     ", the order in which the projector merges the patches"
                     if "merge_order" in image_sets[0]
+                    else ""
+                )
+                + (
+                    ", each patch's place in the tower's sequence"
+                    if "patch_index" in image_sets[0]
                     else ""
                 )
                 + ") as inputs"
@@ -1795,7 +1830,7 @@ class ImageTextToText(Task):
             size = [v * patch for v in PADDED_GENERATION_IMAGE]
             image["image_sizes"] = torch.tensor([size] * 2)
         elif layout == "grid":
-            image["pixel_values"] = processor_patches(m.model, image["pixel_values"])
+            image = processor_grid_images(m.model, image)
         if "mm_token_type_ids" in inspect.signature(m.model.forward).parameters:
             # what the processor returns beside the ids: 1 on image tokens
             given["mm_token_type_ids"] = (given["input_ids"] == image_token(m.config)).int()
