@@ -125,3 +125,14 @@ def test_flattened_patches_keep_their_row_and_column():
     other = _replacement("flattened_patches", patches, 0, torch.Generator().manual_seed(1))
     assert torch.equal(other[..., :2], patches[..., :2])  # positions, looked up by index
     assert not torch.equal(other[..., 2:], patches[..., 2:])
+
+
+def test_token_ids_stay_below_the_smallest_vocabulary():
+    # FSMT's source vocabulary is larger than its target one: decoder ids drawn from the
+    # source's range would index past the decoder's embedding
+    (line,) = [
+        r.input
+        for r in input_sensitivity(untrained_model("fsmt", task="text2text-generation"))
+        if r.component == "decoder"
+    ][:1]
+    assert line == "decoder_input_ids"

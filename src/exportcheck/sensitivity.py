@@ -178,17 +178,25 @@ def component_sensitivity(
 
 
 def _vocab(model: Any) -> int:
-    """The rows of the model's token embedding (its config's vocab_size without one)."""
+    """The token ids valid for every token input: below the smallest of the token
+    embedding's rows and the (decoder) config's vocab_size (an encoder-decoder's two
+    vocabularies can differ: FSMT's source and target)."""
+    sizes = []
     try:
         embedding = model.get_input_embeddings()
     except (AttributeError, NotImplementedError):  # no token embedding (audio, pixels)
         embedding = None
     rows = getattr(embedding, "num_embeddings", None)
     if isinstance(rows, int):
-        return rows
+        sizes.append(rows)
     config = model.config
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    return int(getattr(text, "vocab_size", None) or getattr(config, "vocab_size", None) or 0)
+    for holder in (text, config):
+        for key in ("vocab_size", "tgt_vocab_size", "src_vocab_size"):
+            value = getattr(holder, key, None)
+            if isinstance(value, int) and value > 0:
+                sizes.append(value)
+    return min(sizes, default=0)
 
 
 def _special_ids(config: Any) -> frozenset[int]:
