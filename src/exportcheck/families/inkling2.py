@@ -215,7 +215,12 @@ def _install_vision_segment_attention(patcher: Any, model: Any) -> None:
     """
     from .grid_vision import _install_segment_attention
 
-    _install_segment_attention(patcher, model)
+    # Inkling2's vision attention only: the other towers (and Qwen3-ASR's audio encoder)
+    # have their own patch, vision_segment_attention, which can be left out by name
+    modules = model.modules() if model is not None else ()
+    names = ("Inkling2VisionAttention", "Inkling2LoopVisionAttention")
+    if any(type(m).__name__ in names for m in modules):
+        _install_segment_attention(patcher, model)
 
 
 INKLING2_VISION_SEGMENT_ATTENTION = Patch(
