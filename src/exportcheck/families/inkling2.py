@@ -201,36 +201,6 @@ def _tower_steps(
     return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
 
-def _install_vision_segment_attention(patcher: Any, model: Any) -> None:
-    """Run Inkling2's vision attention over every image's sequence in one call.
-
-    Fixes: "Could not guard on data-dependent expression" in the vision encoder's export:
-    outside flash attention, Inkling2VisionAttention.forward
-    (transformers/models/inkling2/modeling_inkling2.py:1137) splits the packed sequence per
-    image with ``torch.split(..., lengths.tolist())``. The same replacement as the Qwen2-VL
-    towers' (:func:`exportcheck.families.grid_vision._install_segment_attention`): the flash
-    branch, answered with one attention under a block-diagonal mask.
-
-    Remove when: the vision attention runs packed segments without a Python loop.
-    """
-    from .grid_vision import _install_segment_attention
-
-    # Inkling2's vision attention only: the other towers (and Qwen3-ASR's audio encoder)
-    # have their own patch, vision_segment_attention, which can be left out by name
-    modules = model.modules() if model is not None else ()
-    names = ("Inkling2VisionAttention", "Inkling2LoopVisionAttention")
-    if any(type(m).__name__ in names for m in modules):
-        _install_segment_attention(patcher, model)
-
-
-INKLING2_VISION_SEGMENT_ATTENTION = Patch(
-    name="inkling2_vision_segment_attention",
-    fixes="Could not guard on data-dependent expression",
-    remove_when="the vision attention runs packed segments without a Python loop over them",
-    install=_install_vision_segment_attention,
-    model_types=VISION_TYPES,
-)
-
 _VISION_LAYOUT = (
     {
         "vision_tower": "vision_tower",
@@ -253,6 +223,8 @@ register(
         name="inkling2_vision",
         model_types=VISION_TYPES,
         input_layouts={t: _VISION_LAYOUT for t in VISION_TYPES},
-        patches=(INKLING2_VISION_SEGMENT_ATTENTION,),
+        # its vision attention splits per image with lengths.tolist(): the towers' patch
+        # vision_segment_attention (families/grid_vision.py) runs it as one call, as it
+        # does every attention module that takes cu_seqlens
     )
 )
