@@ -30,9 +30,10 @@ LEVELS = {
     "validation": 9,
     "sweep": 10,
     "peer": 10,
-    "report": 11,
-    "cli": 12,
-    "__main__": 13,
+    "sensitivity": 11,
+    "report": 12,
+    "cli": 13,
+    "__main__": 14,
 }
 GENERIC = [unit for unit in LEVELS if unit != "families"]
 
