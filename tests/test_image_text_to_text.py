@@ -997,3 +997,68 @@ def test_a_tower_fed_token_blocks_with_class_tokens_matches_get_image_features_o
     expected = torch.cat(list(own.pooler_output))
     assert got.shape == expected.shape == (17, got.shape[1])
     assert float((got - expected).abs().max()) < 1e-5
+
+
+def test_a_resampler_that_pairs_frames_by_offsets_from_the_grids_matches_on_unseen_grids():
+    # ERNIE 4.5-VL's resampler pairs each image's rows with themselves by offsets it
+    # computes in a Python loop over the grids; for images the graph puts the rows beside
+    # themselves, which must equal get_image_features on grids none of the sets use
+    from exportcheck.tasks.image_text_to_text import grid_inputs
+
+    m = untrained_model("ernie4_5_vl_moe", task=TASK)
+    encoder = m.components[0]
+    program = _exported(encoder)
+    width = encoder.input_sets[0]["pixel_values"].shape[1]
+    thw = torch.tensor([[1, 6, 8], [1, 2, 4], [1, 4, 2]])
+    pixels = torch.randn(
+        (int(thw.prod(-1).sum()), width), generator=torch.Generator().manual_seed(7)
+    )
+    with torch.no_grad():
+        got = program.module()(pixel_values=pixels, image_grid_thw=thw, **grid_inputs(m.model, thw))
+        own = m.model.get_image_features(pixel_values=pixels, image_grid_thw=thw)
+    expected = torch.cat(list(own.pooler_output))
+    assert got.shape == expected.shape == ((48 + 8 + 8) // 4, got.shape[1])
+    assert float((got - expected).abs().max()) < 1e-5
+    # the pairing matters: feeding the temporal MLP each row beside zeros changes the rows
+    resampler = m.model.model.resampler_model
+    rows = resampler.spatial_linear(
+        m.model.model.vision_tower(pixels, thw).last_hidden_state.reshape(got.shape[0], -1)
+    )
+    unpaired = resampler.after_norm(
+        resampler.mlp(resampler.temporal_linear(torch.cat([rows, torch.zeros_like(rows)], -1)))
+    )
+    assert float((unpaired.detach() - expected).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("model_type", ["hunyuan_vl", "hy_v4_vl"])
+def test_a_tower_that_resizes_its_table_and_frames_each_image_matches_on_unseen_grids(model_type):
+    # HunYuan-VL's tower resizes its position table to each image, merges each image's
+    # blocks with a strided convolution and adds newline (and begin/end) rows, all in
+    # loops over the grids; the graph takes the taps and both orders precomputed
+    from exportcheck.families.hunyuan_vision import feature_order
+    from exportcheck.tasks.image_text_to_text import grid_inputs
+
+    m = untrained_model(model_type, task=TASK)
+    encoder = m.components[0]
+    assert "vision_position_ids" not in encoder.input_sets[0]  # no rotary positions
+    program = _exported(encoder)
+    width = encoder.input_sets[0]["pixel_values"].shape[1]
+    thw = torch.tensor([[1, 6, 8], [1, 2, 4], [1, 4, 2]])
+    pixels = torch.randn(
+        (int(thw.prod(-1).sum()), width), generator=torch.Generator().manual_seed(9)
+    )
+    extra = grid_inputs(m.model, thw)
+    # bilinear taps: 2 rows x 2 columns of the table per patch, weights summing to 1
+    assert extra["interp_indices"].shape == (64, 4)
+    assert torch.allclose(extra["interp_weights"].sum(-1), torch.ones(64))
+    # 16 merged tokens: 3 rows of 4 then a newline (index 16), framed for HunYuan-VL
+    order = feature_order(m.model, thw)
+    framed = model_type == "hunyuan_vl"
+    assert order[: 6 if framed else 5].tolist() == ([17] if framed else []) + [0, 1, 2, 3, 16]
+    with torch.no_grad():
+        got = program.module()(pixel_values=pixels, image_grid_thw=thw, **extra)
+        own = m.model.get_image_features(pixel_values=pixels, image_grid_thw=thw)
+    expected = torch.cat(list(own.pooler_output))
+    rows = 3 * 5 + 1 * 3 + 2 * 2 + (6 if framed else 0)
+    assert got.shape == expected.shape == (rows, got.shape[1])
+    assert float((got - expected).abs().max()) < 1e-5

@@ -31,6 +31,8 @@ MODEL_TYPES = (
     "glmga",
     "glm5_next",
     "glm_ocr",
+    "hunyuan_vl",
+    "hy_v4_vl",
     # an audio encoder attending within windows listed in cu_seqlens, as the towers above
     "qwen3_asr",
 )

@@ -74,23 +74,8 @@ _NO_SIZE = {
     "unlimited_ocr": "global and local views, sized by the processor",
 }
 #: variable-resolution encoders (flattened patches with image_grid_thw) that the grid
-#: layout does not carry yet
+#: layout builds, failing at a later stage
 _GRID: dict[str, tuple[str, str]] = {
-    **{
-        t: (
-            r"has no vision tower named visual",
-            "its variable-resolution tower is not the attribute named visual, or other "
-            f"steps follow it ({why}); the grid layout calls the tower named visual with "
-            "the tensors precomputed from the grids",
-        )
-        for t, why in {
-            "ernie4_5_vl_moe": "its tower is not an attribute named visual",
-            "kimi_k25": "vision_tower, with its own frame and temporal-merge indices",
-            "video_llama_3": "its encoder also requires per-image merge sizes, image_merge_sizes",
-            "hunyuan_vl": "vision_tower, then steps on the merged grid of each image",
-            "hy_v4_vl": "vision_tower",
-        }.items()
-    },
     "inkling2": (
         r"eager is inconsistent: the decode step differs from a full forward",
         "its tower (vision_tower, fed token blocks with the patches' places after each "
@@ -283,6 +268,21 @@ def _base(model):
     return getattr(model, "model", model)
 
 
+def _ernie_resampled(model, out):
+    """ERNIE 4.5-VL's resampler on the tower's rows of images: each merged block's rows
+    side by side through its spatial MLP, then its temporal MLP on each row beside the
+    same image's row (its temporal slicing pairs frames two by two and, for an image's
+    single frame, pairs it with itself), then its projection and norm."""
+    import torch
+
+    resampler = _base(model).resampler_model
+    rows = out.last_hidden_state
+    merged = rows.reshape(-1, rows.shape[-1] * resampler.spatial_merge_size**2)
+    merged = resampler.spatial_linear(merged)
+    merged = resampler.temporal_linear(torch.cat([merged, merged], dim=-1))
+    return resampler.after_norm(resampler.mlp(merged))
+
+
 def _adapted(model, out):
     """Muse's steps after its tower: adapter, projection, norm."""
     base = _base(model)
@@ -305,10 +305,10 @@ def _paddle_patches(model, pixel_values):
     return _paddle_processor_patches(model, pixel_values)[None]
 
 
-def _paddle_merge_order(model, grid):
-    """The order in which PaddleOCR-VL's projector takes the tower's rows: in each image,
-    its ``merge x merge`` blocks row by row, each block's patches row by row, as the
-    projector's reshape and transpose of the image's ``(t, h, w)`` patches lays them out.
+def merge_block_order(model, grid):
+    """The order in which a projector that merges each image's ``merge x merge`` blocks
+    takes the tower's rows (PaddleOCR-VL's reshape and transpose, HunYuan-VL's strided
+    convolution): in each image, its blocks row by row, each block's patches row by row.
     Returned under ``merge_order``, one index per patch, for the grids ``(images, 3)``."""
     import torch
 
@@ -355,7 +355,7 @@ _TOWERS = {
             "vision_input": _paddle_patches,
             "processor_pixels": _paddle_processor_patches,
             "vision_output": _paddle_projected,
-            "grid_extras": _paddle_merge_order,
+            "grid_extras": merge_block_order,
         },
         "its tower, visual, takes the patches as (1, patches, channels, patch, patch) and "
         "merges none; its projector then takes each image's merge x merge blocks in a "
@@ -379,6 +379,13 @@ _TOWERS = {
         },
         "its tower is vision_tower, and get_image_features projects its last hidden states "
         "with multi_modal_projector",
+    ),
+    "ernie4_5_vl_moe": (
+        {"vision_tower": "vision_tower", "vision_output": _ernie_resampled},
+        "its tower is vision_tower, and get_image_features passes its last hidden states "
+        "through resampler_model, whose temporal step pairs each image's rows with "
+        "themselves (an image is one frame) by offsets it computes in a Python loop over "
+        "the grids; for images that pairing is the rows beside themselves",
     ),
     "dots3_note": (
         {"vision_tower": "vision_tower"},

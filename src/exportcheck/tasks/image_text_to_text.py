@@ -613,8 +613,8 @@ def _parts() -> dict[str, type]:
             self,
             pixel_values: Any,
             image_grid_thw: Any,
-            vision_position_ids: Any,
             cu_seqlens: Any,
+            vision_position_ids: Any = None,
             window_index: Any = None,
             cu_window_seqlens: Any = None,
             interp_indices: Any = None,
@@ -622,6 +622,7 @@ def _parts() -> dict[str, type]:
             pixel_shuffle_index: Any = None,
             merge_order: Any = None,
             patch_index: Any = None,
+            feature_index: Any = None,
         ) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
             optional = {
@@ -644,8 +645,12 @@ def _parts() -> dict[str, type]:
                 **{k: v for k, v in optional.items() if v is not None},
             )
             post = _tower_layout(self.model).get("vision_output")
-            if merge_order is not None:
-                return post(self.model, out, merge_order=merge_order)
+            # the orders a family's steps after the tower take: the patches' (merge_order)
+            # and the feature rows' with the rows it adds (feature_index)
+            orders = {"merge_order": merge_order, "feature_index": feature_index}
+            orders = {k: v for k, v in orders.items() if v is not None}
+            if orders:
+                return post(self.model, out, **orders)
             if post is not None:
                 return post(self.model, out)
             if not self.deepstack:
@@ -928,7 +933,9 @@ def _tower_layout(model: Any) -> dict[str, Any]:
     position_ids=..., cu_seqlens=..., **optional) -> tower output`` (its steps on those
     tensors), ``grid_inputs`` ``(model, grids) -> tensors`` (them, ``patch_index`` among
     the optional ones) and ``processor_grid`` ``(model, grids) -> grids`` (the grids in the
-    units its processor gives them to ``generate``)."""
+    units its processor gives them to ``generate``). ``processor_extras`` ``(model,
+    processor's grids) -> tensors`` adds what else its processor gives ``generate`` beside
+    the pixels and grids (each image's merge size)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return INPUT_LAYOUTS.get(model_type, ({}, ""))[0]
 
@@ -956,6 +963,9 @@ def processor_grid_images(model: Any, image: dict[str, Any]) -> dict[str, Any]:
     grid = _tower_layout(model).get("processor_grid")
     if grid is not None:
         image["image_grid_thw"] = grid(model, image["image_grid_thw"])
+    extras = _tower_layout(model).get("processor_extras")
+    if extras is not None:  # what else the processor gives from the grids
+        image.update(extras(model, image["image_grid_thw"]))
     return image
 
 
@@ -1655,18 +1665,27 @@ class ImageTextToText(Task):
                 "pixel_shuffle_index",
                 "merge_order",
                 "patch_index",
+                "feature_index",
             }
             for name in sorted(extras & set(image_sets[0])):
-                # windows: as many as the grids hold; taps, shuffle, merge order and patch
-                # index: one row per patch
+                # windows and feature rows (with the rows a projector adds): as many as
+                # the grids give; taps, shuffle, merge order and patch index: one per patch
                 per_patch = name.startswith(
                     ("interp", "pixel_shuffle", "merge_order", "patch_index")
                 )
                 image_shapes[name] = {0: patches if per_patch else dynamic}
+            if "vision_position_ids" not in image_sets[0]:  # a tower without rotary positions
+                del image_shapes["vision_position_ids"]
             resolution = (
                 "images of any resolution: their patches flattened into one sequence of "
                 "dynamic length, with the grids and what the processor side computes from "
-                "them (each patch's rotary position, the images' bounds"
+                "them ("
+                + (
+                    "each patch's rotary position, "
+                    if "vision_position_ids" in image_sets[0]
+                    else ""
+                )
+                + "the images' bounds"
                 + (", the windows' order and bounds" if "window_index" in image_sets[0] else "")
                 + (", the position table's taps" if "interp_indices" in image_sets[0] else "")
                 + (
@@ -1682,6 +1701,11 @@ class ImageTextToText(Task):
                 + (
                     ", each patch's place in the tower's sequence"
                     if "patch_index" in image_sets[0]
+                    else ""
+                )
+                + (
+                    ", the order of the feature rows with the rows the projector adds"
+                    if "feature_index" in image_sets[0]
                     else ""
                 )
                 + ") as inputs"
