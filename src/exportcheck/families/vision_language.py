@@ -27,21 +27,6 @@ _NO_TOKEN = {
     ),
     "kosmos-2": "image features replace an embedded span marked by an image mask",
     "kosmos-2.5": "flattened patches with their own positions; features fill a masked span",
-    "minicpm_ocr": (
-        "image_token_id is None in the shipped config; given one (tried), "
-        "get_image_features also requires target_sizes, each image's patch grid, which "
-        "the task does not build"
-    ),
-    "minicpmv4_6": (
-        "image_token_id is None in the shipped config; given one (tried), "
-        "get_image_features also requires target_sizes, each image's patch grid, which "
-        "the task does not build"
-    ),
-    "minicpmv4_7": (
-        "image_token_id is None in the shipped config; given one (tried), "
-        "get_image_features also requires target_sizes, each image's patch grid, which "
-        "the task does not build"
-    ),
     "mistral4": "the mapping names Mistral4ForCausalLM, whose config is text-only",
     "nemotron_h_omni": (
         "image_token_id is None in the shipped config; given one (tried), "

@@ -333,6 +333,8 @@ def vision_layout(model: Any) -> str:
     :raises ValueError: for a function that requires other inputs
     """
     params = inspect.signature(_image_function(model)).parameters
+    # the grids under the name the family declares (the grid layout builds them)
+    grids = _tower_layout(model).get("grid_argument", "image_grid_thw")
     instructed = "qformer_input_ids" in params
     hybrid = "high_res_pixel_values" in params
     naflex = {"spatial_shapes", "pixel_attention_mask"} <= set(params) and _naflex(model)
@@ -343,7 +345,7 @@ def vision_layout(model: Any) -> str:
         for name, p in params.items()
         if p.default is p.empty
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        and name not in ("pixel_values", "image_grid_thw")
+        and name not in ("pixel_values", "image_grid_thw", grids)
         and not ((tiled or padded) and name == "image_sizes")
         and not (instructed and name == "qformer_input_ids")
         and not (hybrid and name == "high_res_pixel_values")
@@ -935,7 +937,10 @@ def _tower_layout(model: Any) -> dict[str, Any]:
     the optional ones) and ``processor_grid`` ``(model, grids) -> grids`` (the grids in the
     units its processor gives them to ``generate``). ``processor_extras`` ``(model,
     processor's grids) -> tensors`` adds what else its processor gives ``generate`` beside
-    the pixels and grids (each image's merge size)."""
+    the pixels and grids (each image's merge size). A model that takes the grids under
+    another name than ``image_grid_thw`` names it ``grid_argument``, and one whose image
+    token covers other than ``spatial_merge_size`` patches a side names ``merge_size``
+    ``(config) -> int``."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return INPUT_LAYOUTS.get(model_type, ({}, ""))[0]
 
@@ -966,6 +971,9 @@ def processor_grid_images(model: Any, image: dict[str, Any]) -> dict[str, Any]:
     extras = _tower_layout(model).get("processor_extras")
     if extras is not None:  # what else the processor gives from the grids
         image.update(extras(model, image["image_grid_thw"]))
+    name = _tower_layout(model).get("grid_argument")
+    if name is not None:  # the model takes the grids under another name
+        image[name] = image.pop("image_grid_thw")
     return image
 
 
@@ -1098,6 +1106,9 @@ def _grid_sizes(config: Any) -> tuple[int, int, int, int]:
     temporal = int(_get(vision, "temporal_patch_size", "patch_temporal", default=1))
     patch = _side(_get(vision, "patch_size", "spatial_patch_size", default=14))
     merge = int(_get(vision, "spatial_merge_size", "merge_size", default=2))
+    declared = INPUT_LAYOUTS.get(getattr(config, "model_type", None), ({}, ""))[0]
+    if "merge_size" in declared:  # the family's patches a side of one image token
+        merge = int(declared["merge_size"](config))
     return channels, temporal, patch, merge
 
 
@@ -1886,12 +1897,12 @@ class ImageTextToText(Task):
             given = {}
             if "mm_token_type_ids" in inspect.signature(index).parameters:
                 given["mm_token_type_ids"] = (ids == token).int()
-            positions = index(
-                ids,
-                image_grid_thw=feeds["image"]["image_grid_thw"],
-                attention_mask=feeds["attention_mask"],
-                **given,
-            )
+            name = _tower_layout(m.model).get("grid_argument")
+            if name is None:
+                given["image_grid_thw"] = feeds["image"]["image_grid_thw"]
+            else:  # the grids as the processor gives them, under the model's name
+                given[name] = processor_grid_images(m.model, dict(feeds["image"]))[name]
+            positions = index(ids, attention_mask=feeds["attention_mask"], **given)
             # some return float positions (a video's time in seconds); an image's are
             # whole numbers, given in the dtype the decoder graph declares
             step = next(c for c in m.components if c.name == "decoder")
