@@ -1062,3 +1062,30 @@ def test_a_tower_that_resizes_its_table_and_frames_each_image_matches_on_unseen_
     rows = 3 * 5 + 1 * 3 + 2 * 2 + (6 if framed else 0)
     assert got.shape == expected.shape == (rows, got.shape[1])
     assert float((got - expected).abs().max()) < 1e-5
+
+
+def test_a_model_that_reads_videos_only_exports_its_frames_under_its_video_token():
+    # InstructBLIP-Video has get_video_features only: its processor samples 4 frames of
+    # each video and writes its video token num_query_tokens times per frame
+    m = untrained_model("instructblipvideo", task=TASK)
+    encoder = m.components[0]
+    assert image_token(m.config) == m.config.video_token_index
+    assert any("videos of 4 frames" in n for n in m.notes)
+    shapes = {s["pixel_values"].shape[:2] for s in encoder.input_sets}
+    assert {frames for _, frames in shapes} == {4} and len(shapes) > 1
+    program = _exported(encoder)
+    side = m.config.vision_config.image_size
+    generator = torch.Generator().manual_seed(11)
+    videos = torch.randn((3, 4, 3, side, side), generator=generator)
+    prompt = {
+        "qformer_input_ids": torch.randint(1, 50, (3, 6), generator=generator),
+        "qformer_attention_mask": torch.ones((3, 6), dtype=torch.long),
+    }
+    with torch.no_grad():
+        got = program.module()(pixel_values=videos, **prompt)
+        own = m.model.get_video_features(pixel_values=videos, **prompt).pooler_output
+    assert got.shape == (3 * 4 * m.config.num_query_tokens, own.shape[-1])
+    assert float((got - own.reshape(got.shape)).abs().max()) < 1e-5
+    # a batch of images is refused with what the encoder takes
+    with pytest.raises(ValueError, match=r"\(videos, 4, 3, height, width\)"):
+        encoder.module(pixel_values=videos[:, 0], **prompt)

@@ -12,7 +12,7 @@ _TYPES = ("blip-2", "instructblip")
 register(
     Family(
         name="blip2",
-        model_types=_TYPES,
+        model_types=(*_TYPES, "instructblipvideo"),
         config_fixes={
             t: (
                 {"image_token_index": IMAGE_TOKEN},
@@ -24,6 +24,16 @@ register(
                 "id of its own vocabulary",
             )
             for t in _TYPES
+        }
+        | {
+            "instructblipvideo": (
+                {"video_token_index": IMAGE_TOKEN},
+                "the config class leaves video_token_index None, while the processor adds "
+                "a '<video>' token to the tokenizer and writes it num_query_tokens times "
+                "per frame before the prompt; the forward and generate write the projected "
+                "query outputs of every frame over those tokens, so the tiny config names "
+                "an id of its own vocabulary",
+            )
         },
     )
 )

@@ -19,12 +19,6 @@ _NO_TOKEN = {
     "blip": "an image captioner: the text decoder cross-attends to the vision states",
     "git": "the image tokens are prepended as a prefix of the decoder's sequence",
     "idefics": "gated cross-attention layers read the image, the prompt holds no features",
-    "instructblipvideo": (
-        "a video model: it names video_token_index only, over which its forward writes "
-        "what get_video_features encodes from each video's frames (pixel_values of shape "
-        "(batch, frames, channels, height, width), with the prompt's Q-Former tokens), "
-        "num_query_tokens per frame; the task builds no video input"
-    ),
     "kosmos-2": "image features replace an embedded span marked by an image mask",
     "kosmos-2.5": "flattened patches with their own positions; features fill a masked span",
     "mistral4": "the mapping names Mistral4ForCausalLM, whose config is text-only",
@@ -371,6 +365,13 @@ _TOWERS = {
         "through resampler_model, whose temporal step pairs each image's rows with "
         "themselves (an image is one frame) by offsets it computes in a Python loop over "
         "the grids; for images that pairing is the rows beside themselves",
+    ),
+    "instructblipvideo": (
+        {"frames": 4},
+        "a model that reads videos only: its processor samples 4 frames of each video "
+        "(it works with 4 frames only) and writes its video token num_query_tokens times "
+        "per frame; get_video_features reads the frames, (videos, 4, channels, height, "
+        "width), with each video's prompt in the Q-Former's vocabulary",
     ),
     "dots3_note": (
         {"vision_tower": "vision_tower"},

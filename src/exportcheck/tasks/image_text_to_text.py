@@ -27,7 +27,10 @@ Nine layouts of image inputs are built from the config, without a processor:
 * ``instructed``: the ``pixels`` images with, for each, the prompt's tokens in the
   vocabulary of a Q-Former that reads them beside its queries (InstructBLIP):
   ``qformer_input_ids`` and ``qformer_attention_mask`` ``(images, length)``, right-padded
-  as the processor's tokenizer pads them. Dynamic: ``images`` and the prompt length.
+  as the processor's tokenizer pads them. Dynamic: ``images`` and the prompt length. A
+  model that reads videos only (InstructBLIP-Video: ``get_video_features``, a video
+  placeholder token) takes ``(videos, frames, channels, height, width)``, the frames as
+  many as its processor samples (its family's ``frames``).
 * ``naflex``: images of any size as NaFlex patch sequences (LFM2-VL): ``pixel_values``
   ``(images, patches, channels * patch ** 2)`` padded to the longest, with
   ``pixel_attention_mask`` and ``spatial_shapes`` (each image's grid), as the processor
@@ -193,14 +196,17 @@ GENERATION_TEXT = (3, 2)
 #: the generation prompt's length in the Q-Former's vocabulary (``instructed`` layout)
 GENERATION_QFORMER = 5
 _TOKEN_NAMES = ("image_token_id", "image_token_index")
+#: the placeholder of a model that reads videos only (its features are written there)
+_VIDEO_TOKEN_NAMES = ("video_token_id", "video_token_index")
 
 
 def image_token(config: Any) -> int:
-    """The id of the image placeholder token.
+    """The id of the image placeholder token, or of the video placeholder token for a
+    config that names no image token (a model that reads videos only).
 
     :raises ValueError: when the config names none
     """
-    for name in _TOKEN_NAMES:
+    for name in (*_TOKEN_NAMES, *_VIDEO_TOKEN_NAMES):
         value = getattr(config, name, None)
         if isinstance(value, int):
             return value
@@ -210,10 +216,17 @@ def image_token(config: Any) -> int:
     )
 
 
+def video_frames(model: Any) -> int:
+    """The frames of each video of a model that reads videos only (its family's
+    ``input_layouts`` ``frames``: how many its processor samples), 0 for other models."""
+    return int(_tower_layout(model).get("frames", 0))
+
+
 def _image_function(model: Any) -> Any:
-    function = getattr(model, "get_image_features", None)
+    name = "get_video_features" if video_frames(model) else "get_image_features"
+    function = getattr(model, name, None)
     if function is None:  # the base model's, when the outer model does not forward it
-        function = getattr(getattr(model, "model", None), "get_image_features", None)
+        function = getattr(getattr(model, "model", None), name, None)
     if function is None:
         raise ValueError(
             f"{type(model).__name__} has no get_image_features: exportcheck exports "
@@ -410,13 +423,25 @@ def _side(value: Any) -> int:
 
 
 def check_image_inputs(
-    layout: str, pixel_values: Any, channels: int, width: int, patch: tuple[int, ...] = ()
+    layout: str,
+    pixel_values: Any,
+    channels: int,
+    width: int,
+    patch: tuple[int, ...] = (),
+    frames: int = 0,
 ) -> None:
     """A ValueError that says what the vision encoder takes, unless ``pixel_values`` has
     the rank and channels (or patch width) of ``layout``; for ``patches``, ``patch`` is
-    the shape of one patch, ``(temporal_patch_size, patch_size, patch_size, channels)``."""
+    the shape of one patch, ``(temporal_patch_size, patch_size, patch_size, channels)``;
+    for videos of ``frames`` frames, ``(videos, frames, channels, height, width)``."""
     shape = tuple(getattr(pixel_values, "shape", ()))
-    if layout == "patches":
+    if frames:
+        ok = len(shape) == 5 and shape[1:3] == (frames, channels)
+        wanted = (
+            f"(videos, {frames}, {channels}, height, width): {frames} frames of each video, "
+            "as the processor samples them"
+        )
+    elif layout == "patches":
         ok = len(shape) == 5 and shape[1:] == tuple(patch)
         frames, side, _, depth = patch
         wanted = (
@@ -479,6 +504,8 @@ def _parts() -> dict[str, type]:
             super().__init__()
             self.model = model
             self.channels, self.width = channels, width
+            #: the frames of each video, for a model that reads videos only
+            self.frames = video_frames(model)
 
         def forward(self, pixel_values: Any) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
@@ -529,7 +556,9 @@ def _parts() -> dict[str, type]:
         def forward(  # type: ignore[override]
             self, pixel_values: Any, qformer_input_ids: Any, qformer_attention_mask: Any
         ) -> Any:
-            check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            check_image_inputs(
+                self.layout, pixel_values, self.channels, self.width, frames=self.frames
+            )
             if qformer_input_ids.shape[0] != pixel_values.shape[0]:
                 raise ValueError(
                     f"qformer_input_ids holds {qformer_input_ids.shape[0]} prompts for "
@@ -1199,11 +1228,15 @@ def _image_sets(
         ]
     elif layout != "grid":
         channels, side = _pixel_sizes(config)
+        frames = video_frames(model)
+        per_image = (frames, channels, side, side) if frames else (channels, side, side)
         sets = [
-            {"pixel_values": torch.randn((n, channels, side, side), generator=generator)}
+            {"pixel_values": torch.randn((n, *per_image), generator=generator)}
             for n in IMAGE_COUNTS
         ]
         labels = [f"images={n} {side}x{side}" for n in IMAGE_COUNTS]
+        if frames:
+            labels = [f"videos={n} frames={frames} {side}x{side}" for n in IMAGE_COUNTS]
         if layout == "hybrid":
             high = _side(config.high_res_vision_config.image_size)
             for feeds in sets:
@@ -1646,6 +1679,12 @@ class ImageTextToText(Task):
                 resolution += (
                     f", and high_res_pixel_values {high}x{high} static for the second, "
                     "high-resolution encoder of the same images"
+                )
+            if video_frames(model):
+                resolution += (
+                    f"; videos of {video_frames(model)} frames (static, as many as its "
+                    "processor samples of each video), num_query_tokens feature rows per "
+                    "frame, written over its video token"
                 )
             if layout == "instructed":
                 prompt = torch.export.Dim("qformer_length", min=1, max=QFORMER_LENGTH_MAX)
