@@ -33,6 +33,8 @@ MODEL_TYPES = (
     "glm_ocr",
     "hunyuan_vl",
     "hy_v4_vl",
+    "cosmos3_edge",
+    "lfm3_vl",
     # an audio encoder attending within windows listed in cu_seqlens, as the towers above
     "qwen3_asr",
 )

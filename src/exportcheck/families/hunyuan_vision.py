@@ -40,16 +40,25 @@ def _tower(model: Any) -> Any:
     return getattr(model, "model", model).vision_tower
 
 
-def _axis_weights(model: Any, height: int, width: int) -> tuple[Any, Any]:
-    """The resize's weights along each axis for an image of ``height x width`` patches:
-    ``(height, edge)`` and ``(width, edge)``, from the model's own call of
-    ``F.interpolate`` on a table whose channel ``c`` is one-hot on row (or column) ``c``
-    (bilinear interpolation is separable and keeps a constant axis constant)."""
-    embeddings = _tower(model).embeddings
-    edge = embeddings.position_edge
+def axis_weights(edge: int, resize: Any) -> tuple[Any, Any]:
+    """The weights along each axis of ``resize``, a model's own resize of an ``edge x
+    edge`` table ``(1, channels, edge, edge) -> (1, channels, height, width)``:
+    ``(height, edge)`` and ``(width, edge)``, from its call on a table whose channel ``c``
+    is one-hot on row (or column) ``c``. Valid for a resize that is linear in the table,
+    separable and keeps a constant axis constant (bilinear interpolation, with or without
+    antialiasing: its weights along an axis sum to 1)."""
     one_hot = torch.eye(edge)
     rows = one_hot[:, :, None].expand(edge, edge, edge)[None]  # channel c: row c set
     columns = one_hot[:, None, :].expand(edge, edge, edge)[None]  # channel c: column c set
+    return resize(rows)[0, :, :, 0].T, resize(columns)[0, :, 0, :].T
+
+
+def _axis_weights(model: Any, height: int, width: int) -> tuple[Any, Any]:
+    """The resize's weights along each axis for an image of ``height x width`` patches:
+    ``(height, edge)`` and ``(width, edge)``, from the model's own call of
+    ``F.interpolate`` (:func:`axis_weights`)."""
+    embeddings = _tower(model).embeddings
+    edge = embeddings.position_edge
     if model.config.model_type == "hy_v4_vl":
         scale = ((height + 0.1) / edge, (width + 0.1) / edge)
         options = {"scale_factor": scale}
@@ -59,9 +68,7 @@ def _axis_weights(model: Any, height: int, width: int) -> tuple[Any, Any]:
     resize = lambda table: torch.nn.functional.interpolate(  # noqa: E731
         table, mode=mode, align_corners=False, **options
     )
-    along_rows = resize(rows)[0, :, :, 0].T  # (height, edge)
-    along_columns = resize(columns)[0, :, 0, :].T  # (width, edge)
-    return along_rows, along_columns
+    return axis_weights(edge, resize)
 
 
 def _taps(weights: Any) -> tuple[Any, Any]:

@@ -76,14 +76,6 @@ _GRID: dict[str, tuple[str, str]] = {
         "from eager on the left-padded set and 2.3e-4 on the set at the bounds (the "
         "tolerance is 1e-4; muse_spark, built alike, is within it); not traced further",
     ),
-    "lfm3_vl": (
-        r"Constraints violated \(images, images \+ 1\)",
-        "its tower (vision_tower, then multi_modal_projector) builds and runs, but its "
-        "short-convolution layers reshape each image's patches to the image's grid from "
-        "grid_thw.tolist() in a Python loop over the images, which fixes the image count "
-        "at export; a dynamic count needs the convolution as a gather of each patch's "
-        "neighbours within its image, precomputed from the grids",
-    ),
     "glm5_next": (
         r"Guard failed: \(15 \+ inputs_embeds\.size\(\)\[1\] \+ cache\['indexer_keys'\]",
         "the vision encoder and the decoder step export, but the decoder's sparse-attention "
@@ -152,15 +144,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         "token ranges after the text tokens (audio_token_offset + codebook_size), which "
         "the tiny vocabulary of 1024 does not; the config refuses to build ('The audio "
         "token range ends at 266440, beyond the vocabulary')",
-    ),
-    "cosmos3_edge": (
-        r"Could not guard on data-dependent expression u1 > 0",
-        "its flattened patches are one frame wide (its config names no temporal patch "
-        "size) and the model builds and runs, but its tower resizes the learned position "
-        "table to each image with F.interpolate(size=(height, width), antialias=True) in "
-        "a loop over grid_thw.tolist() (modeling_cosmos3_edge.py:385), which the export "
-        "cannot trace for grids it reads from the data; the taps would have to be "
-        "precomputed from the grids, as for the towers with an interpolated table",
     ),
     "granite_docling": (
         r"'NoneType' object has no attribute 'sum'",
@@ -349,16 +332,6 @@ _TOWERS = {
         )
         for t in ("muse_spark", "muse_glimmer")
     },
-    "lfm3_vl": (
-        {
-            "vision_tower": "vision_tower",
-            "vision_output": lambda model, out: _base(model).multi_modal_projector(
-                out.last_hidden_state
-            ),
-        },
-        "its tower is vision_tower, and get_image_features projects its last hidden states "
-        "with multi_modal_projector",
-    ),
     "ernie4_5_vl_moe": (
         {"vision_tower": "vision_tower", "vision_output": _ernie_resampled},
         "its tower is vision_tower, and get_image_features passes its last hidden states "

@@ -631,7 +631,9 @@ def _parts() -> dict[str, type]:
         of deriving them from the grids' values with Python loops; its merged output is
         what ``get_image_features`` returns, before splitting it per image. The optional
         inputs are those of towers with window attention (the windows' order and bounds)
-        and with an interpolated position table (each patch's taps and weights)."""
+        and with an interpolated position table (each patch's taps and weights), and of
+        towers with a convolution over each image's grid (each patch's neighbours within
+        its image, ``neighbour_index``)."""
 
         layout = "grid"
 
@@ -654,6 +656,7 @@ def _parts() -> dict[str, type]:
             merge_order: Any = None,
             patch_index: Any = None,
             feature_index: Any = None,
+            neighbour_index: Any = None,
         ) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
             optional = {
@@ -663,6 +666,7 @@ def _parts() -> dict[str, type]:
                 "interp_weights": interp_weights,
                 "pixel_shuffle_index": pixel_shuffle_index,
                 "patch_index": patch_index,
+                "neighbour_index": neighbour_index,
             }
             tower = vision_tower(self.model)
             # a family's vision_call runs the tower's steps on the precomputed tensors
@@ -1716,12 +1720,13 @@ class ImageTextToText(Task):
                 "merge_order",
                 "patch_index",
                 "feature_index",
+                "neighbour_index",
             }
             for name in sorted(extras & set(image_sets[0])):
                 # windows and feature rows (with the rows a projector adds): as many as
                 # the grids give; taps, shuffle, merge order and patch index: one per patch
                 per_patch = name.startswith(
-                    ("interp", "pixel_shuffle", "merge_order", "patch_index")
+                    ("interp", "pixel_shuffle", "merge_order", "patch_index", "neighbour_index")
                 )
                 image_shapes[name] = {0: patches if per_patch else dynamic}
             if "vision_position_ids" not in image_sets[0]:  # a tower without rotary positions
@@ -1737,7 +1742,7 @@ class ImageTextToText(Task):
                 )
                 + "the images' bounds"
                 + (", the windows' order and bounds" if "window_index" in image_sets[0] else "")
-                + (", the position table's taps" if "interp_indices" in image_sets[0] else "")
+                + (", the position table's taps" if "interp_weights" in image_sets[0] else "")
                 + (
                     ", the order of the pixel shuffle's blocks"
                     if "pixel_shuffle_index" in image_sets[0]
@@ -1756,6 +1761,11 @@ class ImageTextToText(Task):
                 + (
                     ", the order of the feature rows with the rows the projector adds"
                     if "feature_index" in image_sets[0]
+                    else ""
+                )
+                + (
+                    ", each patch's neighbours under a convolution over its image"
+                    if "neighbour_index" in image_sets[0]
                     else ""
                 )
                 + ") as inputs"
