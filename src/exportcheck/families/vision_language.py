@@ -19,8 +19,15 @@ _NO_TOKEN = {
     "blip": "an image captioner: the text decoder cross-attends to the vision states",
     "git": "the image tokens are prepended as a prefix of the decoder's sequence",
     "idefics": "gated cross-attention layers read the image, the prompt holds no features",
-    "kosmos-2": "image features replace an embedded span marked by an image mask",
-    "kosmos-2.5": "flattened patches with their own positions; features fill a masked span",
+    "kosmos-2.5": (
+        "its features fill the span image_embeds_position_mask marks, as Kosmos-2's do "
+        "(families/kosmos2.py), but get_image_features takes flattened_patches (batch, "
+        "max_patches, 2 + patch area x channels), each row led by its patch's row and "
+        "column, which index position tables, with all-zero padding rows the tower masks, "
+        "which the task does not build; and its text model adds a segment embedding of "
+        "that mask at every position, so a decoder step on merged embeddings would also "
+        "take the mask of its new positions"
+    ),
     "mistral4": "the mapping names Mistral4ForCausalLM, whose config is text-only",
     "nemotron_h_omni": (
         "image_token_id is None in the shipped config; given one (tried), "

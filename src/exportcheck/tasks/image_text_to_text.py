@@ -90,7 +90,12 @@ to (:func:`exportcheck.tasks._audio_lm.text_lm`). A prefix LM (PaliGemma:
 :func:`prefix_lm`), whose image tokens and prompt attend bidirectionally, gets a decoder
 step that takes ``token_type_ids`` of its new tokens (0 prefix, 1 suffix), checked
 against a full forward given the same prefix, and a generation that prefills the whole
-prompt in one decoder call.
+prompt in one decoder call. A model with no placeholder token, whose forward writes the
+features over a span of the prompt that a mask marks (a family's ``input_layouts`` entry
+``image_span``: Kosmos-2's ``image_embeds_position_mask``), gets the same graphs; the
+driver writes the rows at the mask's positions (:func:`merge_span`), and the generation
+prompt is laid out by the family as its processor lays it out, the mask given to
+``generate`` beside the ids.
 
 The decoder step is checked against a full forward over its prompt and new embeddings.
 Generation: the vision encoder once, the merged prompt (text, the image's tokens, text),
@@ -1551,7 +1556,10 @@ class ImageTextToText(Task):
         model = getattr(transformers, self.auto_class).from_config(config)
         model = model.to(torch.float32).eval()
         prepare_weights(model, config)
-        token = image_token(config)
+        # -1: a model whose features fill a masked span has no placeholder id to avoid
+        token = -1 if image_span(model) is not None else image_token(config)
+        if token == -1:
+            fitted.append(f"image span mask: {INPUT_LAYOUTS[config.model_type][1]}")
         layout = vision_layout(model)
         if layout == "flat":
             channels, width = 0, _patch_embedding(model).in_features
@@ -1865,6 +1873,11 @@ class ImageTextToText(Task):
         with torch.no_grad():
             out = encoder.module(**copy.deepcopy(image))
         rows = (out["features"] if isinstance(out, dict) else out).shape[0] // 2
+        span = image_span(m.model)
+        if span is not None:  # laid out by the family, as its processor lays it out
+            text = m.config.get_text_config(decoder=True)
+            words = _audio_lm._text_ids(text, (2, sum(GENERATION_TEXT)), generator, -1)
+            return {**span(m.model, rows, words), "image": image}
         token = image_token(m.config)
         text = m.config.get_text_config(decoder=True)
         before, after = GENERATION_TEXT
@@ -1936,6 +1949,8 @@ class ImageTextToText(Task):
             return _ENCODER_DECODER.generate(m, call, forced)
 
         feeds = self.generation_inputs(m)
+        if image_span(m.model) is not None:
+            return _span_generate(m, call, forced, feeds)
         token = image_token(m.config)
         if prefix_lm(m.model):
             return _prefix_generate(m, call, forced, feeds, token)
@@ -2152,6 +2167,88 @@ def _prefix_generate(
             f"vision encoder once, its feature rows merged into the prompt's embeddings, "
             f"all {ids.shape[1]} positions (the prefix) through the decoder graph in one "
             "call, after one masked-out position eager for its cache"
+        ),
+    )
+
+
+def image_span(model: Any) -> Any:
+    """The family's ``input_layouts`` entry ``image_span`` of a model with no placeholder
+    token, whose forward writes the image features over a span of the prompt that a mask
+    it takes beside the ids marks (1 on the span); None for other models. It is
+    ``(model, rows, text) -> feeds``: the prompt as the model's processor lays it out for
+    one image of ``rows`` feature rows per row of ``text`` ``(batch, length)`` (random
+    text ids), ``input_ids``, ``attention_mask`` and the span mask under the name the
+    model's ``generate`` takes it (the one other entry)."""
+    return _tower_layout(model).get("image_span")
+
+
+def merge_span(embeds: Any, span: Any, features: Any) -> Any:
+    """``embeds`` with the rows of ``features`` written, in order (row by row of the
+    batch), at the positions where ``span`` ``(batch, length)`` is 1, as a forward that
+    marks its image span with a mask writes them.
+
+    :raises ValueError: when the mask marks another number of positions than there are
+        feature rows
+    """
+    where = span.bool()
+    if int(where.sum()) != features.shape[0]:
+        raise ValueError(
+            f"the image span mask marks {int(where.sum())} positions and the vision encoder "
+            f"returned {features.shape[0]} feature rows: mark one position per feature row, "
+            "as the model's processor does"
+        )
+    return embeds.masked_scatter(where[..., None].expand_as(embeds), features.to(embeds.dtype))
+
+
+def _span_generate(m: UntrainedModel, call: Any, forced: Any, feeds: dict[str, Any]) -> Generation:
+    """The generation of a model whose features fill a masked span (:func:`image_span`):
+    the vision encoder once, the prompt's embeddings with its rows written at the mask
+    (:func:`merge_span`), the first position eager (the decoder graph takes a cache), the
+    rest through the decoder graph, then one step per token."""
+    import torch
+
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    (span,) = [v for k, v in feeds.items() if k not in ("input_ids", "attention_mask", "image")]
+    step = next(c for c in m.components if c.name == "decoder")
+    bound = getattr(step.dynamic_shapes["inputs_embeds"][1], "max", ids.shape[1])
+    features = call("vision_encoder", feeds["image"])
+    embeds = torch.cat(
+        [
+            call("embed_tokens", {"input_ids": ids[:, start : start + bound]})
+            for start in range(0, ids.shape[1], bound)
+        ],
+        1,
+    )
+    merged = merge_span(embeds, span, features)
+    with torch.no_grad():
+        first = _audio_lm.text_lm(m.model)(
+            inputs_embeds=merged[:, :1], attention_mask=mask[:, :1], use_cache=True
+        )
+    out, cache, chunks = None, _audio_lm._cache_of(first), 0
+    for start in range(1, merged.shape[1], bound):
+        end = min(start + bound, merged.shape[1])
+        given = {"inputs_embeds": merged[:, start:end], "attention_mask": mask[:, :end]}
+        out = call("decoder", {**given, "cache": cache})
+        cache, chunks = out["cache"], chunks + 1
+    logits = [out["logits"][:, -1].detach().float()]
+    seen = mask
+    for t in range(_audio_lm.NEW_TOKENS - 1):
+        token_ids = forced[:, t : t + 1]
+        seen = torch.cat([seen, torch.ones_like(token_ids)], 1)
+        given = {
+            "inputs_embeds": call("embed_tokens", {"input_ids": token_ids}),
+            "attention_mask": seen,
+        }
+        out = call("decoder", {**given, "cache": out["cache"]})
+        logits.append(out["logits"][:, -1].detach().float())
+    return Generation(
+        tokens=torch.stack([s.argmax(-1) for s in logits], 1),
+        logits=logits,
+        calls=1 + -(-ids.shape[1] // bound) + chunks + 2 * (_audio_lm.NEW_TOKENS - 1),
+        prefill=(
+            "vision encoder once, its feature rows written at the prompt's image span mask, "
+            f"the first of its {ids.shape[1]} positions eager, the rest through the decoder "
+            "graph" + (f" in {chunks} chunks of at most {bound} positions" if chunks > 1 else "")
         ),
     )
 
