@@ -83,30 +83,16 @@ _GRID: dict[str, tuple[str, str]] = {
         "from eager on the left-padded set and 2.3e-4 on the set at the bounds (the "
         "tolerance is 1e-4; muse_spark, built alike, is within it); not traced further",
     ),
-    "glm5_next": (
-        r"Guard failed: \(15 \+ inputs_embeds\.size\(\)\[1\] \+ cache\['indexer_keys'\]",
-        "the vision encoder and the decoder step export, but the decoder's sparse-attention "
-        "indexer guards that the cached and new positions fill one block of 16, which the "
-        "generation's prompt (longer, with its image tokens) does not",
-    ),
 }
 #: image encoder-decoders (see :mod:`exportcheck.tasks._image_seq2seq`) not built yet
 _ENCODER_DECODERS: dict[str, tuple[str, str]] = {
-    **{
-        t: (
-            r"reads token ids with the image",
-            f"an encoder-decoder whose encoder reads the prompt's tokens with the image "
-            f"({why}); the task's image encoder-decoders take the image alone",
-        )
-        for t, why in {
-            "udop": "text, layout boxes and image patches in one encoder sequence",
-            "t5gemma2": "its encoder scatters the image features over image tokens of the prompt",
-            "florence2": (
-                "a BART encoder over the prompt's embeddings with a DaViT tower's image "
-                "features merged in"
-            ),
-        }.items()
-    },
+    "udop": (
+        r"reads token ids with the image",
+        "an encoder-decoder whose encoder reads text, layout boxes and image patches in one "
+        "sequence; the task's image encoder-decoders take the image alone, or write its "
+        "features over the prompt's placeholder tokens (T5Gemma 2, Florence-2), and this "
+        "model names no placeholder token nor get_image_features",
+    ),
 }
 
 _ENTRIES: dict[str, tuple[str, str]] = {

@@ -11,25 +11,193 @@ The encoder's inputs are built from the config as the model's processor gives th
 * ``flattened_patches`` ``(batch, patches, 2 + channels * patch ** 2)`` with their
   ``attention_mask`` (Pix2Struct): each image cut into a grid of patches, each patch
   preceded by its 1-based row and column, padded with zero rows to the batch's longest
-  (mask 0). The patch count is dynamic, and so is the encoder states' length.
+  (mask 0). The patch count is dynamic, and so is the encoder states' length;
+* ``input_ids``, ``attention_mask`` and ``pixel_values`` (an encoder of text and image:
+  T5Gemma 2, Florence-2): the prompt with one image's placeholder tokens (as many as
+  the image's feature rows, between the begin- and end-of-image tokens its config
+  names), text tokens after them, right-padded as a tokenizer pads a batch, and one
+  image per prompt at the vision config's ``image_size``. The graph merges as the model
+  does, with its own embedding, image features and encoder: the features written over
+  the placeholder embeddings (``masked_scatter``), then the encoder over the whole
+  sequence, so the prompt's length is dynamic and so is the encoder states'.
 
 The encoder graph returns what the decoder cross-attends to: the last hidden states, or
 the pooled output for a model whose forward hands that to its decoder (PP-FormulaNet's
-projector output). A model whose decoder's logits do not change with those states is
-refused at build time: its graphs would decode without the image.
+projector output). A model whose encoder states do not change with the image, or whose
+decoder's logits do not change with those states, is refused at build time: its graphs
+would decode without the image. An encoder that reads token ids without a placeholder
+token and ``get_image_features`` to merge by (UDOP: text, layout boxes and image
+patches in one sequence) is refused too.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any
 
-from ._seq2seq import EncoderSide, Seq2Seq
+from ._seq2seq import EncoderSide, Seq2Seq, _label, _parts, check_rank
+from ._tokens import pad_token, random_ids
 
 __all__ = ["ImageSeq2Seq", "is_encoder_decoder"]
 
 #: the patch count of the last input set of flattened patches (at the declared bound)
 PATCHES_MAX = 64
+
+
+def _image_token(config: Any) -> int | None:
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _merges(model: Any) -> bool:
+    """True for a model that writes its image features over placeholder tokens of the
+    encoder's prompt: it names the placeholder and computes the features itself."""
+    return _image_token(model.config) is not None and hasattr(model, "get_image_features")
+
+
+def text_image_outputs(model: Any, feeds: dict[str, Any]) -> Any:
+    """The encoder's output for a prompt and its images, merged as the model merges them
+    (T5Gemma 2 in its encoder's forward, Florence-2 in the model's, before its BART
+    encoder): the token embeddings, each image's feature rows written in order over the
+    image tokens of its prompt, then the encoder on those embeddings.
+
+    The merge is done here with the model's own embedding, ``get_image_features`` and
+    encoder, rather than by the forward that does it: the placeholder mask both models
+    build checks the token count with ``torch_compilable_check`` on a tensor, which
+    records ``aten._is_all_true``, and the ONNX exporter has no function for it. The same
+    check is made here as a scalar assertion while exporting, and as a ValueError in
+    eager."""
+    import torch
+
+    ids, pixels = feeds["input_ids"], feeds["pixel_values"]
+    embeds = model.get_input_embeddings()(ids)
+    features = model.get_image_features(pixels).pooler_output.to(embeds.dtype)
+    placeholders = ids == _image_token(model.config)
+    rows = features.shape[0] * features.shape[1]
+    if torch.compiler.is_exporting():
+        # a boolean, not the count: an unbacked count equal to rows * batch gets the
+        # traced batch's bounds (batch >= 2), asserted on every run
+        torch._check((placeholders.sum() == rows).item())
+    elif int(placeholders.sum()) != rows:
+        raise ValueError(
+            f"the prompts hold {int(placeholders.sum())} image tokens for {rows} feature "
+            f"rows ({features.shape[1]} per image): each prompt needs as many image "
+            "tokens as its image's features have rows, as the model's processor writes"
+        )
+    embeds = embeds.masked_scatter(placeholders[..., None].expand_as(embeds), features)
+    return model.get_encoder()(inputs_embeds=embeds, attention_mask=feeds["attention_mask"])
+
+
+@functools.cache
+def _text_image_encoder() -> type:
+    """The encoder graph's wrapper for an encoder of text and image (built on first use:
+    torch is imported lazily)."""
+
+    class TextImageEncoder(_parts()["input_ids"]):  # type: ignore[misc, valid-type]
+        """A prompt with image placeholder tokens, its mask and one image per prompt ->
+        the encoder's last hidden states."""
+
+        def encode(self, **feeds: Any) -> Any:
+            return getattr(text_image_outputs(self.model, feeds), self.states)
+
+        def forward(self, input_ids: Any, attention_mask: Any, pixel_values: Any) -> Any:  # type: ignore[override]
+            check_rank("pixel_values", pixel_values, 4, "channels, height and width")
+            if pixel_values.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"pixel_values holds {pixel_values.shape[0]} images for "
+                    f"{input_ids.shape[0]} prompts: the encoder graph takes one image per "
+                    "prompt, its placeholder tokens in that prompt"
+                )
+            return self.encode(
+                input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values
+            )
+
+    return TextImageEncoder
+
+
+def _text_image_vision(config: Any) -> Any:
+    """The vision config of an encoder of text and image: the model's ``vision_config``,
+    or its encoder config's (T5Gemma 2)."""
+    return getattr(config, "vision_config", None) or config.encoder.vision_config
+
+
+def text_image_pixels(config: Any) -> tuple[int, int]:
+    """(channels, side) of the images of an encoder of text and image."""
+    vision = _text_image_vision(config)
+    channels = getattr(vision, "num_channels", None) or getattr(vision, "in_channels", 3)
+    size = getattr(vision, "image_size", None)
+    if size is None:
+        raise ValueError(
+            f"{type(vision).__name__} sets no image_size: exportcheck builds pixel_values "
+            "at the resolution the model's processor resizes images to"
+        )
+    return int(channels), int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def _special(config: Any, kind: str) -> int | None:
+    """The begin- (``boi``) or end-of-image (``eoi``) token the processor writes around an
+    image's placeholders, when the config (or its encoder's) names one."""
+    for holder in (config, getattr(config, "encoder", None)):
+        for name in (f"{kind}_token_id", f"{kind}_token_index"):
+            value = getattr(holder, name, None)
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def image_sequence(model: Any, config: Any) -> list[int]:
+    """The token ids of one image in the prompt: a placeholder per row of the image's
+    features (the model checks the count), between the begin- and end-of-image tokens
+    the config names (Gemma 3's processor writes them; Florence-2's names none)."""
+    import torch
+
+    channels, side = text_image_pixels(config)
+    with torch.no_grad():
+        rows = model.get_image_features(torch.zeros((1, channels, side, side))).pooler_output
+    begin, end = _special(config, "boi"), _special(config, "eoi")
+    return [
+        *([begin] if begin is not None else []),
+        *[_image_token(config)] * rows.shape[1],
+        *([end] if end is not None else []),
+    ]
+
+
+def text_image_inputs(
+    model: Any,
+    config: Any,
+    batch: int,
+    length: int,
+    padding: tuple[int, ...],
+    generator: Any,
+    sequence: list[int] | None = None,
+) -> dict[str, Any]:
+    """``batch`` prompts, each one image's tokens (``sequence``, else
+    :func:`image_sequence`) then ``length`` text tokens, row ``i`` right-padded over its
+    last ``padding[i]`` (pad token, mask 0), and one random image per prompt."""
+    import torch
+
+    sequence = image_sequence(model, config) if sequence is None else sequence
+    text = random_ids(config, (batch, length), generator, encoder=True)
+    pad = pad_token(config, encoder=True)
+    # a text token that is a placeholder would take an image row of its own
+    reserved = sorted(set(sequence))
+    filler = next(i for i in range(1, max(reserved) + 2) if i not in reserved and i != pad)
+    text = text.masked_fill(torch.isin(text, torch.tensor(reserved)), filler)
+    ids = torch.cat([torch.tensor(sequence).repeat(batch, 1), text], 1)
+    mask = torch.ones_like(ids)
+    for row, count in enumerate(padding[:batch]):
+        if count:
+            mask[row, -count:] = 0
+            if pad is not None:
+                ids[row, -count:] = pad
+    channels, side = text_image_pixels(config)
+    pixels = torch.randn((batch, channels, side, side), generator=generator)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
 
 
 def is_encoder_decoder(config: Any) -> bool:
@@ -84,14 +252,16 @@ class ImageSeq2Seq(Seq2Seq):
     pad_decoder_prompts = True
 
     def _kind(self, model: Any) -> str:
-        import inspect
-
         params = inspect.signature(model.get_encoder().forward).parameters
+        if "input_ids" in params and _merges(model):
+            return "text_image"
         if "input_ids" in params:
             raise ValueError(
                 f"{type(model.get_encoder()).__name__}.forward reads token ids with the "
-                "image (an encoder of text and image): exportcheck's image "
-                "encoder-decoders take the image alone"
+                f"image (an encoder of text and image), and {type(model).__name__} names no "
+                "image placeholder token or has no get_image_features: exportcheck's image "
+                "encoder-decoders take the image alone, or write its features over the "
+                "prompt's placeholder tokens"
             )
         for name in ("flattened_patches", "pixel_values"):
             if name in params:
@@ -112,11 +282,15 @@ class ImageSeq2Seq(Seq2Seq):
         generator: Any,
     ) -> dict[str, Any]:
         """``batch`` images: pixels at the encoder's resolution, or ``length`` flattened
-        patches with row ``i`` shorter by ``padding[i]``."""
+        patches with row ``i`` shorter by ``padding[i]``; for an encoder of text and
+        image, ``batch`` prompts of one image's tokens and ``length`` text tokens, row
+        ``i`` right-padded by ``padding[i]``, with their images."""
         import torch
 
         from .image_text_to_text import _pixel_sizes
 
+        if self._kind(model) == "text_image":
+            return text_image_inputs(model, config, batch, length, padding, generator)
         if self._kind(model) == "flattened_patches":
             counts = [length - (padding[i] if i < len(padding) else 0) for i in range(batch)]
             return flattened_patches(config, counts, generator)
@@ -129,6 +303,8 @@ class ImageSeq2Seq(Seq2Seq):
         import torch
 
         kind = self._kind(model)
+        if kind == "text_image":
+            return self._text_image_side(model, config, shapes, generator, batch)
         if kind == "pixel_values":
             from .image_text_to_text import _pixel_sizes
 
@@ -166,11 +342,60 @@ class ImageSeq2Seq(Seq2Seq):
             notes,
         )
 
+    def _text_image_side(
+        self, model: Any, config: Any, shapes: list[tuple[Any, ...]], generator: Any, batch: Any
+    ) -> EncoderSide:
+        """Prompts of one image's tokens then text tokens (the text lengths of ``shapes``,
+        right-padded as they say), one image per prompt: the prompt's length is dynamic
+        and the encoder states keep it; the pixels' resolution is static."""
+        import torch
+
+        sequence = image_sequence(model, config)
+        sets = [
+            text_image_inputs(model, config, b, n, p, generator, sequence) for b, n, p, *_ in shapes
+        ]
+        length = torch.export.Dim(
+            "encoder_length", min=len(sequence) + 1, max=len(sequence) + shapes[-1][1]
+        )
+        dims = {0: batch, 1: length}
+        side = text_image_pixels(config)[1]
+        labels = [
+            _label((b, len(sequence) + n, p, c, s), "encoder") + f" image={side}x{side}"
+            for b, n, p, c, s in shapes
+        ]
+        notes = [
+            f"an encoder of text and image: each prompt {len(sequence)} image tokens (a "
+            "placeholder per feature row of its image, between the begin- and end-of-image "
+            "tokens its config names) then text tokens, right-padded (attention_mask 0), "
+            f"with one image per prompt, pixel_values {side}x{side} (the vision config's "
+            "image_size, static); the graph writes the image's features over the "
+            "placeholders as the model does (masked_scatter) and runs the encoder over the "
+            "whole prompt, whose length is dynamic"
+        ]
+        return EncoderSide(
+            sets,
+            {"input_ids": dims, "attention_mask": dims, "pixel_values": {0: batch}},
+            dims,
+            length,
+            labels,
+            notes,
+        )
+
+    def encoder_class(self, model: Any, side: EncoderSide) -> type:
+        """The text-and-image wrapper for an encoder of text and image."""
+        if self._kind(model) == "text_image":
+            return _text_image_encoder()
+        return super().encoder_class(model, side)
+
+    def encoder_outputs(self, model: Any, feeds: dict[str, Any]) -> Any:
+        """The encoder's output, merged as the model merges it for text and image."""
+        if self._kind(model) == "text_image":
+            return text_image_outputs(model, feeds)
+        return super().encoder_outputs(model, feeds)
+
     def states_output(self, model: Any) -> str:
         """``pooler_output`` for a model whose forward hands its decoder the encoder's
         pooled output (PP-FormulaNet: its projector's), else the last hidden states."""
-        import inspect
-
         base = getattr(model, "model", model)
         source = inspect.getsource(type(base).forward)
         if "encoder_hidden_states=encoder_outputs.pooler_output" in source:
@@ -179,7 +404,8 @@ class ImageSeq2Seq(Seq2Seq):
 
     def build(self, config: Any, *, seed: int = 0) -> Any:
         """:meth:`Seq2Seq.build`, refused when the encoder gives two images the same
-        states, or when the decoder does not read them (its logits do not change with
+        states (for an encoder of text and image: the same prompts with their images
+        swapped), or when the decoder does not read them (its logits do not change with
         them): the graphs would then be checked without the image."""
         import copy
 
@@ -187,9 +413,15 @@ class ImageSeq2Seq(Seq2Seq):
 
         m = super().build(config, seed=seed)
         encoder = m.components[0]
+        feeds = encoder.input_sets[0]
         with torch.no_grad():
-            states = encoder.module(**copy.deepcopy(encoder.input_sets[0]))
-        if float((states[0] - states[1]).abs().max()) < 1e-3:
+            states = encoder.module(**copy.deepcopy(feeds))
+            if "input_ids" in feeds:  # the same prompts, other images
+                other = {**feeds, "pixel_values": feeds["pixel_values"].flip(0)}
+                states = states - encoder.module(**copy.deepcopy(other))
+            else:
+                states = states[0] - states[1]
+        if float(states.abs().max()) < 1e-3:
             raise ValueError(
                 f"{type(m.model).__name__}'s untrained encoder gives two different images "
                 "the same states: its graphs would be checked on outputs that do not "
@@ -212,7 +444,8 @@ class ImageSeq2Seq(Seq2Seq):
         return m
 
     def generation_inputs(self, m: Any) -> dict[str, Any]:
-        """Two images (or two sets of flattened patches, one padded), seeded."""
+        """Two images (or two sets of flattened patches, one padded; or two prompts with
+        their images, one padded), seeded: eager ``generate`` gets the same."""
         import torch
 
         generator = torch.Generator().manual_seed(1234)

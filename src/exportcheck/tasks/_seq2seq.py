@@ -368,6 +368,14 @@ class Seq2Seq(Task):
             labels=[_label(shape, "encoder") for shape in shapes],
         )
 
+    def encoder_class(self, model: Any, side: EncoderSide) -> type:
+        """The wrapper of the encoder graph: the one of the kind of its first input."""
+        return _parts()[next(iter(side.sets[0]))]
+
+    def encoder_outputs(self, model: Any, feeds: dict[str, Any]) -> Any:
+        """The encoder's eager output for ``feeds`` (read for the mask it may return)."""
+        return model.get_encoder()(**feeds)
+
     def states_output(self, model: Any) -> str:
         """The output of the encoder that the decoder cross-attends to."""
         return "last_hidden_state"
@@ -416,9 +424,9 @@ class Seq2Seq(Task):
             notes.append(f"one new token per decoder step: {ONE_TOKEN_DECODE[config.model_type]}")
         batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
         side = self.encoder_side(model, config, shapes, generator, batch)
-        Encoder = parts[next(iter(side.sets[0]))]
+        Encoder = self.encoder_class(model, side)
         with torch.no_grad():
-            probe = model.get_encoder()(**copy.deepcopy(side.sets[0]))
+            probe = self.encoder_outputs(model, copy.deepcopy(side.sets[0]))
         # An encoder that subsamples its input may return the mask of its states, which
         # the decoder reads from the encoder's output instead of the input's mask.
         with_mask = getattr(probe, "attention_mask", None) is not None
