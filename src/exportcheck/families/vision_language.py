@@ -19,15 +19,6 @@ _NO_TOKEN = {
     "blip": "an image captioner: the text decoder cross-attends to the vision states",
     "git": "the image tokens are prepended as a prefix of the decoder's sequence",
     "idefics": "gated cross-attention layers read the image, the prompt holds no features",
-    "kosmos-2.5": (
-        "its features fill the span image_embeds_position_mask marks, as Kosmos-2's do "
-        "(families/kosmos2.py), but get_image_features takes flattened_patches (batch, "
-        "max_patches, 2 + patch area x channels), each row led by its patch's row and "
-        "column, which index position tables, with all-zero padding rows the tower masks, "
-        "which the task does not build; and its text model adds a segment embedding of "
-        "that mask at every position, so a decoder step on merged embeddings would also "
-        "take the mask of its new positions"
-    ),
     "mistral4": "the mapping names Mistral4ForCausalLM, whose config is text-only",
     "nemotron_h_omni": (
         "image_token_id is None in the shipped config; given one (tried), "
@@ -46,17 +37,6 @@ _OTHER_INPUTS = {
 }
 #: model types whose vision config sets no image size
 _NO_SIZE = {
-    "gemma4": (
-        "its shipped config leaves vision_config None; built with a vision tower from the "
-        "vision config's defaults (tried), its images are patches at their own positions "
-        "(image_position_ids), get_image_features splits the rows per image with "
-        "sizes from .tolist() (fixing the image count), the pooler takes its kernel as "
-        "int(sqrt(patches // tokens)) (fixing the patch count), and the decoder's "
-        "per-layer embeddings are looked up from token ids that it recovers from "
-        "inputs_embeds by an equality search (nonzero): a decoder step on embeddings "
-        "needs per_layer_inputs as an input"
-    ),
-    "gemma4_unified": "its shipped config leaves vision_config None (see gemma4)",
     "unlimited_ocr": "global and local views, sized by the processor",
 }
 #: variable-resolution encoders (flattened patches with image_grid_thw) that the grid
@@ -170,7 +150,7 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         "canvas of canvas_length tokens, sampled at random when none is given; "
         "the outer model and its base model have no get_image_features, and generation "
         "is not a loop of causal decode steps; beyond it, its vision tower is Gemma 4's "
-        "(patches at their own positions, see gemma4)",
+        "(patches at their own positions; families/gemma4_vision.py builds that tower's inputs)",
     ),
     "evolla": (
         r"Unrecognized configuration class",

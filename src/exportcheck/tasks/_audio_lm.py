@@ -348,7 +348,30 @@ def _parts() -> dict[str, type]:
             with added_to_layers(self.model, deepstack_embeds):
                 return super().forward(inputs_embeds, attention_mask, position_ids, cache)
 
+    class IdsDecoder(Decoder):
+        """A decode step that also takes ids of its new positions (``step_ids``), for a
+        language model that reads a lookup by token id beside the input embeddings (Gemma
+        4's per-layer embeddings): ``step_kwargs(model, ids)`` turns them into what its
+        forward takes, so that the graph holds no search of the ids from the embeddings."""
+
+        def __init__(self, model: Any, step_kwargs: Any) -> None:
+            super().__init__(model)
+            self.step_kwargs = step_kwargs
+
+        def forward(  # type: ignore[override]
+            self, inputs_embeds: Any, attention_mask: Any, step_ids: Any, cache: Any
+        ) -> dict[str, Any]:
+            out = self.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=cache,
+                use_cache=True,
+                **self.step_kwargs(self.model, step_ids),
+            )
+            return {"logits": out.logits, "cache": _cache_of(out)}
+
     return {
+        "ids_decoder": IdsDecoder,
         "windowed": WindowedAudioEncoder,
         "deepstack_decoder": DeepstackDecoder,
         "positioned_decoder": PositionedDecoder,
@@ -687,6 +710,9 @@ def merged_lm(
     batch: Any,
     position_rows: int = 0,
     deepstack: int = 0,
+    step_ids: Any = None,
+    step_kwargs: Any = None,
+    step_ids_seen: bool = False,
 ) -> UntrainedModel:
     """The model of an LM whose forward merges an encoder's outputs into its input
     embeddings at the positions of ``token``: the ``encoder`` component, then
@@ -696,7 +722,10 @@ def merged_lm(
     rows (3 for multimodal rope), those of text (:func:`text_positions`) in its sets.
     ``deepstack``: the decoder also takes DeepStack features for that many layers
     (:func:`added_to_layers`), random in its sets (each new position gets some, as an
-    image token would)."""
+    image token would). ``step_ids`` ``(model, ids) -> ids`` and ``step_kwargs`` ``(model, ids) ->
+    forward arguments``: the decoder also takes the ids of its new positions as
+    ``step_ids`` gives them (``IdsDecoder``), or of every position it sees (the cache's
+    and its own, as the mask) with ``step_ids_seen``; its sets' new tokens are text."""
     import torch
 
     from ..caches import cache_dynamic_shapes
@@ -707,7 +736,9 @@ def merged_lm(
     kind = (
         "deepstack_decoder" if deepstack else "positioned_decoder" if position_rows else "decoder"
     )
-    decoder = parts[kind](model)
+    decoder = parts["ids_decoder"](model, step_kwargs) if step_ids else parts[kind](model)
+    decoder.step_ids = step_ids
+    decoder.step_ids_seen = step_ids_seen
     text = config.get_text_config(decoder=True)
     seq_max, cache_max = length_bounds(text)
     shapes = [*DECODER_SETS, (BATCH_MAX, seq_max, cache_max, 0)]
@@ -731,6 +762,9 @@ def merged_lm(
         if deepstack:
             shape = (deepstack, *new_embeds.shape)
             step["deepstack_embeds"] = new_embeds.std() * torch.randn(shape, generator=generator)
+        if step_ids:
+            read = torch.cat([prompt_ids, new_ids], 1) if step_ids_seen else new_ids
+            step["step_ids"] = step_ids(model, read)
         step["cache"] = _contiguous(_cache_of(out))
         step_sets.append(step)
         embed_sets.append({"input_ids": new_ids})
@@ -746,6 +780,11 @@ def merged_lm(
         "attention_mask": {0: batch, 1: torch.export.Dim.DYNAMIC},
         **({"position_ids": {1: batch, 2: seq_length}} if position_rows else {}),
         **({"deepstack_embeds": {1: batch, 2: seq_length}} if deepstack else {}),
+        **(
+            {"step_ids": {0: batch, 1: torch.export.Dim.DYNAMIC if step_ids_seen else seq_length}}
+            if step_ids
+            else {}
+        ),
         "cache": cache_dynamic_shapes(step_sets[0]["cache"], batch, cache_length),
     }
     embed_labels = [lab.split(" cache=")[0] for lab in labels]
@@ -943,8 +982,16 @@ def merged_generate(
         zeros = torch.zeros_like(embeds)
         added = torch.stack([merge(zeros, ids, token, deepstack[i], what) for i in range(layers)])
 
+    read_ids = getattr(step.module, "step_ids", None)
+    seen_all = bool(getattr(step.module, "step_ids_seen", False))
+    if read_ids is not None:  # the ids the step reads beside the embeddings
+        seen_ids = read_ids(m.model, ids)
+
     def at(start: int, end: int) -> dict[str, Any]:
         given = {}
+        if read_ids is not None:
+            first_id = 0 if seen_all else start
+            given["step_ids"] = seen_ids[:, first_id:end].contiguous()
         if positions is not None:
             given["position_ids"] = positions[0][..., start:end].contiguous()
         if added is not None:
@@ -957,7 +1004,8 @@ def merged_generate(
             inputs_embeds=merged[:, :1],
             attention_mask=mask[:, :1],
             use_cache=True,
-            **{k: v for k, v in at(0, 1).items() if k != "deepstack_embeds"},
+            **{k: v for k, v in at(0, 1).items() if k not in ("deepstack_embeds", "step_ids")},
+            **(step.module.step_kwargs(m.model, at(0, 1)["step_ids"]) if read_ids else {}),
         )
     out, cache, chunks = None, _cache_of(first), 0
     for start in range(1, merged.shape[1], bound):
@@ -985,6 +1033,9 @@ def merged_generate(
             given["position_ids"] = index
         if added is not None:  # a text token: nothing added
             given["deepstack_embeds"] = torch.zeros((added.shape[0], *step.shape))
+        if read_ids is not None:
+            read = torch.cat([ids, forced[:, : t + 1]], 1) if seen_all else token_ids
+            given["step_ids"] = read_ids(m.model, read)
         out = call("decoder", {**given, "cache": out["cache"]})
         logits.append(out["logits"][:, -1].detach().float())
     return Generation(

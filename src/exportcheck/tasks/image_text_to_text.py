@@ -15,7 +15,7 @@ the result. It is exported as three graphs and one merge, as a runtime drives th
 * ``decoder``: a decode step of the causal LM on input embeddings with the cache of the
   positions before -> logits and the grown cache.
 
-Nine layouts of image inputs are built from the config, without a processor:
+Ten layouts of image inputs are built from the config, without a processor:
 
 * ``pixels``: ``pixel_values`` ``(images, channels, height, width)`` at the vision
   config's ``image_size``. The resolution stays static: the processors of these models
@@ -80,6 +80,13 @@ Nine layouts of image inputs are built from the config, without a processor:
   has as many tokens as patches, with no positions or grids. Declared by the family
   (``input_layouts`` ``layout``). Dynamic: the patches; each input set has images of
   patch counts of its own, the last at the declared bound (64 patches).
+* ``flattened``: ``flattened_patches`` ``(images, patches, 2 + channels * patch ** 2)``
+  as Pix2Struct-style processors give them (each patch led by its 1-based row and
+  column, each image padded to the call's longest with zero rows, which the tower masks
+  itself), built by :func:`exportcheck.tasks._image_seq2seq.flattened_patches`, for a
+  tower that takes them alone (Kosmos-2.5, whose processor returns no patch mask beside
+  them: the text mask takes its name). Declared by the family. Dynamic: images and
+  patches; each set has padded images of counts of its own, the last at the bounds.
 
 A model with multimodal rope (``get_rope_index``) gets a decoder step that takes
 ``position_ids`` ``(3, batch, seq_length)``: text positions in the checked sets, the
@@ -95,7 +102,10 @@ features over a span of the prompt that a mask marks (a family's ``input_layouts
 ``image_span``: Kosmos-2's ``image_embeds_position_mask``), gets the same graphs; the
 driver writes the rows at the mask's positions (:func:`merge_span`), and the generation
 prompt is laid out by the family as its processor lays it out, the mask given to
-``generate`` beside the ids.
+``generate`` beside the ids. A text model that also reads that mask at every position
+(Kosmos-2.5 adds a segment embedding of it; the family's ``step_span``) gets a decoder
+step that takes ``image_embeds_position_mask`` of its new positions: the prefill's
+chunks carry the prompt's, generated tokens 0, as ``generate`` passes none for them.
 
 The decoder step is checked against a full forward over its prompt and new embeddings.
 Generation: the vision encoder once, the merged prompt (text, the image's tokens, text),
@@ -114,7 +124,7 @@ from typing import Any
 from ..dims import BATCH_MAX
 from ..families import INPUT_LAYOUTS
 from ..models import UntrainedModel, prepare_weights
-from ..models.tiny import rescale_sections
+from ..models.tiny import rescale_sections, tiny_config
 from . import Component, Generation, Task, _audio_lm, _image_seq2seq, register
 
 __all__ = ["ImageTextToText", "check_image_inputs", "image_token", "vision_layout"]
@@ -193,6 +203,19 @@ PATCH_IMAGES = [[3, 2], [1], [4, 6, 2], [9], [2, 5, 7, 6], [16, 8], [16] * 4]
 PATCHES_MAX = 64
 #: the patches of each of the generation prompt's two images in the ``patches`` layout
 PATCH_GENERATION_IMAGE = 6
+#: the patch count of each image of each ``flattened`` input set (padded to the set's
+#: longest): every set distinct image and patch counts, the last at the bounds
+FLATTENED_IMAGES = [
+    [12, 9],
+    [16],
+    [20, 6, 12],
+    [24, 16, 9, 30],
+    [8, 15, 27, 10, 4],
+    [36, 12, 18, 25, 6, 20],
+    [_image_seq2seq.PATCHES_MAX] * BATCH_MAX,
+]
+#: the patches of the generation prompt's two images (the second padded)
+FLATTENED_GENERATION = (20, 14)
 #: patches per side of the images of a fixed-resolution encoder: a larger image_size of
 #: the tiny config is shrunk to this many patches
 PATCHES_PER_SIDE = 8
@@ -351,6 +374,8 @@ def vision_layout(model: Any) -> str:
     :raises ValueError: for a function that requires other inputs
     """
     params = inspect.signature(_image_function(model)).parameters
+    if _tower_layout(model).get("layout") == "flattened" and "flattened_patches" in params:
+        return "flattened"
     # the grids under the name the family declares (the grid layout builds them)
     grids = _tower_layout(model).get("grid_argument", "image_grid_thw")
     instructed = "qformer_input_ids" in params
@@ -465,6 +490,12 @@ def check_image_inputs(
     elif layout == "flat":
         ok = len(shape) == 3 and shape[2] == width
         wanted = f"(images, patches, {width}): each image's patches flattened"
+    elif layout == "flattened":
+        ok = len(shape) == 3 and shape[2] == 2 + width
+        wanted = (
+            f"(images, patches, {2 + width}): each patch's row and column then its pixels, "
+            "each image padded with zero rows, as the processor gives flattened_patches"
+        )
     elif layout == "naflex":
         ok = len(shape) == 3 and shape[2] == width
         wanted = (
@@ -525,6 +556,17 @@ def _parts() -> dict[str, type]:
         def forward(self, pixel_values: Any) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
             return features(_image_function(self.model)(pixel_values=pixel_values))
+
+    class FlattenedEncoder(PixelEncoder):
+        """``flattened_patches`` ``(images, patches, 2 + width)``, each patch led by its
+        row and column, padding rows zero -> the image features; the tower masks the
+        zero rows itself, so the processor's patches are all it takes."""
+
+        layout = "flattened"
+
+        def forward(self, flattened_patches: Any) -> Any:  # type: ignore[override]
+            check_image_inputs(self.layout, flattened_patches, self.channels, self.width)
+            return features(_image_function(self.model)(flattened_patches=flattened_patches))
 
     class PatchEncoder(PixelEncoder):
         """the patches of every image, ``(patches, temporal, patch, patch, channels)`` as
@@ -789,6 +831,7 @@ def _parts() -> dict[str, type]:
         "padded": PaddedEncoder,
         "flat": FlatEncoder,
         "patches": PatchEncoder,
+        "flattened": FlattenedEncoder,
     }
 
 
@@ -978,7 +1021,15 @@ def _tower_layout(model: Any) -> dict[str, Any]:
     the pixels and grids (each image's merge size). A model that takes the grids under
     another name than ``image_grid_thw`` names it ``grid_argument``, and one whose image
     token covers other than ``spatial_merge_size`` patches a side names ``merge_size``
-    ``(config) -> int``."""
+    ``(config) -> int``. A family that builds its vision encoder's inputs itself (Gemma 4:
+    patches at their own positions) names ``encoder`` ``(model, channels, width) ->
+    module``, ``image_sets`` ``(model, generator) -> (sets, labels)``, ``image_shapes``
+    ``(model) -> (dynamic shapes, note)``, ``generation_image`` ``(model, generator) ->
+    inputs`` and ``processor_names`` (those of them its processor gives ``generate``);
+    ``prepare_config`` ``(config, tiny_config) -> (config, note)`` completes a config
+    that lacks what the task builds, and ``step_ids`` / ``step_kwargs`` make the decoder
+    step take ids beside the embeddings, those of every position it sees with
+    ``step_ids_seen`` (:func:`exportcheck.tasks._audio_lm.merged_lm`)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return INPUT_LAYOUTS.get(model_type, ({}, ""))[0]
 
@@ -1221,6 +1272,15 @@ def _image_sets(
             for n, patches in FLAT_PATCHES
         ]
         labels = [f"images={n} patches={patches}" for n, patches in FLAT_PATCHES]
+    elif layout == "flattened":
+        sets, labels = [], []
+        for counts in FLATTENED_IMAGES:
+            given = _image_seq2seq.flattened_patches(config, counts, generator)
+            sets.append({"flattened_patches": given["flattened_patches"]})
+            shown = ",".join(map(str, counts))
+            if len(set(counts)) == 1 and len(counts) > 1:
+                shown = f"{len(counts)} of {counts[0]}"
+            labels.append(f"images={len(counts)} patches={shown}")
     elif layout == "patches":
         channels, temporal, patch, _ = _grid_sizes(config)
         sets = [
@@ -1542,7 +1602,14 @@ class ImageTextToText(Task):
         import torch
         import transformers
 
+        # a family whose shipped config lacks what the task builds (a vision config)
+        prepare = INPUT_LAYOUTS.get(config.model_type, ({}, ""))[0].get("prepare_config")
+        prepared = ""
+        if prepare is not None:
+            config, prepared = prepare(config, tiny_config)
         fitted = fit_config(config)
+        if prepared:
+            fitted.append(prepared)
         if _image_seq2seq.is_encoder_decoder(config):
             m = _ENCODER_DECODER.build(config, seed=seed)
             m.notes[:0] = [
@@ -1568,6 +1635,10 @@ class ImageTextToText(Task):
             channels, width = 0, int(vision.num_channels) * int(vision.patch_size) ** 2
         elif layout == "patches":
             channels, width = _grid_sizes(config)[0], _grid_width(config)
+        elif layout == "flattened":  # the pixels of a patch, after its row and column
+            channels, width = 0, int(_vision_config(config).patch_embed_hidden_size)
+        elif "encoder" in _tower_layout(model):  # the family builds its encoder and sets
+            channels, width = 0, 0
         elif layout != "grid":
             channels, side = _pixel_sizes(config)
             width = 0
@@ -1593,9 +1664,17 @@ class ImageTextToText(Task):
                     else "recorded from its own calls of transformers' helpers on each set's grids"
                 )
             )
-        encoder = _parts()[layout](model, channels, width)
+        family = _tower_layout(model)
+        encoder = (family["encoder"] if "encoder" in family else _parts()[layout])(
+            model, channels, width
+        )
         generator = torch.Generator().manual_seed(seed)
-        image_sets, image_labels, image_sizes = _image_sets(layout, model, config, generator)
+        if "image_sets" in family:
+            image_sets, image_labels = family["image_sets"](model, generator)
+            image_labels[-1] += " at bounds"
+            image_sizes = []
+        else:
+            image_sets, image_labels, image_sizes = _image_sets(layout, model, config, generator)
         encoder.image_sizes = image_sizes
         images = torch.export.Dim("images", min=1, max=BATCH_MAX)
         if layout == "padded":
@@ -1679,6 +1758,18 @@ class ImageTextToText(Task):
                 "token, so an image has as many tokens as patches"
             )
             fitted.append(f"image layout patches: {INPUT_LAYOUTS[config.model_type][1]}")
+        elif layout == "flattened":
+            patches = torch.export.Dim("patches", min=2, max=_image_seq2seq.PATCHES_MAX)
+            image_shapes = {"flattened_patches": {0: images, 1: patches}}
+            resolution = (
+                "images of any size as flattened patches (images, patches, "
+                f"{2 + width}): each patch its row and column then its pixels, each image "
+                "padded to the call's longest with zero rows, which the tower masks "
+                "itself; images and patches dynamic"
+            )
+        elif "image_shapes" in family:
+            image_shapes, resolution = family["image_shapes"](model)
+            fitted.append(f"image layout {layout}: {INPUT_LAYOUTS[config.model_type][1]}")
         elif layout != "grid":
             image_shapes: dict[str, Any] = {"pixel_values": {0: images}}
             resolution = (
@@ -1815,9 +1906,14 @@ class ImageTextToText(Task):
             batch,
             position_rows=rows,
             deepstack=deepstack,
+            step_ids=family.get("step_ids"),
+            step_kwargs=family.get("step_kwargs"),
+            step_ids_seen=bool(family.get("step_ids_seen")),
         )
         if prefix_lm(model):
             _as_prefix_lm(m)
+        if step_span(model):
+            _as_span_step(m)
         return m
 
     def components(self, m: UntrainedModel) -> list[Component]:
@@ -1828,6 +1924,8 @@ class ImageTextToText(Task):
             return _ENCODER_DECODER.check_eager(m, atol)
         if prefix_lm(m.model):
             return _prefix_check_eager(m, atol)
+        if step_span(m.model):
+            return _span_check_eager(m, atol)
         return _audio_lm.check_eager(m, atol)
 
     def generation_inputs(self, m: UntrainedModel) -> dict[str, Any]:
@@ -1842,7 +1940,10 @@ class ImageTextToText(Task):
         encoder = next(c for c in m.components if c.name == "vision_encoder")
         generator = torch.Generator().manual_seed(4321)
         first = encoder.input_sets[0]
-        if encoder.module.layout == "tiles":
+        built = _tower_layout(m.model).get("generation_image")
+        if built is not None:  # the family builds its images
+            image = built(m.model, generator)
+        elif encoder.module.layout == "tiles":
             channels, side = _pixel_sizes(m.config)
             image, _ = tile_images(m.model, [TILE_GENERATION_IMAGE] * 2, generator, channels, side)
         elif encoder.module.layout == "padded":
@@ -1853,6 +1954,9 @@ class ImageTextToText(Task):
         elif encoder.module.layout == "patches":
             shape = (2 * PATCH_GENERATION_IMAGE, *first["pixel_values"].shape[1:])
             image = {"pixel_values": torch.randn(shape, generator=generator)}
+        elif encoder.module.layout == "flattened":
+            given = _image_seq2seq.flattened_patches(m.config, [*FLATTENED_GENERATION], generator)
+            image = {"flattened_patches": given["flattened_patches"]}
         elif encoder.module.layout in ("pixels", "stacked", "flat", "instructed", "hybrid"):
             shape = (2, *first["pixel_values"].shape[1:])
             image = {"pixel_values": torch.randn(shape, generator=generator)}
@@ -1913,7 +2017,9 @@ class ImageTextToText(Task):
             "pixel_attention_mask",
             "spatial_shapes",
             "high_res_pixel_values",
+            "flattened_patches",
         )
+        given_names += tuple(_tower_layout(m.model).get("processor_names", ()))
         image = {k: v for k, v in feeds["image"].items() if k in given_names}
         layout = vision_layout(m.model)
         if layout == "stacked":  # one image per prompt
@@ -2190,7 +2296,8 @@ def merge_span(embeds: Any, span: Any, features: Any) -> Any:
     :raises ValueError: when the mask marks another number of positions than there are
         feature rows
     """
-    where = span.bool()
+    # == 1: Kosmos-2.5's processor marks the tags around the span -1, written over by none
+    where = span == 1
     if int(where.sum()) != features.shape[0]:
         raise ValueError(
             f"the image span mask marks {int(where.sum())} positions and the vision encoder "
@@ -2198,6 +2305,105 @@ def merge_span(embeds: Any, span: Any, features: Any) -> Any:
             "as the model's processor does"
         )
     return embeds.masked_scatter(where[..., None].expand_as(embeds), features.to(embeds.dtype))
+
+
+def step_span(model: Any) -> bool:
+    """True for a model whose text model reads the image span mask at every position, not
+    only where it writes the features (the family's ``input_layouts`` entry ``step_span``:
+    Kosmos-2.5 adds a segment embedding of ``mask != 0`` to each position's, 0 where no
+    mask is given, as ``generate`` gives none for generated tokens). Its decoder step
+    takes the mask of its new positions: a prefill chunk holding the span reads it."""
+    return bool(_tower_layout(model).get("step_span")) and image_span(model) is not None
+
+
+@functools.cache
+def _span_decoder() -> type:
+    class SpanDecoder(_audio_lm._parts()["decoder"]):
+        """A decode step that also takes ``image_embeds_position_mask`` of its new
+        positions ``(batch, seq_length)``, which the text model reads at each position
+        (:func:`step_span`); no features are written: the driver merged them."""
+
+        def forward(  # type: ignore[override]
+            self,
+            inputs_embeds: Any,
+            attention_mask: Any,
+            image_embeds_position_mask: Any,
+            cache: Any,
+        ) -> dict[str, Any]:
+            out = self.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                image_embeds_position_mask=image_embeds_position_mask,
+                cache=cache,
+                use_cache=True,
+            )
+            return {"logits": out.logits, "cache": _audio_lm._cache_of(out)}
+
+    return SpanDecoder
+
+
+def span_pattern(batch: int, length: int) -> Any:
+    """The span mask of a decoder set's new positions, as a prefill chunk holding the
+    span carries the processor's: a tag (-1) first, the span (1), a tag last when there
+    are three positions or more; the last row of a batch of several 0 everywhere, as a
+    chunk of text or a generated token."""
+    import torch
+
+    span = torch.ones((batch, length), dtype=torch.int64)
+    span[:, 0] = -1 if length > 1 else 1
+    if length > 2:
+        span[:, -1] = -1
+    if batch > 1:
+        span[-1] = 0
+    return span
+
+
+def _as_span_step(m: UntrainedModel) -> None:
+    """Make ``m``'s decoder step a :func:`_span_decoder` step: each set's new positions
+    get :func:`span_pattern` (its cached prompt read as text, the mask 0 there)."""
+    step = next(c for c in m.components if c.name == "decoder")
+    step.module = _span_decoder()(m.model)
+    for feeds in step.input_sets:
+        given = {
+            "inputs_embeds": feeds.pop("inputs_embeds"),
+            "attention_mask": feeds.pop("attention_mask"),
+        }
+        given["image_embeds_position_mask"] = span_pattern(*given["inputs_embeds"].shape[:2])
+        given["cache"] = feeds.pop("cache")
+        feeds.clear()  # the same dict is m.inputs or one of m.other_inputs
+        feeds.update(given)
+    shapes = step.dynamic_shapes
+    shapes["image_embeds_position_mask"] = dict(shapes["inputs_embeds"])
+    shapes["cache"] = shapes.pop("cache")  # the inputs' order, as the forward's
+    m.notes.append(
+        "image span read at every position: the text model adds an embedding of "
+        "image_embeds_position_mask != 0 to each position, so the decoder step takes the "
+        "mask of its new positions (the prompt's in the prefill, 0 for generated tokens)"
+    )
+
+
+def _span_check_eager(m: UntrainedModel, atol: float) -> list[dict[str, Any]]:
+    """The span step against one forward over prompt + new embeddings with the span mask
+    0 on the prompt (read as text when it was cached) and the step's own after."""
+    import torch
+
+    step = next(c for c in m.components if c.name == "decoder")
+    out = []
+    for i, feeds in enumerate(step.input_sets):
+        new = feeds["inputs_embeds"]
+        span = feeds["image_embeds_position_mask"]
+        span = torch.cat([torch.zeros_like(m.prompt_masks[i]), span], 1)
+        with torch.no_grad():
+            got = step.module(**copy.deepcopy(feeds))["logits"]
+            whole = _audio_lm.text_lm(m.model)(
+                inputs_embeds=torch.cat([m.prompts[i], new], 1),
+                attention_mask=feeds["attention_mask"],
+                image_embeds_position_mask=span,
+                use_cache=False,
+            ).logits[:, -new.shape[1] :]
+        diff = float((got.double() - whole.double()).abs().max())
+        out.append({"input_set": i, "abs": diff, "ok": diff <= atol})
+    return out
 
 
 def _span_generate(m: UntrainedModel, call: Any, forced: Any, feeds: dict[str, Any]) -> Generation:
@@ -2220,14 +2426,21 @@ def _span_generate(m: UntrainedModel, call: Any, forced: Any, feeds: dict[str, A
         1,
     )
     merged = merge_span(embeds, span, features)
+    # the mask of each call's positions, for a step that reads it (step_span)
+    read = step_span(m.model)
     with torch.no_grad():
         first = _audio_lm.text_lm(m.model)(
-            inputs_embeds=merged[:, :1], attention_mask=mask[:, :1], use_cache=True
+            inputs_embeds=merged[:, :1],
+            attention_mask=mask[:, :1],
+            use_cache=True,
+            **({"image_embeds_position_mask": span[:, :1]} if read else {}),
         )
     out, cache, chunks = None, _audio_lm._cache_of(first), 0
     for start in range(1, merged.shape[1], bound):
         end = min(start + bound, merged.shape[1])
         given = {"inputs_embeds": merged[:, start:end], "attention_mask": mask[:, :end]}
+        if read:
+            given["image_embeds_position_mask"] = span[:, start:end]
         out = call("decoder", {**given, "cache": cache})
         cache, chunks = out["cache"], chunks + 1
     logits = [out["logits"][:, -1].detach().float()]
@@ -2239,6 +2452,8 @@ def _span_generate(m: UntrainedModel, call: Any, forced: Any, feeds: dict[str, A
             "inputs_embeds": call("embed_tokens", {"input_ids": token_ids}),
             "attention_mask": seen,
         }
+        if read:
+            given["image_embeds_position_mask"] = torch.zeros_like(token_ids)
         out = call("decoder", {**given, "cache": out["cache"]})
         logits.append(out["logits"][:, -1].detach().float())
     return Generation(
@@ -2269,11 +2484,22 @@ def _check_reads_pixels(encoder: Any, feeds: dict[str, Any]) -> None:
             out = encoder(**copy.deepcopy(given))
         return out["features"] if isinstance(out, dict) else out
 
+    def other(name: str, value: Any) -> Any:
+        if name != "flattened_patches":
+            return torch.rand_like(value)
+        # other pixels in the real patches; each patch's row and column, and the
+        # padding rows (zero, which the tower masks), kept
+        real = value.abs().sum(-1, keepdim=True) > 0
+        pixels = torch.where(real, torch.rand_like(value[..., 2:]), value[..., 2:])
+        return torch.cat([value[..., :2], pixels], -1)
+
     first = run(feeds)
     for name, value in feeds.items():
-        if "pixel_values" not in name or not torch.is_floating_point(value):
+        if not ("pixel_values" in name or name == "flattened_patches"):
             continue
-        moved = float((first - run({**feeds, name: torch.rand_like(value)})).abs().max())
+        if not torch.is_floating_point(value):
+            continue
+        moved = float((first - run({**feeds, name: other(name, value)})).abs().max())
         if moved < PIXELS_MATTER:
             raise ValueError(
                 f"{type(encoder.model).__name__}'s untrained vision encoder returns "
