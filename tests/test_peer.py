@@ -49,6 +49,28 @@ def test_the_peer_export_of_a_grid_encoder_is_checked_on_grids_it_did_not_see():
     assert any("ONNXRuntimeError" in s.get("error", "") for s in row["sets"])
 
 
+@pytest.mark.parametrize(
+    ("model_type", "component", "names"),
+    [
+        # an encoder-decoder whose encoder reads the prompt with the image: its pixels
+        ("florence2", "encoder", {"pixel_values"}),
+        ("kosmos-2.5", "vision_encoder", {"flattened_patches"}),
+        ("gemma4", "vision_encoder", {"pixel_values", "image_position_ids"}),
+    ],
+)
+def test_the_peer_gets_each_image_set_as_the_processor_gives_it(model_type, component, names):
+    from exportcheck import untrained_model
+    from exportcheck.peer import _processor_images
+    from exportcheck.tasks.image_text_to_text import _image_function
+
+    m = untrained_model(model_type, task="image-text-to-text")
+    encoder = next(c for c in m.components if c.name == component)
+    image = _processor_images(encoder, 1, m.model)
+    assert set(image) == names
+    # what get_image_features takes, and returns features from
+    assert _image_function(m.model)(**image) is not None
+
+
 def test_the_status_page_gets_the_side_by_side_section(tmp_path):
     for name in ("results.jsonl", PEER_RESULTS):
         shutil.copyfile(os.path.join(STATUS, name), tmp_path / name)

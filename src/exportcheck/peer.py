@@ -51,8 +51,9 @@ def _processor_images(encoder: Any, index: int, model: Any) -> dict[str, Any]:
     from .tasks.image_text_to_text import processor_grid_images
 
     feeds = encoder.input_sets[index]
-    if encoder.module.layout in ("tiles", "padded"):
-        return sized(encoder.module.layout, feeds, encoder.module.image_sizes[index], model)
+    layout = getattr(encoder.module, "layout", None)  # None: an encoder-decoder's encoder
+    if layout in ("tiles", "padded"):
+        return sized(layout, feeds, encoder.module.image_sizes[index], model)
     names = (
         "pixel_values",
         "image_grid_thw",
@@ -61,11 +62,13 @@ def _processor_images(encoder: Any, index: int, model: Any) -> dict[str, Any]:
         "pixel_attention_mask",
         "spatial_shapes",
         "high_res_pixel_values",
+        "flattened_patches",
+        "image_position_ids",
     )
     image = {k: v for k, v in feeds.items() if k in names}
-    if encoder.module.layout == "stacked":
+    if layout == "stacked":
         image["pixel_values"] = image["pixel_values"][None]
-    elif encoder.module.layout == "grid":
+    elif layout == "grid":
         image = processor_grid_images(model, image)
     return image
 
@@ -168,7 +171,9 @@ def peer_vision(model_type: str) -> dict[str, Any]:
             return fail("export", e)
         names = [i.name for i in session.get_inputs()]
         row["graph_inputs"] = names
-        encoder = next(c for c in m.components if c.name == "vision_encoder")
+        # the graph that takes the image: a vision LM's vision encoder, or the encoder of an
+        # encoder-decoder that reads the prompt with the image (its pixels are compared)
+        encoder = next(c for c in m.components if c.name in ("vision_encoder", "encoder"))
         prompt_shapes = {k: tuple(v.shape) for k, v in captured.items() if hasattr(v, "shape")}
         for index, label in enumerate(encoder.labels):
             entry: dict[str, Any] = {"input_set": label}
