@@ -487,9 +487,14 @@ def samples_multiple(config: Any) -> int:
     return int(_layout(config).get("samples_multiple_of", 1))
 
 
-def frames_axis(audio: Any, mask: Any) -> int:
+def frames_axis(audio: Any, mask: Any, config: Any = None) -> int:
     """The axis of the frames (or samples) of ``audio``: the last one as long as its mask
-    (log-mel features come as (batch, bins, frames) or (batch, frames, bins))."""
+    (log-mel features come as (batch, bins, frames) or (batch, frames, bins)), or the one
+    a family's ``input_layouts`` entry ``frames_axis`` names, for a mask that counts
+    other frames than the features' (the projector's outputs)."""
+    declared = _layout(config).get("frames_axis") if config is not None else None
+    if declared is not None:
+        return int(declared)
     axes = [i for i, n in enumerate(audio.shape) if i > 0 and n == mask.shape[-1]]
     return axes[-1] if axes else audio.dim() - 1
 
@@ -637,7 +642,7 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
         )
     if chunk_note:
         notes.append(chunk_note)
-    axis = frames_axis(audio_sets[0][audio_name], audio_sets[0][mask_name])
+    axis = frames_axis(audio_sets[0][audio_name], audio_sets[0][mask_name], config)
     lengths = {s[audio_name].shape[axis] for s in audio_sets}
     if len(lengths) == 1:
         # the feature extractor pads every clip to one chunk: the length stays static
@@ -649,9 +654,12 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
         )
     else:
         length = torch.export.Dim.DYNAMIC
+        # a mask of other frames than the features' (a declared frames_axis) has its
+        # own length, which the model relates to the features' as it computes it
+        own = "frames_axis" in _layout(config)
         audio_shapes = {
             audio_name: {0: batch, axis: length},
-            mask_name: {0: batch, 1: length},
+            mask_name: {0: batch, 1: torch.export.Dim.DYNAMIC if own else length},
         }
     audio_labels = [
         f"batch={s[audio_name].shape[0]} length={s[audio_name].shape[axis]}"

@@ -71,11 +71,19 @@ def feature_extractor(config: Any, input_name: str) -> Any:
     """The feature extractor of the model type of ``config`` (or of its encoder), with
     its defaults and the number of mel bins the config expects. A raw-audio model type
     that transformers maps to none gets ``Wav2Vec2FeatureExtractor`` (a waveform,
-    normalized and padded with zeros), the one raw-audio processors ship.
+    normalized and padded with zeros), the one raw-audio processors ship. A family's
+    ``input_layouts`` entry ``feature_extractor`` (a function of the config) gives the
+    one to use instead, with why (a port of an extractor whose backend does not install).
 
     :raises ValueError: when a model type fed features has no feature extractor
     """
     import transformers
+
+    from ..families import INPUT_LAYOUTS
+
+    declared = INPUT_LAYOUTS.get(config.model_type, ({}, ""))[0].get("feature_extractor")
+    if declared is not None:
+        return declared(config)
     from transformers.models.auto.feature_extraction_auto import (
         FEATURE_EXTRACTOR_MAPPING_NAMES,
     )
