@@ -67,9 +67,10 @@ def test_a_sampling_rate_the_extractor_does_not_read_is_refused():
         _extractor_class()()([np.zeros(8000, dtype="float32")], sampling_rate=8000)
 
 
+@pytest.mark.parametrize("model_type", ["granite_speech", "granite_speech_plus"])
 @pytest.mark.parametrize("frames", [13, 16, 24, 31])
-def test_the_patched_attention_gives_the_models_numbers(frames):
-    m = untrained_model("granite_speech", task="automatic-speech-recognition")
+def test_the_patched_attention_gives_the_models_numbers(model_type, frames):
+    m = untrained_model(model_type, task="automatic-speech-recognition")
     attention = m.model.model.encoder.layers[0].attn
     dists = m.model.model.encoder.attention_dists
     states = torch.randn((3, frames, attention.pre_norm.normalized_shape[0]))

@@ -9,6 +9,8 @@ from ..patches import Patch
 from . import Family, register
 
 MODULE = "transformers.models.granite_speech.modeling_granite_speech"
+#: Granite Speech Plus's modeling module, which repeats the conformer attention
+PLUS_MODULE = "transformers.models.granite_speech_plus.modeling_granite_speech_plus"
 
 
 def _extractor_class() -> type:
@@ -207,7 +209,8 @@ def _install_conformer_attention(patcher: Any, model: Any) -> None:
     Fixes: the audio encoder of granite_speech exported with a dynamic number of frames
     (blocks of 8, the config fix) fails other lengths with ``Guard failed: ...
     input_features.size()[1] % 8``: GraniteSpeechConformerAttention.forward
-    (transformers/models/granite_speech/modeling_granite_speech.py:170) pads the frames to
+    (transformers/models/granite_speech/modeling_granite_speech.py:170, and
+    GraniteSpeechPlusConformerAttention, its copy) pads the frames to
     whole blocks only ``if remainder > 0`` and masks the last block in place through a
     strided slice of the batch. Here two to ``block + 1`` zero frames are always appended
     (a whole extra block when the frames fill theirs: blocks attend independently and
@@ -219,6 +222,9 @@ def _install_conformer_attention(patcher: Any, model: Any) -> None:
     """
     patcher.replace_in(
         MODULE, "GraniteSpeechConformerAttention", "forward", conformer_attention_forward
+    )
+    patcher.replace_in(
+        PLUS_MODULE, "GraniteSpeechPlusConformerAttention", "forward", conformer_attention_forward
     )
 
 
