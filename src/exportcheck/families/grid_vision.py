@@ -35,6 +35,7 @@ MODEL_TYPES = (
     "hy_v4_vl",
     "cosmos3_edge",
     "lfm3_vl",
+    "nemotron_h_omni",
     # an audio encoder attending within windows listed in cu_seqlens, as the towers above
     "qwen3_asr",
 )

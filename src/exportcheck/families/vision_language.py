@@ -20,11 +20,6 @@ _NO_TOKEN = {
     "git": "the image tokens are prepended as a prefix of the decoder's sequence",
     "idefics": "gated cross-attention layers read the image, the prompt holds no features",
     "mistral4": "the mapping names Mistral4ForCausalLM, whose config is text-only",
-    "nemotron_h_omni": (
-        "image_token_id is None in the shipped config; given one (tried), "
-        "get_image_features also requires image_grid_hw, each image's patch grid, which "
-        "the task does not build"
-    ),
     "pi0": "a vision-language-action policy: images and state prefix an action expert",
 }
 #: model types without get_image_features
