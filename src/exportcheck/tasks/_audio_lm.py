@@ -141,6 +141,15 @@ def unread_audio_arguments(model: Any) -> tuple[str, ...]:
     return tuple(INPUT_LAYOUTS.get(model_type, ({}, ""))[0].get("unread_audio_arguments", ()))
 
 
+def timestamps_function(model: Any) -> Any:
+    """A family's ``input_layouts`` entry ``audio_timestamps``: a function of the model and
+    the frame mask giving the time stamps of every projected frame, which the model's
+    forward computes from the runs of audio tokens in ``input_ids`` and the audio encoder
+    graph takes as an input instead (None when the family declares none)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return INPUT_LAYOUTS.get(model_type, ({}, ""))[0].get("audio_timestamps")
+
+
 def audio_settings(model: Any) -> dict[str, Any]:
     """Keyword arguments that make ``get_audio_features`` deterministic, given to it and to
     ``generate``: a family's ``input_layouts`` entry ``audio_settings`` names them, with
@@ -169,14 +178,17 @@ def audio_arguments(model: Any) -> tuple[str, str | None]:
     mask = next((n for n in params if "mask" in n), None)
     # a head that forwards to its base model's may declare fewer than that one requires
     inner = getattr(getattr(model, "model", None), "get_audio_features", None)
+    if audio_function_of(getattr(getattr(model, "config", None), "model_type", None)):
+        inner = None  # the family's function is what the graph runs, not the base model's
     declared = [signature] + ([inspect.signature(inner).parameters] if inner else [])
     unread = unread_audio_arguments(model)
+    timed = ("audio_timestamps",) if timestamps_function(model) is not None else ()
     others = sorted(
         {
             name
             for parameters in declared
             for name, p in parameters.items()
-            if name not in (kind, mask, *unread)
+            if name not in (kind, mask, *unread, *timed)
             and p.default is p.empty
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         }
@@ -273,6 +285,22 @@ def _parts() -> dict[str, type]:
                 return self.encode(input_features, input_features_mask)
             finally:
                 del self.settings["cu_seqlens"]
+
+    class TimedAudioEncoder(AudioEncoder):
+        """log-mel features, their frame mask and the time stamps of each projected frame
+        (:func:`audio_timestamps`, computed on the processor side from the prompt's runs
+        of audio tokens, as the forward computes them from ``input_ids``) -> the projected
+        frames, padding left out."""
+
+        def forward(  # type: ignore[override]
+            self, input_features: Any, input_features_mask: Any, audio_timestamps: Any
+        ) -> Any:
+            check_rank("input_features", input_features, 3, "mel bins and frames")
+            self.settings["audio_timestamps"] = audio_timestamps
+            try:
+                return self.encode(input_features, input_features_mask)
+            finally:
+                del self.settings["audio_timestamps"]
 
     class UnmaskedAudioEncoder(AudioEncoder):
         """log-mel features of whole chunks -> the projected frames of every chunk."""
@@ -373,6 +401,7 @@ def _parts() -> dict[str, type]:
     return {
         "ids_decoder": IdsDecoder,
         "windowed": WindowedAudioEncoder,
+        "timed": TimedAudioEncoder,
         "deepstack_decoder": DeepstackDecoder,
         "positioned_decoder": PositionedDecoder,
         "input_features": AudioEncoder,
@@ -605,8 +634,15 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
     parts = _parts()
     masked = audio_arguments(model)[1] is not None
     windowed = masked and _window_function(model) is not None
+    timed = masked and timestamps_function(model) is not None
     encoder = parts[
-        "windowed" if windowed else kind if masked or kind != "input_features" else "unmasked"
+        "windowed"
+        if windowed
+        else "timed"
+        if timed
+        else kind
+        if masked or kind != "input_features"
+        else "unmasked"
     ](model)
     generator = torch.Generator().manual_seed(seed)
     batch = torch.export.Dim("batch", min=1, max=BATCH_MAX)
@@ -676,6 +712,19 @@ def build(task: Any, config: Any, seed: int) -> UntrainedModel:
             "attention windows from the values of the frame mask; the graph takes them "
             "(cu_seqlens), computed from the mask by the modeling code's "
             "get_audio_cu_seqlens, and attends within them under one block-diagonal mask"
+        )
+    if timed:
+        for audio in audio_sets:
+            audio["audio_timestamps"] = timestamps_function(model)(model, audio[mask_name])
+        # as many frames as the encoder's output: dynamic when the features' length is
+        audio_shapes["audio_timestamps"] = {0: batch}
+        if axis in audio_shapes[audio_name]:
+            audio_shapes["audio_timestamps"][1] = torch.export.Dim.DYNAMIC
+        notes.append(
+            "time stamps as an input: the audio encoder reads the time of each projected "
+            "frame, which the forward computes from the runs of audio tokens in input_ids; "
+            "the graph takes them (audio_timestamps), computed on the processor side with "
+            f"the modeling code's own function ({INPUT_LAYOUTS[config.model_type][1]})"
         )
     if not masked:
         # every frame of the padded chunk becomes an audio token, as in the model
@@ -882,6 +931,9 @@ def generation_inputs(m: UntrainedModel) -> dict[str, Any]:
     audio = _graph_audio(audio, encoder)
     if isinstance(encoder, _parts()["windowed"]):
         audio["cu_seqlens"] = audio_windows(m.model, audio[ENCODER_INPUTS[encoder.kind][1]])
+    if isinstance(encoder, _parts()["timed"]):
+        mask = audio[ENCODER_INPUTS[encoder.kind][1]]
+        audio["audio_timestamps"] = timestamps_function(m.model)(m.model, mask)
     with torch.no_grad():
         frames = encoder(**audio).shape[0] // 2
     token = audio_token(m.config)
