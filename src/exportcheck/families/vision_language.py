@@ -119,17 +119,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         "real), which the stacked layout leaves None, and its tower also returns DeepStack "
         "features for the language model's first layers",
     ),
-    "emu3": (
-        r"Emu3ForConditionalGeneration\.get_image_features takes \['pixel_values', 'image_sizes'",
-        "with its family's vocabulary map (families/emu3.py) the model builds and "
-        "get_image_features maps each image's VQ codes into the tiny vocabulary, a "
-        "row-end token after each row; it requires image_sizes, the images' sizes in "
-        "pixels, from which it crops the codes and splits the rows per image with sizes "
-        "computed in Python (modeling_emu3.py, Emu3VQVAE.encode and "
-        "Emu3Model.get_image_features), and the task builds image_sizes only for tiles "
-        "packed by pack_image_features or a Pixtral encoder (vision_layout, "
-        "tasks/image_text_to_text.py)",
-    ),
     "deepseek_ocr2": (
         r"'NoneType' object is not subscriptable",
         "the config class leaves text_config.mlp_layer_types and num_experts_per_tok None, "

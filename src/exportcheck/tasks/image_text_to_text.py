@@ -381,6 +381,8 @@ def vision_layout(model: Any) -> str:
     instructed = "qformer_input_ids" in params
     hybrid = "high_res_pixel_values" in params
     naflex = {"spatial_shapes", "pixel_attention_mask"} <= set(params) and _naflex(model)
+    # arguments the family's own encoder inputs stand for (image_sizes: a gather index)
+    standing = tuple(_tower_layout(model).get("image_arguments", ()))
     tiled = "image_sizes" in params and _packer(model) is not None
     padded = "image_sizes" in params and not tiled and _pixtral(model) is not None
     required = [
@@ -393,6 +395,7 @@ def vision_layout(model: Any) -> str:
         and not (instructed and name == "qformer_input_ids")
         and not (hybrid and name == "high_res_pixel_values")
         and not (naflex and name in ("spatial_shapes", "pixel_attention_mask"))
+        and name not in standing
     ]
     if "pixel_values" not in params or required:
         raise ValueError(
@@ -1025,7 +1028,10 @@ def _tower_layout(model: Any) -> dict[str, Any]:
     patches at their own positions) names ``encoder`` ``(model, channels, width) ->
     module``, ``image_sets`` ``(model, generator) -> (sets, labels)``, ``image_shapes``
     ``(model) -> (dynamic shapes, note)``, ``generation_image`` ``(model, generator) ->
-    inputs`` and ``processor_names`` (those of them its processor gives ``generate``);
+    inputs`` and ``processor_names`` (those of them its processor gives ``generate``), or
+    ``processor_image`` ``(model, inputs) -> what its processor gives generate`` (Emu3:
+    the padded pixels and ``image_sizes``), and ``image_arguments``: the arguments
+    ``get_image_features`` requires that its encoder's inputs stand for;
     ``prepare_config`` ``(config, tiny_config) -> (config, note)`` completes a config
     that lacks what the task builds, and ``step_ids`` / ``step_kwargs`` make the decoder
     step take ids beside the embeddings, those of every position it sees with
@@ -2034,6 +2040,9 @@ class ImageTextToText(Task):
             image["image_sizes"] = torch.tensor([size] * 2)
         elif layout == "grid":
             image = processor_grid_images(m.model, image)
+        convert = _tower_layout(m.model).get("processor_image")
+        if convert is not None:  # the family's encoder inputs as its processor gives them
+            image = convert(m.model, feeds["image"])
         if "mm_token_type_ids" in inspect.signature(m.model.forward).parameters:
             # what the processor returns beside the ids: 1 on image tokens
             given["mm_token_type_ids"] = (given["input_ids"] == image_token(m.config)).int()
