@@ -172,14 +172,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         "(MoeCausalLMOutputWithPast) does not have: every forward of the model fails, "
         "eager included",
     ),
-    "step3p7": (
-        r"Constraints violated \(images\)",
-        "get_image_features loops over the images in Python to put each image's local "
-        "crops (pixel_values_local, counted by num_local_patches) before its global "
-        "view, which fixes the image count at export (the task builds no local crops; "
-        "the config's sliding_window, left None, is set by its family so that the "
-        "model builds)",
-    ),
 }
 
 
