@@ -56,6 +56,10 @@ def test_the_peer_export_of_a_grid_encoder_is_checked_on_grids_it_did_not_see():
         ("florence2", "encoder", {"pixel_values"}),
         ("kosmos-2.5", "vision_encoder", {"flattened_patches"}),
         ("gemma4", "vision_encoder", {"pixel_values", "image_position_ids"}),
+        # a family's own encoder inputs, converted by its processor_image
+        ("emu3", "vision_encoder", {"pixel_values", "image_sizes"}),
+        # (set 1 holds no local crops, so no pixel_values_local)
+        ("step3p7", "vision_encoder", {"pixel_values", "num_local_patches"}),
     ],
 )
 def test_the_peer_gets_each_image_set_as_the_processor_gives_it(model_type, component, names):

@@ -48,9 +48,12 @@ def _error(e: BaseException) -> str:
 def _processor_images(encoder: Any, index: int, model: Any) -> dict[str, Any]:
     """Input set ``index`` of exportcheck's vision encoder as the processor gives it."""
     from .tasks.image_text_to_text import _processor_images as sized
-    from .tasks.image_text_to_text import processor_grid_images
+    from .tasks.image_text_to_text import _tower_layout, processor_grid_images
 
     feeds = encoder.input_sets[index]
+    convert = _tower_layout(model).get("processor_image")
+    if convert is not None:  # a family's own encoder inputs, as its processor gives them
+        return convert(model, feeds)
     layout = getattr(encoder.module, "layout", None)  # None: an encoder-decoder's encoder
     if layout in ("tiles", "padded"):
         return sized(layout, feeds, encoder.module.image_sizes[index], model)
