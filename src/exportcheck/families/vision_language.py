@@ -27,9 +27,7 @@ _NO_FEATURES = {
     "mllama": "cross-attention layers read the vision states; nothing is scattered",
 }
 #: model types whose get_image_features requires other inputs than pixel values
-_OTHER_INPUTS = {
-    "molmo2": "image_token_pooling and image_grids of its crops",
-}
+_OTHER_INPUTS: dict[str, str] = {}
 #: model types whose vision config sets no image size
 _NO_SIZE = {
     "unlimited_ocr": "global and local views, sized by the processor",
