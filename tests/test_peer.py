@@ -60,6 +60,11 @@ def test_the_peer_export_of_a_grid_encoder_is_checked_on_grids_it_did_not_see():
         ("emu3", "vision_encoder", {"pixel_values", "image_sizes"}),
         # (set 1 holds no local crops, so no pixel_values_local)
         ("step3p7", "vision_encoder", {"pixel_values", "num_local_patches"}),
+        (
+            "molmo2",
+            "vision_encoder",
+            {"pixel_values", "image_token_pooling", "image_grids", "image_num_crops"},
+        ),
     ],
 )
 def test_the_peer_gets_each_image_set_as_the_processor_gives_it(model_type, component, names):

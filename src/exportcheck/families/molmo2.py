@@ -286,13 +286,22 @@ def generation_image(model: Any, generator: Any) -> dict[str, Any]:
 
 
 def processor_image(model: Any, image: dict[str, Any]) -> dict[str, Any]:
-    """The generation images as the processor gives them to ``generate``: the graph's
-    crops and pooling indices with ``image_grids`` and ``image_num_crops`` of
-    :data:`GENERATION_SIZES`."""
-    layout = crop_images(model, GENERATION_SIZES, torch.Generator().manual_seed(0))
-    if not torch.equal(layout["image_token_pooling"], image["image_token_pooling"]):
-        raise ValueError("the generation images are not of GENERATION_SIZES")
-    return {**layout, **image}
+    """Images of the graph's inputs as the processor gives them to ``generate`` (or to
+    ``get_image_features``): its crops and pooling indices with the ``image_grids`` and
+    ``image_num_crops`` of the sizes they were cut from, found among the input sets' and
+    the generation prompt's (the pooling indices depend on the sizes alone).
+
+    :raises ValueError: when no known sizes give these pooling indices
+    """
+    generator = torch.Generator().manual_seed(0)
+    for sizes in (GENERATION_SIZES, *IMAGE_SIZES):
+        layout = crop_images(model, sizes, generator)
+        if torch.equal(layout["image_token_pooling"], image["image_token_pooling"]):
+            return {**layout, **image}
+    raise ValueError(
+        "these pooling indices come from none of the input sets' or the generation "
+        "prompt's image sizes: give the sizes the crops were cut from"
+    )
 
 
 def image_types(model: Any, ids: Any) -> Any:
