@@ -175,3 +175,13 @@ def test_generate_gets_the_inputs_as_the_processor_gives_them(molmo):
     with torch.no_grad():
         out = m.model.generate(**feeds, max_new_tokens=2, do_sample=False)
     assert out.shape[1] == feeds["input_ids"].shape[1] + 2
+
+
+def test_every_image_set_has_a_shape_of_its_own():
+    m = untrained_model("molmo2", task="image-text-to-text")
+    encoder = next(c for c in m.components if c.name == "vision_encoder")
+    shapes = [
+        (tuple(s["pixel_values"].shape), tuple(s["image_token_pooling"].shape))
+        for s in encoder.input_sets
+    ]
+    assert len(set(shapes)) == len(shapes), shapes

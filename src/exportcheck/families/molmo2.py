@@ -65,13 +65,14 @@ POOLING_SIZE = (2, 2)
 #: vocabulary has 1024 ids
 IMAGE_TOKEN = 1026
 #: the sizes (height, width) of the images of each input set: the first traced, the others
-#: unseen, the last at the bounds (4 images of 5 crops)
+#: unseen, the last at the bounds (4 images of 5 crops); every set of another shape
+#: (crops and tokens)
 IMAGE_SIZES = [
     [(150, 220)],
     [(98, 98), (300, 140)],
     [(120, 400)],
     [(90, 90), (200, 200), (160, 60)],
-    [(500, 110), (98, 180)],
+    [(500, 110), (98, 98)],
     [(240, 240)] * 4,
 ]
 #: crops of one call, at most: the bound of the last input set
