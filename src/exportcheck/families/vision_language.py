@@ -16,7 +16,6 @@ TASK = "image-text-to-text"
 
 #: model types whose config names no image placeholder token
 _NO_TOKEN = {
-    "blip": "an image captioner: the text decoder cross-attends to the vision states",
     "git": "the image tokens are prepended as a prefix of the decoder's sequence",
     "idefics": "gated cross-attention layers read the image, the prompt holds no features",
     "mistral4": "the mapping names Mistral4ForCausalLM, whose config is text-only",

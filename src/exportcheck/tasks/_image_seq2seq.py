@@ -28,6 +28,12 @@ decoder's logits do not change with those states, is refused at build time: its 
 would decode without the image. An encoder that reads token ids without a placeholder
 token and ``get_image_features`` to merge by (UDOP: text, layout boxes and image
 patches in one sequence) is refused too.
+
+A model without ``is_encoder_decoder`` is built here when its family gives a view of it
+as one (``as_encoder_decoder`` in the family's input layout): a captioner whose text
+decoder cross-attends to the image encoder's states with an ``EncoderDecoderCache``
+(BLIP, ``families/blip.py``); the view's ``get_encoder()``, ``forward`` and ``generate``
+are the model's own parts.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import inspect
 import math
 from typing import Any
 
+from ..families import INPUT_LAYOUTS
 from ._seq2seq import EncoderSide, Seq2Seq, _label, _parts, check_rank
 from ._tokens import pad_token, random_ids
 
@@ -200,9 +207,19 @@ def text_image_inputs(
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
 
 
+def _as_encoder_decoder(config: Any) -> Any:
+    """The family's view of its model as an encoder-decoder (``as_encoder_decoder`` in its
+    input layout: a captioner whose text decoder cross-attends to the image encoder's
+    states with a cache, without ``is_encoder_decoder``), None for other models."""
+    layout = INPUT_LAYOUTS.get(getattr(config, "model_type", None), ({}, ""))[0]
+    return layout.get("as_encoder_decoder")
+
+
 def is_encoder_decoder(config: Any) -> bool:
     """True for a config whose model the image encoder-decoder route builds."""
-    return bool(getattr(config, "is_encoder_decoder", False))
+    return bool(getattr(config, "is_encoder_decoder", False)) or (
+        _as_encoder_decoder(config) is not None
+    )
 
 
 def _vision(config: Any) -> Any:
@@ -250,6 +267,16 @@ class ImageSeq2Seq(Seq2Seq):
     auto_class = "AutoModelForImageTextToText"
     # images of one resolution take no mask: a batch's padding is its decoder prompts'
     pad_decoder_prompts = True
+
+    def builds_as_encoder_decoder(self, config: Any) -> bool:
+        """Encoder-decoders, and the models a family views as one."""
+        return is_encoder_decoder(config)
+
+    def new_model(self, config: Any) -> Any:
+        """The auto class's model, or the family's view of it as an encoder-decoder."""
+        model = super().new_model(config)
+        view = _as_encoder_decoder(config)
+        return model if view is None else view(model)
 
     def _kind(self, model: Any) -> str:
         params = inspect.signature(model.get_encoder().forward).parameters

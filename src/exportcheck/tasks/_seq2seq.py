@@ -384,13 +384,27 @@ class Seq2Seq(Task):
         """The largest encoder length declared and checked."""
         return sequence_bound(config)
 
-    def build(self, config: Any, *, seed: int = 0) -> UntrainedModel:
+    def builds_as_encoder_decoder(self, config: Any) -> bool:
+        """True for a config whose model this task cuts into encoder and decoder steps."""
+        return bool(getattr(config, "is_encoder_decoder", False))
+
+    def new_model(self, config: Any) -> Any:
+        """The model of ``config`` the graphs are cut from: the auto class's, in float32
+        and eval mode, its weights prepared (:func:`exportcheck.models.prepare_weights`)."""
         import torch
         import transformers
 
+        auto = getattr(transformers, self.auto_class)
+        model = auto.from_config(config).to(torch.float32).eval()
+        prepare_weights(model, config)
+        return model
+
+    def build(self, config: Any, *, seed: int = 0) -> UntrainedModel:
+        import torch
+
         from ..caches import cache_dynamic_shapes
 
-        if not getattr(config, "is_encoder_decoder", False):
+        if not self.builds_as_encoder_decoder(config):
             if _audio_lm_class(self, config):
                 return _audio_lm.build(self, config, seed)
             raise ValueError(
@@ -401,9 +415,7 @@ class Seq2Seq(Task):
                 "an EncoderDecoderCache)"
             )
         torch.manual_seed(seed)
-        auto = getattr(transformers, self.auto_class)
-        model = auto.from_config(config).to(torch.float32).eval()
-        prepare_weights(model, config)
+        model = self.new_model(config)
         if not hasattr(model, "get_encoder"):
             raise ValueError(
                 f"{type(model).__name__} has no get_encoder(): not an encoder-decoder model"
