@@ -56,6 +56,8 @@ def test_blip_is_built_as_an_image_encoder_decoder(blip):
 
     assert [c.name for c in blip.components] == ["encoder", "decoder_init", "decoder"]
     assert isinstance(blip.model.model, BlipForConditionalGeneration)
+    # what another exporter is given (exportcheck peer): the model, not the view
+    assert blip.model.viewed_model is blip.model.model
     assert not blip.config.is_encoder_decoder
     assert blip.model.get_encoder() is blip.model.model.vision_model
     encoder = blip.components[0]

@@ -143,18 +143,21 @@ def peer_vision(model_type: str) -> dict[str, Any]:
         inputs = task.processor_inputs(m)
     except Exception as e:  # a row records the failure of any step
         return fail("exportcheck_build", e)
+    # a family's view of its model (BLIP's as an encoder-decoder) is exportcheck's; the
+    # peer is given the model itself
+    model = getattr(m.model, "viewed_model", m.model)
     try:
         row["generation_components"] = sorted(
-            peer.decompose_for_generation(m.model, copy.deepcopy(inputs))
+            peer.decompose_for_generation(model, copy.deepcopy(inputs))
         )
         # what its capture of generate's prefill forward held
-        stages = peer.decompose_prefill_decode(m.model, copy.deepcopy(inputs))
+        stages = peer.decompose_prefill_decode(model, copy.deepcopy(inputs))
         row["prefill_inputs"] = sorted(stages["prefill"][1])
     except Exception as e:
         row["generation_components"] = None
         row["generation_error"] = _error(e)
     try:
-        parts = peer.decompose_multimodal(m.model, copy.deepcopy(inputs))
+        parts = peer.decompose_multimodal(model, copy.deepcopy(inputs))
         module, captured = parts["image_encoder"]
         row["image_encoder"] = type(module).__name__
     except Exception as e:
@@ -181,8 +184,8 @@ def peer_vision(model_type: str) -> dict[str, Any]:
         for index, label in enumerate(encoder.labels):
             entry: dict[str, Any] = {"input_set": label}
             try:
-                image = _processor_images(encoder, index, m.model)
-                sample = _captured_inputs(m.model, module, image)
+                image = _processor_images(encoder, index, model)
+                sample = _captured_inputs(model, module, image)
                 shapes = {k: tuple(v.shape) for k, v in sample.items() if hasattr(v, "shape")}
                 if shapes == prompt_shapes:
                     continue  # the shapes the peer exported on: not an unseen set

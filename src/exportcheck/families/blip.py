@@ -42,6 +42,12 @@ def _captioner() -> type:
             self.generation_config.decoder_start_token_id = text.bos_token_id
 
         @property
+        def viewed_model(self) -> Any:
+            """The model this view is of: what a processor's inputs and another exporter
+            are given (``exportcheck peer``)."""
+            return self.model
+
+        @property
         def language_model(self) -> Any:
             """The text decoder, whose ``generate`` the model's ``generate`` calls."""
             return self.model.text_decoder
