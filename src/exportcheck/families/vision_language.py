@@ -110,12 +110,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         "the tiny vocabulary of 1024 does not; the config refuses to build ('The audio "
         "token range ends at 266440, beyond the vocabulary')",
     ),
-    "granite_docling": (
-        r"'NoneType' object has no attribute 'sum'",
-        "get_image_features requires pixel_attention_mask (which of its padded tiles are "
-        "real), which the stacked layout leaves None, and its tower also returns DeepStack "
-        "features for the language model's first layers",
-    ),
     "deepseek_ocr2": (
         r"'NoneType' object is not subscriptable",
         "the config class leaves text_config.mlp_layer_types and num_experts_per_tok None, "

@@ -376,6 +376,17 @@ def _parts() -> dict[str, type]:
             with added_to_layers(self.model, deepstack_embeds):
                 return super().forward(inputs_embeds, attention_mask, position_ids, cache)
 
+    class TextDeepstackDecoder(Decoder):
+        """A decode step that also takes DeepStack features ``(layers, batch,
+        seq_length, hidden)``, as :class:`DeepstackDecoder`, for a language model whose
+        positions are the count of tokens before (no position_ids)."""
+
+        def forward(  # type: ignore[override]
+            self, inputs_embeds: Any, attention_mask: Any, deepstack_embeds: Any, cache: Any
+        ) -> dict[str, Any]:
+            with added_to_layers(self.model, deepstack_embeds):
+                return super().forward(inputs_embeds, attention_mask, cache)
+
     class IdsDecoder(Decoder):
         """A decode step that also takes ids of its new positions (``step_ids``), for a
         language model that reads a lookup by token id beside the input embeddings (Gemma
@@ -403,6 +414,7 @@ def _parts() -> dict[str, type]:
         "windowed": WindowedAudioEncoder,
         "timed": TimedAudioEncoder,
         "deepstack_decoder": DeepstackDecoder,
+        "text_deepstack_decoder": TextDeepstackDecoder,
         "positioned_decoder": PositionedDecoder,
         "input_features": AudioEncoder,
         "input_values": WaveAudioEncoder,
@@ -415,7 +427,7 @@ def _parts() -> dict[str, type]:
 def text_layers(model: Any) -> Any:
     """The decoder layers of a multimodal model's language model."""
     base = getattr(model, "model", model)
-    for owner in (getattr(base, "language_model", None), base):
+    for owner in (getattr(base, "language_model", None), getattr(base, "text_model", None), base):
         layers = getattr(owner, "layers", None)
         if layers is not None:
             return layers
@@ -793,6 +805,8 @@ def merged_lm(
     kind = (
         "deepstack_decoder" if deepstack else "positioned_decoder" if position_rows else "decoder"
     )
+    if deepstack and not position_rows:  # DeepStack over plain rotary positions
+        kind = "text_deepstack_decoder"
     decoder = parts["ids_decoder"](model, step_kwargs) if step_ids else parts[kind](model)
     decoder.step_ids = step_ids
     decoder.step_ids_seen = step_ids_seen

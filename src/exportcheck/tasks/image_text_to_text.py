@@ -1035,7 +1035,9 @@ def _tower_layout(model: Any) -> dict[str, Any]:
     ``prepare_config`` ``(config, tiny_config) -> (config, note)`` completes a config
     that lacks what the task builds, and ``step_ids`` / ``step_kwargs`` make the decoder
     step take ids beside the embeddings, those of every position it sees with
-    ``step_ids_seen`` (:func:`exportcheck.tasks._audio_lm.merged_lm`)."""
+    ``step_ids_seen`` (:func:`exportcheck.tasks._audio_lm.merged_lm`), and
+    ``deepstack_layers`` ``(model) -> int`` gives a family's encoder that returns
+    DeepStack features a decoder step taking them (:func:`deepstack_layers`)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return INPUT_LAYOUTS.get(model_type, ({}, ""))[0]
 
@@ -1137,7 +1139,11 @@ def recorded_grid_inputs(model: Any, grid: Any, width: int) -> dict[str, Any]:
 def deepstack_layers(model: Any) -> int:
     """How many of the language model's first layers get a DeepStack tower's early-layer
     features (as many as the tower gives, or as the language model has), 0 for other
-    models."""
+    models; a family's ``deepstack_layers`` ``(model) -> int`` counts them for a tower
+    of another shape."""
+    counted = _tower_layout(model).get("deepstack_layers")
+    if counted is not None:
+        return counted(model)
     tower = vision_tower(model)
     mergers = getattr(tower, "deepstack_merger_list", None) if tower is not None else None
     if not mergers:
@@ -1891,7 +1897,8 @@ class ImageTextToText(Task):
                 "seq_length), time, height and width; text tokens have one position on "
                 "all three, image tokens their place in the image, as get_rope_index gives"
             )
-        deepstack = deepstack_layers(model) if layout == "grid" else 0
+        counted = layout == "grid" or "deepstack_layers" in family
+        deepstack = deepstack_layers(model) if counted else 0
         if deepstack:
             notes.append(
                 "DeepStack: the vision encoder also returns the features of its early "
