@@ -28,9 +28,7 @@ _NO_FEATURES = {
 #: model types whose get_image_features requires other inputs than pixel values
 _OTHER_INPUTS: dict[str, str] = {}
 #: model types whose vision config sets no image size
-_NO_SIZE = {
-    "unlimited_ocr": "global and local views, sized by the processor",
-}
+_NO_SIZE: dict[str, str] = {}
 #: variable-resolution encoders (flattened patches with image_grid_thw) that the grid
 #: layout builds, failing at a later stage
 _GRID: dict[str, tuple[str, str]] = {
@@ -103,19 +101,22 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     },
     **_GRID,
     **_ENCODER_DECODERS,
+    "unlimited_ocr": (
+        r"IndexError: tuple index out of range",
+        "with its family's global views and crops (families/unlimited_ocr.py: its encoder "
+        "matches get_image_features on every set and exports to both runtimes) the build "
+        "stops at the decoder's cache: every text layer is reference sliding-window "
+        "attention, whose cache layer (UnlimitedOcrDynamicReferenceSlidingWindowLayer) "
+        "keeps the prompt's states in prefill_keys/prefill_values and decoded tokens in "
+        "its sliding keys, which after a prompt alone are the empty 1-D tensor of its lazy "
+        "initialization; caches/pytrees.py reads keys.shape[-2] of it",
+    ),
     "apertus1p5": (
         r"Class validation error for validator 'validate_architecture'",
         "a discrete-token model: its vocabulary holds the image and audio codebooks' "
         "token ranges after the text tokens (audio_token_offset + codebook_size), which "
         "the tiny vocabulary of 1024 does not; the config refuses to build ('The audio "
         "token range ends at 266440, beyond the vocabulary')",
-    ),
-    "deepseek_ocr2": (
-        r"'NoneType' object is not subscriptable",
-        "the config class leaves text_config.mlp_layer_types and num_experts_per_tok None, "
-        "which the decoder layers index to choose dense or sparse MLPs; with both set "
-        "(tried), its vision config names no image_size: its SAM and Qwen2 encoders read "
-        "global and local views the processor sizes",
     ),
     "diffusion_gemma": (
         r"DiffusionGemmaForBlockDiffusion has no get_image_features",

@@ -782,6 +782,7 @@ def merged_lm(
     step_ids: Any = None,
     step_kwargs: Any = None,
     step_ids_seen: bool = False,
+    cache_max: int | None = None,
 ) -> UntrainedModel:
     """The model of an LM whose forward merges an encoder's outputs into its input
     embeddings at the positions of ``token``: the ``encoder`` component, then
@@ -811,7 +812,8 @@ def merged_lm(
     decoder.step_ids = step_ids
     decoder.step_ids_seen = step_ids_seen
     text = config.get_text_config(decoder=True)
-    seq_max, cache_max = length_bounds(text)
+    seq_max, bound = length_bounds(text)
+    cache_max = bound if cache_max is None else cache_max
     shapes = [*DECODER_SETS, (BATCH_MAX, seq_max, cache_max, 0)]
     step_sets, prompts, prompt_masks, embed_sets, labels = [], [], [], [], []
     for n_batch, new, cached, pad in shapes:

@@ -1037,7 +1037,9 @@ def _tower_layout(model: Any) -> dict[str, Any]:
     step take ids beside the embeddings, those of every position it sees with
     ``step_ids_seen`` (:func:`exportcheck.tasks._audio_lm.merged_lm`), and
     ``deepstack_layers`` ``(model) -> int`` gives a family's encoder that returns
-    DeepStack features a decoder step taking them (:func:`deepstack_layers`)."""
+    DeepStack features a decoder step taking them (:func:`deepstack_layers`), and
+    ``cache_max`` (int) the decoder step's cache bound, for a family whose one image
+    takes more tokens than the task's bound."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return INPUT_LAYOUTS.get(model_type, ({}, ""))[0]
 
@@ -1922,6 +1924,7 @@ class ImageTextToText(Task):
             step_ids=family.get("step_ids"),
             step_kwargs=family.get("step_kwargs"),
             step_ids_seen=bool(family.get("step_ids_seen")),
+            cache_max=family.get("cache_max"),
         )
         if prefix_lm(model):
             _as_prefix_lm(m)
