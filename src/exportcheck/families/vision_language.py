@@ -141,17 +141,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         r"requires the timm library",
         "its vision tower is a timm model, and timm is not installed with the torch pin",
     ),
-    "granite4_vision": (
-        r"'Granite4VisionModel' object has no attribute 'multi_modal_projector'",
-        "with its family's deepstack map (families/granite4_vision.py) the model builds "
-        "and get_image_features runs, but its features are not merged once: it returns "
-        "deepstack_features, (text layer, packed rows) pairs from one windowed Q-Former "
-        "downsampler per pair of the map and four spatial ones, which the decoder adds "
-        "at those layers' image positions (the input embeddings are zeroed there), and "
-        "no multi_modal_projector: the tiles layout runs the projector to count an "
-        "image's tokens (tile_features, tasks/image_text_to_text.py) and fails there; "
-        "a deepstack decoder step taking the rows per layer is not built",
-    ),
     "llama4": (
         r"mat1 and mat2 shapes cannot be multiplied \(32x256 and 128x4096\)",
         "the build's first run of the vision encoder fails in its projector: rows of "
