@@ -60,6 +60,7 @@ def test_the_peer_export_of_a_grid_encoder_is_checked_on_grids_it_did_not_see():
         ("emu3", "vision_encoder", {"pixel_values", "image_sizes"}),
         # (set 1 holds no local crops, so no pixel_values_local)
         ("step3p7", "vision_encoder", {"pixel_values", "num_local_patches"}),
+        ("granite4_vision", "vision_encoder", {"pixel_values", "image_sizes"}),
         (
             "molmo2",
             "vision_encoder",

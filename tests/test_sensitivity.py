@@ -133,3 +133,15 @@ def test_token_ids_stay_below_the_smallest_vocabulary():
     rows = input_sensitivity(untrained_model("fsmt", task="text2text-generation"))
     decoder = [r for r in rows if r.component == "decoder" and r.input == "decoder_input_ids"]
     assert len(decoder) == 1 and decoder[0].read
+
+
+def test_image_features_zero_by_design_leave_the_audit_to_the_deepstack_rows():
+    import torch
+
+    from exportcheck.sensitivity import _main_output
+
+    deepstack = torch.ones((2, 3, 4))
+    assert _main_output({"features": torch.zeros((3, 4)), "deepstack": deepstack})[0] == (
+        "deepstack"
+    )
+    assert _main_output({"features": torch.ones((3, 4)), "deepstack": deepstack})[0] == ("features")

@@ -83,13 +83,16 @@ class Moved:
 
 
 def _main_output(out: Any) -> tuple[str, Any]:
-    """The output a check is mostly about: logits, else the last hidden states, else the
-    first float tensor."""
+    """The output a check is mostly about: logits, else the last hidden states, else image
+    features (DeepStack ones where the others are zero by design), else the first float
+    tensor."""
     import torch
 
     if hasattr(out, "keys"):
-        for key in ("logits", "last_hidden_state", "features"):
+        for key in ("logits", "last_hidden_state", "features", "deepstack"):
             if key in out and torch.is_tensor(out[key]):
+                if key == "features" and "deepstack" in out and not bool(out[key].any()):
+                    continue  # zero by design: the image enters by DeepStack (Granite 4)
                 return key, out[key]
     if torch.is_tensor(out):
         return "output", out

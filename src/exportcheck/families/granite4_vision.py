@@ -233,12 +233,23 @@ def generation_image(model: Any, generator: Any) -> dict[str, Any]:
 
 
 def processor_image(model: Any, image: dict[str, Any]) -> dict[str, Any]:
-    """The generation prompt's graph inputs ``image`` as the processor gives them."""
+    """Graph inputs ``image`` as the processor gives them: the padded tiles and the
+    ``image_sizes`` of the images they were cut from, found among the generation
+    prompt's and the input sets' (the feature index depends on the sizes alone).
+
+    :raises ValueError: when no known sizes give this feature index
+    """
     import torch
 
-    side = int(model.config.vision_config.image_size)
-    size = [round(v * side) for v in GENERATION_IMAGE]
-    return processor_inputs(model, image, torch.tensor([size] * 2))
+    generator = torch.Generator().manual_seed(0)
+    for images in ([GENERATION_IMAGE] * 2, *IMAGES):
+        feeds, sizes = tile_set(model, images, generator)
+        if torch.equal(feeds["feature_index"], image["feature_index"]):
+            return processor_inputs(model, image, sizes)
+    raise ValueError(
+        "this feature index comes from none of the input sets' or the generation "
+        "prompt's image sizes: give the sizes the tiles were cut from"
+    )
 
 
 def _text_lm_class() -> type:
