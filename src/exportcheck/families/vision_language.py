@@ -111,13 +111,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         "its sliding keys, which after a prompt alone are the empty 1-D tensor of its lazy "
         "initialization; caches/pytrees.py reads keys.shape[-2] of it",
     ),
-    "apertus1p5": (
-        r"Class validation error for validator 'validate_architecture'",
-        "a discrete-token model: its vocabulary holds the image and audio codebooks' "
-        "token ranges after the text tokens (audio_token_offset + codebook_size), which "
-        "the tiny vocabulary of 1024 does not; the config refuses to build ('The audio "
-        "token range ends at 266440, beyond the vocabulary')",
-    ),
     "diffusion_gemma": (
         r"DiffusionGemmaForBlockDiffusion has no get_image_features",
         "with its family's experts (families/diffusion_gemma.py) the model builds, but it "
