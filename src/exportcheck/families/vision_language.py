@@ -22,9 +22,7 @@ _NO_TOKEN = {
     "pi0": "a vision-language-action policy: images and state prefix an action expert",
 }
 #: model types without get_image_features
-_NO_FEATURES = {
-    "mllama": "cross-attention layers read the vision states; nothing is scattered",
-}
+_NO_FEATURES: dict[str, str] = {}
 #: model types whose get_image_features requires other inputs than pixel values
 _OTHER_INPUTS: dict[str, str] = {}
 #: model types whose vision config sets no image size

@@ -33,7 +33,9 @@ A model without ``is_encoder_decoder`` is built here when its family gives a vie
 as one (``as_encoder_decoder`` in the family's input layout): a captioner whose text
 decoder cross-attends to the image encoder's states with an ``EncoderDecoderCache``
 (BLIP, ``families/blip.py``); the view's ``get_encoder()``, ``forward`` and ``generate``
-are the model's own parts.
+are the model's own parts. A view whose encoder takes other inputs than these builds them
+itself (``encoder_side``, ``encoder_inputs``, ``encoder_class``: Mllama's tiles with their
+aspect ratios, ``families/mllama.py``).
 """
 
 from __future__ import annotations
@@ -279,6 +281,8 @@ class ImageSeq2Seq(Seq2Seq):
         return model if view is None else view(model)
 
     def _kind(self, model: Any) -> str:
+        if hasattr(model, "encoder_side"):  # a family's view that builds its own inputs
+            return "view"
         params = inspect.signature(model.get_encoder().forward).parameters
         if "input_ids" in params and _merges(model):
             return "text_image"
@@ -318,6 +322,8 @@ class ImageSeq2Seq(Seq2Seq):
 
         if self._kind(model) == "text_image":
             return text_image_inputs(model, config, batch, length, padding, generator)
+        if self._kind(model) == "view":
+            return model.encoder_inputs(config, batch, generator)
         if self._kind(model) == "flattened_patches":
             counts = [length - (padding[i] if i < len(padding) else 0) for i in range(batch)]
             return flattened_patches(config, counts, generator)
@@ -332,6 +338,8 @@ class ImageSeq2Seq(Seq2Seq):
         kind = self._kind(model)
         if kind == "text_image":
             return self._text_image_side(model, config, shapes, generator, batch)
+        if kind == "view":
+            return model.encoder_side(config, shapes, generator, batch)
         if kind == "pixel_values":
             from .image_text_to_text import _pixel_sizes
 
@@ -412,6 +420,8 @@ class ImageSeq2Seq(Seq2Seq):
         """The text-and-image wrapper for an encoder of text and image."""
         if self._kind(model) == "text_image":
             return _text_image_encoder()
+        if self._kind(model) == "view":
+            return model.encoder_class()
         return super().encoder_class(model, side)
 
     def encoder_outputs(self, model: Any, feeds: dict[str, Any]) -> Any:
