@@ -43,14 +43,6 @@ _GRID: dict[str, tuple[str, str]] = {
         "expert the short convolution (kernel 4) carries over the next 3 tokens; "
         "inkling2_loop (this task) and inkling2_text (text-generation) pass",
     ),
-    "muse_glimmer": (
-        r"ort differs from eager beyond 0.0001: .*left-padded",
-        "its tower (vision_tower, then vision_adapter, vision_projection and "
-        "perception_emb_norm, the pixel shuffle's order recorded from its own helper) "
-        "matches eager on every set, but its decoder step runs in onnxruntime 1.05e-4 "
-        "from eager on the left-padded set and 2.3e-4 on the set at the bounds (the "
-        "tolerance is 1e-4; muse_spark, built alike, is within it); not traced further",
-    ),
 }
 #: image encoder-decoders (see :mod:`exportcheck.tasks._image_seq2seq`) not built yet
 _ENCODER_DECODERS: dict[str, tuple[str, str]] = {
