@@ -167,9 +167,9 @@ def test_a_prompt_with_another_number_of_image_tokens_than_features_is_refused(i
 
 def test_a_model_without_image_features_or_image_token_says_why():
     with pytest.raises(ValueError, match=r"names no image placeholder token"):
-        untrained_model("blip", task=TASK)
+        untrained_model("idefics", task=TASK)
     with pytest.raises(ValueError, match=r"has no get_image_features"):
-        untrained_model("mllama", task=TASK)
+        untrained_model("diffusion_gemma", task=TASK)
 
 
 def test_a_model_type_without_the_task_lists_its_tasks():

@@ -373,6 +373,12 @@ def vision_layout(model: Any) -> str:
 
     :raises ValueError: for a function that requires other inputs
     """
+    # no get_image_features (GIT): the family's own encoder, under the layout it declares
+    family = _tower_layout(model)
+    own = "get_video_features" if video_frames(model) else "get_image_features"
+    built = "encoder" in family and "layout" in family
+    if built and not any(hasattr(m, own) for m in (model, getattr(model, "model", None))):
+        return family["layout"]
     params = inspect.signature(_image_function(model)).parameters
     if _tower_layout(model).get("layout") == "flattened" and "flattened_patches" in params:
         return "flattened"
@@ -2025,6 +2031,9 @@ class ImageTextToText(Task):
         if _is_seq2seq(m):
             return feeds
         given = {k: v for k, v in feeds.items() if k != "image"}
+        text = _tower_layout(m.model).get("processor_text")
+        if text is not None:  # the ids and mask as the family's processor gives them
+            given = text(m.model, given)
         given_names = (
             "pixel_values",
             "image_grid_thw",
@@ -2303,7 +2312,10 @@ def image_span(model: Any) -> Any:
     ``(model, rows, text) -> feeds``: the prompt as the model's processor lays it out for
     one image of ``rows`` feature rows per row of ``text`` ``(batch, length)`` (random
     text ids), ``input_ids``, ``attention_mask`` and the span mask under the name the
-    model's ``generate`` takes it (the one other entry)."""
+    model's ``generate`` takes it (the one other entry). A family whose processor gives
+    ``generate`` other ids (GIT: the text after the span) names ``processor_text``
+    ``(model, feeds) -> ids and mask``, and one whose span attends to itself both ways
+    ``span_both_ways``: the generation prefills the span in one decoder call."""
     return _tower_layout(model).get("image_span")
 
 
@@ -2447,17 +2459,31 @@ def _span_generate(m: UntrainedModel, call: Any, forced: Any, feeds: dict[str, A
     merged = merge_span(embeds, span, features)
     # the mask of each call's positions, for a step that reads it (step_span)
     read = step_span(m.model)
+    # a span that attends to itself both ways (GIT's image prefix) is prefilled from its
+    # first position in one call, after one position eager that the mask leaves out
+    both = bool(_tower_layout(m.model).get("span_both_ways"))
+    if both and int(span.nonzero()[:, 1].max()) >= bound:
+        raise ValueError(
+            f"the image span ends at position {int(span.nonzero()[:, 1].max())} and attends "
+            f"to itself both ways, so it is prefilled in one decoder call, which takes at "
+            f"most {bound} positions: give the model fewer image tokens"
+        )
     with torch.no_grad():
         first = _audio_lm.text_lm(m.model)(
             inputs_embeds=merged[:, :1],
-            attention_mask=mask[:, :1],
+            attention_mask=torch.ones_like(mask[:, :1]) if both else mask[:, :1],
             use_cache=True,
             **({"image_embeds_position_mask": span[:, :1]} if read else {}),
         )
+    if both:
+        mask = torch.cat([torch.zeros_like(mask[:, :1]), mask], 1)
     out, cache, chunks = None, _audio_lm._cache_of(first), 0
-    for start in range(1, merged.shape[1], bound):
+    for start in range(0 if both else 1, merged.shape[1], bound):
         end = min(start + bound, merged.shape[1])
-        given = {"inputs_embeds": merged[:, start:end], "attention_mask": mask[:, :end]}
+        given = {
+            "inputs_embeds": merged[:, start:end],
+            "attention_mask": mask[:, : end + int(both)],
+        }
         if read:
             given["image_embeds_position_mask"] = span[:, start:end]
         out = call("decoder", {**given, "cache": cache})
@@ -2481,8 +2507,13 @@ def _span_generate(m: UntrainedModel, call: Any, forced: Any, feeds: dict[str, A
         calls=1 + -(-ids.shape[1] // bound) + chunks + 2 * (_audio_lm.NEW_TOKENS - 1),
         prefill=(
             "vision encoder once, its feature rows written at the prompt's image span mask, "
-            f"the first of its {ids.shape[1]} positions eager, the rest through the decoder "
-            "graph" + (f" in {chunks} chunks of at most {bound} positions" if chunks > 1 else "")
+            + (
+                f"one masked-out position eager for a cache, its {ids.shape[1]} positions"
+                if both
+                else f"the first of its {ids.shape[1]} positions eager, the rest"
+            )
+            + " through the decoder graph"
+            + (f" in {chunks} chunks of at most {bound} positions" if chunks > 1 else "")
         ),
     )
 
