@@ -204,9 +204,12 @@ def _image_encoder_class() -> type:
             self.frames = 0
 
         def forward(self, pixel_values: Any) -> Any:
-            from ..tasks.image_text_to_text import check_image_inputs
-
-            check_image_inputs(self.layout, pixel_values, self.channels, self.width)
+            shape = tuple(getattr(pixel_values, "shape", ()))
+            if len(shape) != 4 or shape[1] != self.channels:
+                raise ValueError(
+                    f"pixel_values must be (images, {self.channels}, height, width), as the "
+                    f"image processor returns them; got shape {shape}"
+                )
             git = self.model.git
             state = git.image_encoder(pixel_values).last_hidden_state
             rows = git.visual_projection(state)

@@ -72,13 +72,33 @@ def tile_inputs(config: Any, batch: int, generator: Any) -> dict[str, Any]:
 
 
 @functools.cache
+def _tile_encoder(base: type, check_rank: Any) -> type:
+    """The encoder graph's module class on the task's encoder wrapper ``base`` (given by
+    the image encoder-decoder route, with its rank check)."""
+
+    class TileEncoder(base):  # type: ignore[misc, valid-type]
+        """The encoder graph: an image's tiles, aspect-ratio id and mask -> the
+        cross-attention states."""
+
+        def forward(  # type: ignore[override]
+            self, pixel_values: Any, aspect_ratio_ids: Any, aspect_ratio_mask: Any
+        ) -> Any:
+            check_rank("pixel_values", pixel_values, 6, "images, tiles, channels, height, width")
+            return self.encode(
+                pixel_values=pixel_values,
+                aspect_ratio_ids=aspect_ratio_ids,
+                aspect_ratio_mask=aspect_ratio_mask,
+            )
+
+    return TileEncoder
+
+
+@functools.cache
 def _classes() -> dict[str, type]:
     """The view's classes (built on first use: torch is imported lazily)."""
     import torch
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
     from transformers.modeling_outputs import BaseModelOutput
-
-    from ..tasks._seq2seq import EncoderSide, _parts, check_rank
 
     class TileVision(torch.nn.Module):
         """The vision model and the projector, as ``MllamaModel.forward`` calls them:
@@ -100,20 +120,6 @@ def _classes() -> dict[str, type]:
             states = self.projector(states).reshape(-1, states.shape[-2], self.hidden_size)
             batch = pixel_values.shape[0]
             return BaseModelOutput(last_hidden_state=states.reshape(batch, -1, self.hidden_size))
-
-    class TileEncoder(_parts()["input_ids"]):  # type: ignore[misc, valid-type]
-        """The encoder graph: an image's tiles, aspect-ratio id and mask -> the
-        cross-attention states."""
-
-        def forward(  # type: ignore[override]
-            self, pixel_values: Any, aspect_ratio_ids: Any, aspect_ratio_mask: Any
-        ) -> Any:
-            check_rank("pixel_values", pixel_values, 6, "images, tiles, channels, height, width")
-            return self.encode(
-                pixel_values=pixel_values,
-                aspect_ratio_ids=aspect_ratio_ids,
-                aspect_ratio_mask=aspect_ratio_mask,
-            )
 
     def _dynamic(layers: list[Any]) -> Any:
         cache = DynamicCache()
@@ -173,17 +179,20 @@ def _classes() -> dict[str, type]:
                 "token over every tile"
             ]
             dims = {0: batch}
-            return EncoderSide(
-                sets,
-                {"pixel_values": dims, "aspect_ratio_ids": dims, "aspect_ratio_mask": dims},
-                None,
-                None,
-                labels,
-                notes,
-            )
+            return {
+                "sets": sets,
+                "dynamic_shapes": {
+                    "pixel_values": dims,
+                    "aspect_ratio_ids": dims,
+                    "aspect_ratio_mask": dims,
+                },
+                "labels": labels,
+                "notes": notes,
+            }
 
-        def encoder_class(self) -> type:
-            return TileEncoder
+        def encoder_class(self, base: type, check_rank: Any) -> type:
+            """The encoder graph's module, on the task's encoder wrapper ``base``."""
+            return _tile_encoder(base, check_rank)
 
         # -- the cache: the model's DynamicCache <-> an EncoderDecoderCache
 
@@ -251,7 +260,7 @@ def _classes() -> dict[str, type]:
                 **kwargs,
             )
 
-    return {"vision": TileVision, "encoder": TileEncoder, "view": MllamaCrossAttender}
+    return {"vision": TileVision, "view": MllamaCrossAttender}
 
 
 def _randomize_gates(model: Any) -> None:

@@ -34,8 +34,9 @@ as one (``as_encoder_decoder`` in the family's input layout): a captioner whose 
 decoder cross-attends to the image encoder's states with an ``EncoderDecoderCache``
 (BLIP, ``families/blip.py``); the view's ``get_encoder()``, ``forward`` and ``generate``
 are the model's own parts. A view whose encoder takes other inputs than these builds them
-itself (``encoder_side``, ``encoder_inputs``, ``encoder_class``: Mllama's tiles with their
-aspect ratios, ``families/mllama.py``).
+itself (``encoder_side``: the sets, their dynamic shapes, labels and notes;
+``encoder_inputs``; ``encoder_class(base, check_rank)``, its module on the task's encoder
+wrapper: Mllama's tiles with their aspect ratios, ``families/mllama.py``).
 """
 
 from __future__ import annotations
@@ -339,7 +340,10 @@ class ImageSeq2Seq(Seq2Seq):
         if kind == "text_image":
             return self._text_image_side(model, config, shapes, generator, batch)
         if kind == "view":
-            return model.encoder_side(config, shapes, generator, batch)
+            found = model.encoder_side(config, shapes, generator, batch)
+            return EncoderSide(
+                found["sets"], found["dynamic_shapes"], None, None, found["labels"], found["notes"]
+            )
         if kind == "pixel_values":
             from .image_text_to_text import _pixel_sizes
 
@@ -421,7 +425,7 @@ class ImageSeq2Seq(Seq2Seq):
         if self._kind(model) == "text_image":
             return _text_image_encoder()
         if self._kind(model) == "view":
-            return model.encoder_class()
+            return model.encoder_class(_parts()["input_ids"], check_rank)
         return super().encoder_class(model, side)
 
     def encoder_outputs(self, model: Any, feeds: dict[str, Any]) -> Any:
