@@ -354,7 +354,12 @@ def validate(
         if not extra or rt.name == BASE_RUNTIME:
             return state[base]
         if ("ep", c.name, rt.name) not in state:
-            with export_patches(c.module, only=extra) as log, torch.no_grad():
+            # under the shared export's patches too, for a forward that fails without them
+            with (
+                export_patches(c.module, runtime=BASE_RUNTIME),
+                export_patches(c.module, only=extra) as log,
+                torch.no_grad(),
+            ):
                 c.module(**copy.deepcopy(c.input_sets[0]))
             if log.changed:
                 state[("ep", c.name, rt.name)] = export_for(c, rt.name, state[("shapes", c.name)])

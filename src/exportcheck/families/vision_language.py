@@ -123,18 +123,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
         r"requires the timm library",
         "its vision tower is a timm model, and timm is not installed with the torch pin",
     ),
-    "llama4": (
-        r"mat1 and mat2 shapes cannot be multiplied \(32x256 and 128x4096\)",
-        "the build's first run of the vision encoder fails in its projector: rows of "
-        "256 features meet a layer of 128 inputs and 4096 outputs, as the tiny config "
-        "leaves the vision widths (vision_output_dim, projector_input_dim, "
-        "projector_output_dim: 7680, 4096 and 4096 in the config class) unfitted to one "
-        "another and to the text model; beyond it, "
-        "transformers 5.24's Llama4ForConditionalGeneration.forward returns "
-        "outputs.image_outputs, which its language model's output "
-        "(MoeCausalLMOutputWithPast) does not have: every forward of the model fails, "
-        "eager included",
-    ),
 }
 
 

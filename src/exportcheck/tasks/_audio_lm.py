@@ -45,6 +45,7 @@ from typing import Any
 from ..dims import BATCH_MAX, length_bounds
 from ..families import INPUT_LAYOUTS
 from ..models import UntrainedModel, prepare_weights
+from ..patches import eager_fixes
 from . import Component, Generation
 from ._tokens import random_ids
 
@@ -825,7 +826,8 @@ def merged_lm(
         given = {}
         if position_rows:
             given = {"position_ids": text_positions(mask, position_rows)}
-        with torch.no_grad():
+        # the prefill is eager's: with the patches that correct it
+        with torch.no_grad(), eager_fixes(model):
             prompt = embed(prompt_ids)
             out = text_lm(model)(inputs_embeds=prompt, attention_mask=mask, use_cache=True, **given)
             new_embeds = embed(new_ids)

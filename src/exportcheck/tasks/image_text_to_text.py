@@ -554,7 +554,10 @@ def _parts() -> dict[str, type]:
 
         def forward(self, pixel_values: Any) -> Any:
             check_image_inputs(self.layout, pixel_values, self.channels, self.width)
-            return features(_image_function(self.model)(pixel_values=pixel_values))
+            out = _image_function(self.model)(pixel_values=pixel_values)
+            # a family whose get_image_features stops before the projector (Llama 4)
+            post = _tower_layout(self.model).get("vision_output")
+            return features(out) if post is None else post(self.model, out)
 
     class FlatEncoder(PixelEncoder):
         """the flattened patches of images, ``(images, patches, channels * patch ** 2)``
@@ -1019,7 +1022,9 @@ def rope_index(model: Any) -> Any:
 def _tower_layout(model: Any) -> dict[str, Any]:
     """The family's ``input_layouts`` entry of a variable-resolution model whose tower is
     not named ``visual``: ``vision_tower`` (its attribute) and ``vision_output`` (the steps
-    ``get_image_features`` takes after it, ``(model, tower output) -> features``); or of a
+    ``get_image_features`` takes after it, ``(model, tower output) -> features``; for
+    images of one resolution, the steps the forward takes after ``get_image_features``,
+    ``(model, its output) -> features``); or of a
     model that declares its ``layout``. A tower that cannot take every tensor computed from
     the grids precomputed also names ``vision_call`` ``(model, patches, grid_thw=...,
     position_ids=..., cu_seqlens=..., **optional) -> tower output`` (its steps on those
@@ -1641,7 +1646,9 @@ class ImageTextToText(Task):
             return m
         torch.manual_seed(seed)
         model = getattr(transformers, self.auto_class).from_config(config)
-        model = model.to(torch.float32).eval()
+        # float(), not to(float32): a complex buffer (Llama 4's vision rotary table) keeps
+        # its imaginary part, which to() would drop
+        model = model.float().eval()
         prepare_weights(model, config)
         # -1: a model whose features fill a masked span has no placeholder id to avoid
         token = -1 if image_span(model) is not None else image_token(config)
