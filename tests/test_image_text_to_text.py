@@ -167,7 +167,7 @@ def test_a_prompt_with_another_number_of_image_tokens_than_features_is_refused(i
 
 def test_a_model_without_image_features_or_image_token_says_why():
     with pytest.raises(ValueError, match=r"names no image placeholder token"):
-        untrained_model("idefics", task=TASK)
+        untrained_model("pi0", task=TASK)
     with pytest.raises(ValueError, match=r"has no get_image_features"):
         untrained_model("diffusion_gemma", task=TASK)
 

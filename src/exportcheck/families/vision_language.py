@@ -16,7 +16,6 @@ TASK = "image-text-to-text"
 
 #: model types whose config names no image placeholder token
 _NO_TOKEN = {
-    "idefics": "gated cross-attention layers read the image, the prompt holds no features",
     "mistral4": "the mapping names Mistral4ForCausalLM, whose config is text-only",
     "pi0": "a vision-language-action policy: images and state prefix an action expert",
 }
