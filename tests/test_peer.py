@@ -81,6 +81,15 @@ def test_the_peer_gets_each_image_set_as_the_processor_gives_it(model_type, comp
     assert _image_function(m.model)(**image) is not None
 
 
+def test_the_peer_gets_the_model_with_its_eager_corrections():
+    # llama4's forward fails in transformers 5.24 (eager included) without the patch that
+    # exportcheck's eager reference has: the peer is given the same model
+    row = peer_vision("llama4")
+    assert row["eager_fixes"] == ["llama4_image_outputs"]
+    assert row["stage"] != "decompose", row
+    assert row["sets"] and all("abs" in s for s in row["sets"])
+
+
 def test_the_status_page_gets_the_side_by_side_section(tmp_path):
     for name in ("results.jsonl", PEER_RESULTS):
         shutil.copyfile(os.path.join(STATUS, name), tmp_path / name)
@@ -91,6 +100,8 @@ def test_the_status_page_gets_the_side_by_side_section(tmp_path):
     built = [r for r in rows if r["stage"] != "exportcheck_build"]
     matched = sum(r["ok"] for r in built)
     assert "exportcheck builds:" in page and f"for **{matched}**;" in page
+    fixed = [r["source"] for r in built if r.get("eager_fixes")]
+    assert fixed and all(f"{t} (" in page for t in fixed)
     assert (tmp_path / "page" / PEER_RESULTS).exists()
 
 

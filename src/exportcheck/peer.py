@@ -113,13 +113,9 @@ def peer_vision(model_type: str) -> dict[str, Any]:
     and matched eager within :data:`ATOL` on every set; ``stage`` names the first step
     that failed (``exportcheck_build`` when exportcheck cannot build the model or its
     generation prompt, so there is nothing to compare with)."""
-    import onnxruntime
-    import torch
     import transformers
-    from transformers.exporters import OnnxConfig, OnnxExporter
-    from transformers.exporters import utils as peer
 
-    from .compare import max_diff
+    from .patches import eager_fixes
     from .tasks import get_task, untrained_model
 
     started = time.time()
@@ -144,8 +140,27 @@ def peer_vision(model_type: str) -> dict[str, Any]:
     except Exception as e:  # a row records the failure of any step
         return fail("exportcheck_build", e)
     # a family's view of its model (BLIP's as an encoder-decoder) is exportcheck's; the
-    # peer is given the model itself
+    # peer is given the model itself, with the patches that correct eager transformers
+    # (exportcheck's eager reference has them: llama4's forward fails without its own)
     model = getattr(m.model, "viewed_model", m.model)
+    with eager_fixes(model) as fixes:
+        if fixes:
+            row["eager_fixes"] = fixes
+        return _peer_run(row, m, model, inputs, fail, started)
+
+
+def _peer_run(
+    row: dict[str, Any], m: Any, model: Any, inputs: dict[str, Any], fail: Any, started: float
+) -> dict[str, Any]:
+    """The rest of :func:`peer_vision`: the peer's decompositions of ``model``, its export
+    of the vision encoder, and the runs on the image sets of other shapes."""
+    import onnxruntime
+    import torch
+    from transformers.exporters import OnnxConfig, OnnxExporter
+    from transformers.exporters import utils as peer
+
+    from .compare import max_diff
+
     try:
         row["generation_components"] = sorted(
             peer.decompose_for_generation(model, copy.deepcopy(inputs))

@@ -693,6 +693,16 @@ def _peer_lines(path: str, plain_rows: list[dict[str, Any]]) -> list[str]:
         f"for {len(silent)} it runs and returns other values on some set "
         "(a wrong answer with no error).",
         f"* Results file: :download:`{os.path.basename(path)} <{os.path.basename(path)}>`.",
+        *(
+            [
+                "* Given with the patches that correct eager transformers, as exportcheck's "
+                "eager reference is: "
+                + ", ".join(f"{r['source']} ({', '.join(r['eager_fixes'])})" for r in fixed)
+                + "."
+            ]
+            if (fixed := [r for r in rows if r.get("eager_fixes")])
+            else []
+        ),
         "",
         _rst_table(
             [
