@@ -103,6 +103,8 @@ def convert(way: str, folder: str) -> str:
         if way == "fused":
             from exportcheck.runtimes.onnx_ort import fuse_for_ort
 
+            if not os.path.exists(plain):  # the fused graph is the plain one rewritten
+                convert("plain", folder)
             path = os.path.join(out, "model.onnx")
             print(json.dumps({"fusions": fuse_for_ort(plain, path)}))
             return path

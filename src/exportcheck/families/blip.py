@@ -13,47 +13,32 @@ encoder's states, ``generate`` the model's own.
 
 from __future__ import annotations
 
-import copy
 import functools
 from typing import Any
 
 from . import Family, register
+from ._views import view_base
 
 
 @functools.cache
 def _captioner() -> type:
     """The view's class (built on first use: torch is imported lazily)."""
-    import torch
 
-    class BlipCaptioner(torch.nn.Module):
+    class BlipCaptioner(view_base()):  # type: ignore[misc]
         """``BlipForConditionalGeneration`` seen as an encoder-decoder: the vision model
         is its encoder, the text decoder its decoder, called as the model's ``forward``
         calls them (the image's last hidden states cross-attended without a mask)."""
 
         def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-            self.config = model.config
-            text = model.config.text_config
             # the decoder's first token: generate writes bos_token_id over the prompt's
             # first id, and starts from it alone when given no prompt (the processor
             # given only images returns only pixel_values)
-            self.generation_config = copy.deepcopy(model.generation_config)
-            self.generation_config.decoder_start_token_id = text.bos_token_id
-
-        @property
-        def viewed_model(self) -> Any:
-            """The model this view is of: what a processor's inputs and another exporter
-            are given (``exportcheck peer``)."""
-            return self.model
+            super().__init__(model, model.vision_model, model.config.text_config.bos_token_id)
 
         @property
         def language_model(self) -> Any:
             """The text decoder, whose ``generate`` the model's ``generate`` calls."""
             return self.model.text_decoder
-
-        def get_encoder(self) -> Any:
-            return self.model.vision_model
 
         def forward(
             self,

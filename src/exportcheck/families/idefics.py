@@ -31,11 +31,11 @@ token see the image, is not what the graphs take.
 
 from __future__ import annotations
 
-import copy
 import functools
 from typing import Any
 
 from . import Family, register
+from ._views import view_base
 
 #: the tiny config's vision tower: 28x28 images in 14x14 patches (4 patches and the
 #: class token per image)
@@ -105,31 +105,12 @@ def _classes() -> dict[str, type]:
             states = self.vision_model(pixel_values=pixel_values.flatten(0, 1)).last_hidden_state
             return BaseModelOutput(last_hidden_state=states.reshape(batch, -1, states.shape[-1]))
 
-    class IdeficsCrossAttender(torch.nn.Module):
+    class IdeficsCrossAttender(view_base()):  # type: ignore[misc]
         """``IdeficsForVisionText2Text`` seen as an encoder-decoder (see the module)."""
 
         def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-            self.config = model.config
-            self.vision = ImageTower(model)
             # the decoder's first token: the prompt starts with the image token
-            self.generation_config = copy.deepcopy(model.generation_config)
-            self.generation_config.decoder_start_token_id = image_token(model.config)
-
-        @property
-        def viewed_model(self) -> Any:
-            """The model this view is of (``exportcheck peer``)."""
-            return self.model
-
-        @property
-        def language_model(self) -> Any:
-            """The model whose ``generate`` the view's calls (greedy settings go to its
-            generation config too)."""
-            return self.model
-
-        def get_encoder(self) -> Any:
-            return self.vision
+            super().__init__(model, ImageTower(model), image_token(model.config))
 
         # -- the encoder's inputs, for the image encoder-decoder route
 

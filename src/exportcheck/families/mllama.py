@@ -25,11 +25,11 @@ ones for every token over every tile, which is the one the view gives the model.
 
 from __future__ import annotations
 
-import copy
 import functools
 from typing import Any
 
 from . import Family, register
+from ._views import view_base
 
 #: the tiny config's vision tower: 28x28 tiles of 14x14 patches (4 patches and the class
 #: token per tile), at most 2 tiles per image
@@ -126,35 +126,16 @@ def _classes() -> dict[str, type]:
         cache.layers = list(layers)
         return cache
 
-    class MllamaCrossAttender(torch.nn.Module):
+    class MllamaCrossAttender(view_base()):  # type: ignore[misc]
         """``MllamaForConditionalGeneration`` seen as an encoder-decoder (see the
         module)."""
 
         def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-            self.config = model.config
-            self.vision = TileVision(model)
+            # the decoder's first token: the prompt starts with the image token
+            super().__init__(model, TileVision(model), model.config.image_token_index)
             text = model.config.get_text_config(decoder=True)
             self.cross_layers = sorted(set(text.cross_attention_layers))
             self.n_layers = text.num_hidden_layers
-            # the decoder's first token: the prompt starts with the image token
-            self.generation_config = copy.deepcopy(model.generation_config)
-            self.generation_config.decoder_start_token_id = model.config.image_token_index
-
-        @property
-        def viewed_model(self) -> Any:
-            """The model this view is of (``exportcheck peer``)."""
-            return self.model
-
-        @property
-        def language_model(self) -> Any:
-            """The model whose ``generate`` the view's calls (greedy settings go to its
-            generation config too)."""
-            return self.model
-
-        def get_encoder(self) -> Any:
-            return self.vision
 
         # -- the encoder's inputs, for the image encoder-decoder route
 
