@@ -272,15 +272,12 @@ class _Runner:
 
 
 def measure(way: str, folder: str, shapes: list, threads: int, runs: int) -> dict:
-    import numpy as np
 
     config = _config(folder)
     begin = time.perf_counter()
     runner = _Runner(way, folder, threads)
     load = time.perf_counter() - begin
-    check = _case(config, batch=2, past=16, new=1, seed=1)
-    logits = np.asarray(runner.call(runner.prepared(check)))[:, -1, :]
-    np.save(os.path.join(folder, f"check_{way}.npy"), logits)  # the driver compares them
+    check(runner, folder, config)
     result = {"way": way, "load_s": load, "times": {}}
     for kind, batch, length in shapes:
         past, new = (length, 1) if kind == "decode" else (0, length)
@@ -294,6 +291,90 @@ def measure(way: str, folder: str, shapes: list, threads: int, runs: int) -> dic
                 times.append(time.perf_counter() - begin)
         result["times"][f"{kind} b{batch} L{length}"] = statistics.median(times)
     return result
+
+
+#: the check sets: batch 2, 16 cached tokens, 1 new; the padded one's first row has its
+#: first PADDING cached tokens masked, as a left-padded prompt leaves them
+CHECK, PADDING = (2, 16, 1), 5
+
+
+def _padded_case(config) -> dict:
+
+    batch, past, new = CHECK
+    case = _case(config, batch, past, new, seed=1)
+    case["attention_mask"] = case["attention_mask"].copy()
+    case["attention_mask"][0, :PADDING] = 0
+    return case
+
+
+def _first(cache):
+    """``cache`` (batch, heads, length, dim) with row 0's unpadded tokens moved first."""
+    import numpy as np
+
+    moved = cache.copy()
+    moved[0] = np.concatenate([cache[0, :, PADDING:], cache[0, :, :PADDING]], 1)
+    return moved
+
+
+def check(runner: _Runner, folder: str, config) -> None:
+    """The way's logits (last position) on the check sets, saved for the driver to compare:
+    ``check_{way}.npy`` (every token unpadded) and ``check_padded_{way}.npy``. Eager also
+    gives the padded set with the positions ``generate`` counts from the mask
+    (``check_padded_eager_mask.npy``): a graph may number a left-padded row's new token
+    from the cache's length (as eager does when given no positions) or from its mask."""
+    import numpy as np
+
+    batch, past, new = CHECK
+    padded = _padded_case(config)
+    # the same row with its cached tokens first and the padding after them: how a runtime
+    # that keeps each row's tokens contiguous from the start lays that cache out
+    moved = dict(padded, past=[(_first(k), _first(v)) for k, v in padded["past"]])
+    sets = {
+        "check": _case(config, batch, past, new, seed=1),
+        "check_padded": padded,
+        "check_moved": moved,
+    }
+    for name, case in sets.items():
+        logits = np.asarray(runner.call(runner.prepared(case)))[:, -1, :]
+        np.save(os.path.join(folder, f"{name}_{runner.way}.npy"), logits)
+    if runner.way == "eager":
+        import torch
+
+        given = _torch_inputs(sets["check_padded"])
+        mask = given["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -new:]
+        with torch.no_grad():
+            logits = runner.model(**given, position_ids=positions).logits[:, -1].numpy()
+        np.save(os.path.join(folder, "check_padded_eager_mask.npy"), logits)
+
+
+def check_diffs(folder: str, ways: list[str]) -> dict:
+    """Each way's max abs diff of the logits to eager's on the check sets: unpadded, and
+    left-padded against eager with the new token numbered from the cache's length and
+    from the mask (a graph that keeps the padded row right matches one of the two)."""
+    import numpy as np
+
+    def load(name: str):
+        return np.load(os.path.join(folder, f"{name}.npy"))
+
+    def diff(a, b) -> float:
+        return float(np.abs(a - b).max())
+
+    return {
+        way: {
+            "unpadded": diff(load(f"check_{way}"), load("check_eager")),
+            "padded_cache_positions": diff(load(f"check_padded_{way}"), load("check_padded_eager")),
+            "padded_mask_positions": diff(
+                load(f"check_padded_{way}"), load("check_padded_eager_mask")
+            ),
+            # the padded row's tokens moved first, against the padded row's own logits
+            "moved_mask_positions": diff(
+                load(f"check_moved_{way}"), load("check_padded_eager_mask")
+            ),
+        }
+        for way in ways
+        if way != "eager"
+    }
 
 
 def bandwidth(threads: int) -> float:
@@ -368,6 +449,12 @@ def main() -> None:
         help="prepare --folder and convert, measure nothing (a later run on the same "
         "folder measures without converting again)",
     )
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="prepare --folder, convert, and compare every way's logits with eager's on the "
+        "check sets (one unpadded, one with a left-padded row), timing nothing",
+    )
     parser.add_argument("--plot", help="also draw the table as a bar chart (PNG) here")
     parser.add_argument(
         "--from", dest="saved", help="render the JSON an earlier run wrote with --out"
@@ -382,6 +469,8 @@ def main() -> None:
         elif step == "measure":
             shapes = json.loads(rest[1])
             print(json.dumps(measure(rest[0], folder, shapes, args.threads, args.runs)))
+        elif step == "check":
+            check(_Runner(rest[0], folder, args.threads), folder, _config(folder))
         elif step == "bandwidth":
             print(json.dumps({"bandwidth": bandwidth(args.threads)}))
         return
@@ -395,6 +484,8 @@ def main() -> None:
         return
     if args.convert_only and not args.folder:
         parser.error("--convert-only keeps its conversions in --folder: give one.")
+    if args.check_only and "eager" not in args.ways:
+        parser.error("--check-only compares the ways with eager: list eager among --ways.")
     tmp = None if args.folder else tempfile.TemporaryDirectory(prefix="decode-latency-")
     folder = args.folder or tmp.name
     try:
@@ -404,6 +495,12 @@ def main() -> None:
             tmp.cleanup()
     if args.convert_only:
         print(json.dumps(report["convert"], indent=1))
+        return
+    if args.check_only:
+        print(render(report))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(report, f, indent=1)
         return
     print(render(report))
     if args.plot:
@@ -451,6 +548,13 @@ def run(args, folder: str) -> dict:
         print(f"converted {way} in {info['seconds']:.0f} s", file=sys.stderr)
     if args.convert_only:
         return report
+    if args.check_only:
+        for way in args.ways:
+            _timed_process(
+                args.source, ["--threads", str(args.threads), "--_do", "check", folder, way]
+            )
+        report["checks"] = check_diffs(folder, args.ways)
+        return report
     common = ["--threads", str(args.threads), "--runs", str(args.runs)]
     bandwidths = []
     for r in range(args.repeat):
@@ -465,15 +569,10 @@ def run(args, folder: str) -> dict:
             row.update(peak_kb=peak, repeat=r)
             report["runs"].append(row)
             print(f"repeat {r} {way}: {row['times']}", file=sys.stderr)
-    import numpy as np
 
-    if "eager" in args.ways:  # every way's logits of the check set against eager's
-        expected = np.load(os.path.join(folder, "check_eager.npy"))
-        report["check_max_abs_diff"] = {
-            way: float(np.abs(np.load(os.path.join(folder, f"check_{way}.npy")) - expected).max())
-            for way in args.ways
-            if way != "eager"
-        }
+    if "eager" in args.ways:  # every way's logits of the check sets against eager's
+        report["checks"] = check_diffs(folder, args.ways)
+        report["check_max_abs_diff"] = {w: c["unpadded"] for w, c in report["checks"].items()}
     report["bandwidth"] = max(bandwidths)
     report["bandwidths"] = bandwidths
     report["shapes"] = shapes
@@ -487,8 +586,36 @@ def _kv_bytes_per_token(folder: str) -> int:
     return 2 * config.num_hidden_layers * config.num_key_value_heads * dim * 4
 
 
+def render_checks(checks: dict) -> str:
+    """The check sets' table: each way's max abs diff of the logits to eager's."""
+    batch, past, new = CHECK
+    lines = [
+        f"max abs diff of the last logits to eager (batch {batch}, {past} cached, {new} new; "
+        f"padded: row 0's first {PADDING} cached tokens masked, the new token numbered from "
+        "the cache's length, as eager given no positions, or from the mask, as generate "
+        "does; moved: the same row with its cached tokens first and its padding after, "
+        "compared with the padded row's logits)",
+        "",
+        "| way | unpadded | padded, positions from the cache | padded, positions from the "
+        "mask | padded row's cached tokens moved first, positions from the mask |",
+        "|---|---|---|---|---|",
+    ]
+    for way, c in checks.items():
+        lines.append(
+            f"| {TITLES[way]} | {c['unpadded']:.1e} | {c['padded_cache_positions']:.1e} "
+            f"| {c['padded_mask_positions']:.1e} | {c['moved_mask_positions']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
 def render(report: dict) -> str:
-    """The markdown table: per shape, each way's median time and its ratios."""
+    """The markdown table: per shape, each way's median time and its ratios; for a
+    ``--check-only`` run, the check sets' table alone."""
+    if not report.get("runs"):
+        return (
+            f"{report['source']}, float32, {report['machine']}, {report['date']}\n\n"
+            + render_checks(report["checks"])
+        )
 
     ways = list(dict.fromkeys(r["way"] for r in report["runs"]))
     lines = [
@@ -502,6 +629,8 @@ def render(report: dict) -> str:
     if report.get("check_max_abs_diff"):
         diffs = ", ".join(f"{TITLES[w]} {d:.1e}" for w, d in report["check_max_abs_diff"].items())
         lines += [f"max abs diff of the logits to eager (batch 2, 16 cached, 1 new): {diffs}", ""]
+    if report.get("checks"):  # runs since the padded check set was added
+        lines += [render_checks(report["checks"]), ""]
     medians = _medians(report)
     header = ["shape", *(f"{TITLES[w]} ms" for w in ways)]
     if "builder" in ways:
