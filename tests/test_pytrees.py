@@ -288,3 +288,71 @@ def test_compressed_cache_counters_follow_the_tensors():
     overlap = f"#3[(),#2[{b},{b}],()]"
     keys = "#3[{0:Dim(batch),2:AUTO},{0:Dim(batch),2:AUTO},{0:Dim(batch),2:AUTO}]"
     assert string_type(spec) == f"#7[{keys},{keys},{tokens},{tokens},{tokens},{overlap},{overlap}]"
+
+
+def _reference_cache(prompt, decoded, declared=None):
+    """A cache of two reference sliding-window layers (Unlimited-OCR's) after ``prompt``
+    tokens, then ``decoded`` more; ``declared``: the prompt's length declared beforehand,
+    as generate does (a longer one leaves the prompt unfinished)."""
+    from transformers.cache_utils import DynamicCache
+    from transformers.models.unlimited_ocr.modeling_unlimited_ocr import (
+        UnlimitedOcrDynamicReferenceSlidingWindowLayer,
+    )
+
+    import exportcheck.families.unlimited_ocr  # noqa: F401  (registers the prompt's slots)
+
+    cache = DynamicCache()
+    cache.layers = [UnlimitedOcrDynamicReferenceSlidingWindowLayer(sliding_window=8) for _ in "ab"]
+    for layer in cache.layers:
+        if declared is not None:
+            layer.set_prefill_length(declared)
+        layer.update(*_kv(2, prompt, heads=2))
+        if decoded:
+            layer.update(*_kv(2, decoded, heads=2))
+    cache.layer_class_to_replicate = None
+    return cache
+
+
+def _prompt_counters(layer):
+    return (layer.prefill_length, layer.prefill_cumulative_length, layer.cumulative_length)
+
+
+@pytest.mark.parametrize("decoded", [0, 3])
+def test_reference_sliding_window_cache_keeps_the_prompt_apart(decoded):
+    cache = _reference_cache(5, decoded)
+    assert cache.layers[0].keys.dim() == (4 if decoded else 1)  # empty: the lazy 1-D tensor
+    leaves, rebuilt = _round_trip(cache)
+    # key_cache, value_cache (the window: 0 or 3 tokens), prefill_keys, prefill_values
+    assert [t.shape for t in leaves] == [(2, 2, decoded, 4)] * 4 + [(2, 2, 5, 4)] * 4
+    for layer, original in zip(rebuilt.layers, cache.layers, strict=True):
+        assert type(layer) is type(original)
+        assert _prompt_counters(layer) == _prompt_counters(original) == (5, 5, decoded)
+        assert torch.equal(layer.prefill_keys, original.prefill_keys)
+        assert layer.sliding_window == 8
+        # the next token: the same mask sizes and states as the original layer gives
+        step = _kv(2, 1, heads=2)
+        assert layer.get_mask_sizes(1) == original.get_mask_sizes(1)
+        for a, b in zip(layer.update(*step), copy.deepcopy(original).update(*step), strict=True):
+            assert torch.equal(a, b)
+    # the prompt on cache_length, the window on a dimension of its own
+    batch, length, window = (torch.export.Dim(n) for n in ("batch", "length", "window"))
+    spec = cache_dynamic_shapes(cache, batch, length, window)
+    assert spec[0] == spec[1] == [{0: batch, 2: window}] * 2
+    assert spec[2] == spec[3] == [{0: batch, 2: length}] * 2
+
+
+def test_reference_sliding_window_caches_of_any_length_share_one_spec():
+    with cache_pytrees():
+        specs = {pytree.tree_structure(_reference_cache(p, d)) for p, d in [(5, 0), (7, 2), (1, 6)]}
+    assert len(specs) == 1
+
+
+def test_an_unfinished_prompt_keeps_its_declared_length():
+    # a prompt declared longer than what the layer holds (a chunked prefill) is not the
+    # length of its states: the declared length stays in the spec, the other counters follow
+    cache = _reference_cache(4, 0, declared=10)
+    assert _prompt_counters(cache.layers[0]) == (10, 4, 0)
+    _, rebuilt = _round_trip(cache)
+    assert _prompt_counters(rebuilt.layers[0]) == (10, 4, 0)
+    with cache_pytrees():
+        assert pytree.tree_structure(cache) != pytree.tree_structure(_reference_cache(4, 0))

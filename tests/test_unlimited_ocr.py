@@ -1,7 +1,8 @@
 """Unlimited-OCR (families/unlimited_ocr.py): each image's global view and local crops,
 whose feature rows get_image_features lays out in a Python loop over the crop grids
 (crops as one picture, global view, every line ended by a newline, then a separator),
-exported with that order precomputed."""
+exported with that order precomputed; and its decoder's cache, the prompt's states kept
+apart from a sliding window of decoded tokens, flattened into both parts."""
 
 import ast
 import copy
@@ -11,28 +12,24 @@ import types
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 
-from exportcheck import export_patches
+from exportcheck import cache_pytrees, export_patches, untrained_model
 from exportcheck.families import INPUT_LAYOUTS, deepseek_ocr2, unlimited_ocr
-from exportcheck.models import prepare_weights, resolve_config
-from exportcheck.tasks.image_text_to_text import fit_config
+from exportcheck.tasks.text_generation import _contiguous
 
 pytestmark = pytest.mark.models
 
 
 @pytest.fixture(scope="module")
-def model():
-    # the model alone: the task's build stops at the decoder's cache (see the ledger)
-    import transformers
-
+def built():
     assert INPUT_LAYOUTS["unlimited_ocr"][0] is unlimited_ocr.LAYOUT  # registered
-    config = resolve_config("unlimited_ocr", {})
-    fit_config(config)
-    torch.manual_seed(0)
-    built = transformers.AutoModelForImageTextToText.from_config(config)
-    built = built.to(torch.float32).eval()
-    prepare_weights(built, config)
-    return built
+    return untrained_model("unlimited_ocr", task="image-text-to-text")
+
+
+@pytest.fixture(scope="module")
+def model(built):
+    return built.model
 
 
 def _image_processor_source():
@@ -184,3 +181,123 @@ def test_the_merged_features_generate_what_generate_gives_from_the_processors_in
         merged_logits = model(inputs_embeds=merged, attention_mask=mask).logits
     assert float((logits - merged_logits).abs().max()) < 1e-5
     assert torch.equal(own[:, ids.shape[1] :], mine[:, -6:])
+
+
+def _cache(model, batch, prompt, decoded, generator):
+    """The model's cache after a prompt of ``prompt`` random embeddings, then ``decoded``
+    more in a second forward (its window), and those embeddings."""
+    width = model.config.get_text_config(decoder=True).hidden_size
+    embeds = torch.randn((batch, prompt + decoded, width), generator=generator)
+    ones = torch.ones((batch, prompt + decoded), dtype=torch.int64)
+    with torch.no_grad():
+        out = model(inputs_embeds=embeds[:, :prompt], attention_mask=ones[:, :prompt])
+        cache = out.cache
+        if decoded:
+            given = {"inputs_embeds": embeds[:, prompt:], "attention_mask": ones}
+            cache = model(**given, cache=cache).cache
+    return cache, embeds
+
+
+def _counters(layer):
+    return (layer.prefill_length, layer.prefill_cumulative_length, layer.cumulative_length)
+
+
+def test_the_cache_flattens_into_the_prompt_and_the_window_and_back(model):
+    generator = torch.Generator().manual_seed(5)
+    after_prompt, _ = _cache(model, 2, 9, 0, generator)
+    decoding, _ = _cache(model, 2, 9, 4, generator)
+    layer = after_prompt.layers[0]
+    assert type(layer).__name__ == "UnlimitedOcrDynamicReferenceSlidingWindowLayer"
+    assert layer.keys.shape == (0,) and _counters(layer) == (9, 9, 0)  # the lazy 1-D tensor
+    assert _counters(decoding.layers[0]) == (9, 9, 4)
+    with cache_pytrees():
+        leaves, spec = pytree.tree_flatten(after_prompt)
+        more, more_spec = pytree.tree_flatten(decoding)
+        rebuilt = pytree.tree_unflatten(leaves, spec)
+        rebuilt_decoding = pytree.tree_unflatten(more, more_spec)
+    # one spec for both: what a step returns can be fed to the program that took the cache
+    assert spec == more_spec
+    layers = len(after_prompt.layers)
+    shapes = [tuple(t.shape) for t in leaves]
+    heads, dim = layer.prefill_keys.shape[1], layer.prefill_keys.shape[3]
+    # keys, values (the empty window), then prefill_keys, prefill_values, layer by layer
+    assert shapes == [(2, heads, 0, dim)] * 2 * layers + [(2, heads, 9, dim)] * 2 * layers
+    assert [tuple(t.shape[2:3]) for t in more] == [(4,)] * 2 * layers + [(9,)] * 2 * layers
+    for original, back in [(after_prompt, rebuilt), (decoding, rebuilt_decoding)]:
+        for a, b in zip(original.layers, back.layers, strict=True):
+            assert type(a) is type(b) and _counters(a) == _counters(b)
+            assert torch.equal(a.prefill_keys, b.prefill_keys)
+            assert torch.equal(a.prefill_values, b.prefill_values)
+            assert a.keys.numel() == b.keys.numel() and a.values.numel() == b.values.numel()
+        # the rebuilt cache behaves as the model's own on the next step
+        step = torch.randn((2, 3, model.config.get_text_config(decoder=True).hidden_size))
+        mask = torch.ones((2, original.get_seq_length() + 3), dtype=torch.int64)
+        with torch.no_grad():
+            want = model(inputs_embeds=step, attention_mask=mask, cache=copy.deepcopy(original))
+            got = model(inputs_embeds=step, attention_mask=mask, cache=back)
+        assert torch.equal(got.logits, want.logits)
+        assert _counters(got.cache.layers[0]) == _counters(want.cache.layers[0])
+
+
+def test_the_decoder_sets_hold_the_prompt_and_decoded_tokens_apart(built):
+    step = next(c for c in built.components if c.name == "decoder")
+    assert len(step.input_sets) == len(unlimited_ocr.DECODED_TOKENS)
+    for feeds, decoded, label in zip(
+        step.input_sets, unlimited_ocr.DECODED_TOKENS, step.labels, strict=True
+    ):
+        layer = feeds["cache"].layers[0]
+        prompt = layer.prefill_keys.shape[2]
+        assert layer.keys.dim() == 4 and layer.keys.shape[2] == decoded
+        assert _counters(layer) == (prompt, prompt, decoded)
+        assert f"({prompt} prompt + {decoded} decoded)" in label
+    assert unlimited_ocr.DECODED_TOKENS[0] > 1  # traced: a length export does not fix
+
+
+def test_the_exported_decoder_step_matches_eager_on_unseen_caches(built):
+    model = built.model
+    step = next(c for c in built.components if c.name == "decoder")
+    with export_patches(step.module), torch.no_grad():
+        program = torch.export.export(
+            step.module, (), copy.deepcopy(step.input_sets[0]), dynamic_shapes=step.dynamic_shapes
+        )
+    seen = {
+        (f["cache"].layers[0].prefill_keys.shape[2], f["cache"].layers[0].keys.shape[2])
+        for f in step.input_sets
+    }
+    generator = torch.Generator().manual_seed(11)
+    width = model.config.get_text_config(decoder=True).hidden_size
+    # (batch, new tokens, prompt, decoded): an empty window, a one-token prompt, both parts
+    for batch, new, prompt, decoded in [(3, 7, 45, 0), (1, 2, 1, 37), (2, 11, 33, 50)]:
+        assert (prompt, decoded) not in seen
+        cache, before = _cache(model, batch, prompt, decoded, generator)
+        feeds = {
+            "inputs_embeds": torch.randn((batch, new, width), generator=generator),
+            "attention_mask": torch.ones((batch, prompt + decoded + new), dtype=torch.int64),
+            "cache": _contiguous(cache),
+        }
+        with torch.no_grad(), cache_pytrees():
+            got = program.module()(**copy.deepcopy(feeds))
+            want = step.module(**copy.deepcopy(feeds))
+            whole = model(
+                inputs_embeds=torch.cat([before, feeds["inputs_embeds"]], 1),
+                attention_mask=feeds["attention_mask"],
+                use_cache=False,
+            ).logits[:, -new:]
+            got_leaves = pytree.tree_leaves(got["cache"])
+            want_leaves = pytree.tree_leaves(want["cache"])
+        assert float((got["logits"] - want["logits"]).abs().max()) < 1e-5
+        assert float((want["logits"] - whole).abs().max()) < 1e-4
+        assert [t.shape for t in got_leaves] == [t.shape for t in want_leaves]
+        pairs = zip(got_leaves, want_leaves, strict=True)
+        assert max(float((a - b).abs().max()) for a, b in pairs) < 1e-5
+        # the new tokens went to the window, the prompt stayed as it was
+        assert _counters(got["cache"].layers[0]) == (prompt, prompt, decoded + new)
+        # and the program takes back the cache it returned
+        again = {
+            "inputs_embeds": torch.randn((batch, 1, width), generator=generator),
+            "attention_mask": torch.ones((batch, prompt + decoded + new + 1), dtype=torch.int64),
+        }
+        with torch.no_grad(), cache_pytrees():
+            next_got = program.module()(**again, cache=got["cache"])
+            next_want = step.module(**again, cache=want["cache"])
+        assert float((next_got["logits"] - next_want["logits"]).abs().max()) < 1e-5

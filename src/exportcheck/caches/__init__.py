@@ -17,6 +17,7 @@ from .pytrees import (
     cache_dynamic_shapes,
     cache_pytrees,
     register_derived_counter,
+    register_length_slot,
     register_token_axis_slot,
     registered_cache_classes,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "make_encoder_decoder_cache",
     "make_static_cache",
     "register_derived_counter",
+    "register_length_slot",
     "register_token_axis_slot",
     "registered_cache_classes",
 ]

@@ -20,7 +20,8 @@ one list per *slot*, each list holding one entry per layer::
 * Other slots are the tensor attributes of layers that have them, under the
   attribute's name: ``conv_states`` and ``recurrent_states`` (linear attention; one
   list per layer, one entry per state index), ``indexer_keys``, ``cumulative_length``
-  (static layers), ...
+  (static layers), ``prefill_keys`` and ``prefill_values`` (a reference sliding-window
+  layer's prompt, beside its window: :func:`register_length_slot`), ...
 * A layer without a tensor in a slot (a linear-attention layer has no keys, a
   shared-KV layer is empty) has ``()`` there: an empty tuple flattens to no leaf (unlike
   ``None``, which is a leaf for torch pytrees), so the index in every list is the
@@ -37,7 +38,8 @@ names, are ``cache['key_cache'][i]`` (input ``cache_key_cache_i``),
 plain attributes (window sizes, maximum lengths, flags such as ``has_previous_state``).
 Counters that change at every step (``cumulative_length`` of sliding-window layers)
 are not kept: they are recomputed from the tensors, so that the exported program
-accepts caches of any length.
+accepts caches of any length; so are those declared with a slot
+(:func:`register_length_slot`: the length of a reference sliding-window layer's prompt).
 
 **Unflattening never calls** ``update()`` **nor a layer's constructor**. Both allocate
 tensors (``torch.tensor([])`` in the lazy initialisation), and a tensor allocated
@@ -62,6 +64,7 @@ __all__ = [
     "cache_dynamic_shapes",
     "cache_pytrees",
     "register_derived_counter",
+    "register_length_slot",
     "register_state_class",
     "register_token_axis_slot",
     "registered_cache_classes",
@@ -73,6 +76,21 @@ def register_derived_counter(counter: str, source: str) -> None:
     dimension 1 of the tensor under the same key in the dict attribute ``source``:
     it is then recomputed on unflatten instead of frozen into the context."""
     _DICT_COUNTERS[counter] = source
+
+
+def register_length_slot(slot: str, beside: str, counters: tuple[str, ...] = ()) -> None:
+    """Declare that a layer's tensor attribute ``slot`` holds states ``(batch, heads,
+    length, head_dim)`` kept apart from its ``keys`` or ``values`` (``beside``), such as the
+    prompt's states a reference sliding-window layer keeps out of its window.
+
+    Dimension 2 of ``slot`` then gets ``length`` in :func:`cache_dynamic_shapes`; the int
+    attributes ``counters`` are recomputed from that dimension on unflatten when they
+    equal it (else they stay in the context); and ``beside``, while it is still the
+    empty 1-D tensor of the lazy initialization (no token outside ``slot`` yet), flattens
+    as ``slot[:, :, :0]``, ``(batch, heads, 0, head_dim)``, the rank it has once filled."""
+    _LENGTH_SLOTS[slot] = (beside, tuple(counters))
+    for counter in counters:
+        _LENGTH_COUNTERS[counter] = slot
 
 
 def register_token_axis_slot(slot: str) -> None:
@@ -177,6 +195,11 @@ _COUNTERS = ("cumulative_length", "cumulative_length_int")
 # register_token_axis_slot).
 _DICT_COUNTERS: dict[str, str] = {}
 _TOKEN_AXIS_SLOTS: set[str] = set()
+# Slots of states kept apart from the keys and values, their dimension 2 counted in the
+# cache length: slot -> (the keys or values beside it, its counters); and counter -> slot
+# (register_length_slot).
+_LENGTH_SLOTS: dict[str, tuple[str, tuple[str, ...]]] = {}
+_LENGTH_COUNTERS: dict[str, str] = {}
 _PLAIN = (bool, int, float, str, type(None))
 _ABSENT = ()  # the entry of a layer that has no tensor in a slot
 
@@ -256,6 +279,22 @@ def _is_dict_counter(layer: Any, name: str, value: Any) -> bool:
     return True
 
 
+def _is_length_counter(layer: Any, name: str, value: Any) -> bool:
+    """An int counter of the length of a slot declared by :func:`register_length_slot`."""
+    source = getattr(layer, _LENGTH_COUNTERS.get(name, ""), None)
+    return (
+        isinstance(source, torch.Tensor)
+        and source.dim() >= 3
+        and isinstance(value, int | torch.SymInt)
+        and not isinstance(value, bool)
+    )
+
+
+def _length(tensor: Any) -> Any:
+    """Dimension -2 of keys or values; 0 for the empty 1-D tensor of a lazy initialization."""
+    return tensor.shape[-2] if tensor.dim() >= 2 else 0
+
+
 def _dict_counter(layer: Any, name: str) -> dict[Any, Any]:
     source = getattr(layer, _DICT_COUNTERS[name])
     return {
@@ -274,6 +313,7 @@ def _split_layer(i: int, layer: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
             _is_step_counter(layer, name, value)
             or _is_batch_size(layer, name, value)
             or _is_dict_counter(layer, name, value)
+            or _is_length_counter(layer, name, value)
         ):
             counters.append(name)
         elif isinstance(value, torch.Tensor):
@@ -294,6 +334,18 @@ def _split_layer(i: int, layer: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
                 f"{name!r} of type {type(value).__name__} that cannot be flattened; "
                 "please report this layer class."
             )
+    for slot, (beside, _) in _LENGTH_SLOTS.items():
+        held, empty = slots.get(slot), slots.get(beside)
+        if (
+            isinstance(held, torch.Tensor)
+            and held.dim() == 4
+            and isinstance(empty, torch.Tensor)
+            and empty.dim() == 1
+            and empty.numel() == 0
+        ):
+            # nothing beside the slot yet: a leaf of the rank it has once filled, so that
+            # the exported program takes the same leaves before and after
+            slots[beside] = held[:, :, :0]
     dict_slots = tuple(
         sorted((n, tuple(sorted(v))) for n, v in slots.items() if isinstance(v, dict))
     )
@@ -343,8 +395,8 @@ def _flatten_layered_cache(cache: Any) -> tuple[list[Any], Any]:
             if c != "batch_size"
             and c not in _DICT_COUNTERS
             and type(getattr(layer, c)) is int  # a SymInt under tracing is derived
-            and type(_expected_count(layer, reference)) is int
-            and getattr(layer, c) != _expected_count(layer, reference)
+            and type(_derived(layer, c, reference)) is int
+            and getattr(layer, c) != _derived(layer, c, reference)
         ]
         if keep:
             plain = desc[2] + tuple((c, getattr(layer, c)) for c in keep)
@@ -410,7 +462,7 @@ def _reference_length(layers: list[Any]) -> Any:
     for layer in layers:
         keys = getattr(layer, "keys", None)
         if isinstance(keys, torch.Tensor) and not getattr(layer, "is_sliding", False):
-            return keys.shape[-2]
+            return _length(keys)
     return None
 
 
@@ -419,7 +471,14 @@ def _expected_count(layer: Any, reference: Any) -> Any:
     if reference is not None:
         return reference
     keys = getattr(layer, "keys", None)
-    return keys.shape[-2] if isinstance(keys, torch.Tensor) else 0
+    return _length(keys) if isinstance(keys, torch.Tensor) else 0
+
+
+def _derived(layer: Any, counter: str, reference: Any) -> Any:
+    """The value unflatten gives to ``counter``, a step counter or a length counter."""
+    if counter in _LENGTH_COUNTERS:
+        return _length(getattr(layer, _LENGTH_COUNTERS[counter]))
+    return _expected_count(layer, reference)
 
 
 def _unflatten_layered_cache(children: Any, context: Any) -> Any:
@@ -455,7 +514,7 @@ def _unflatten_layered_cache(children: Any, context: Any) -> Any:
             elif counter in _DICT_COUNTERS:
                 setattr(layer, counter, _dict_counter(layer, counter))
             else:
-                setattr(layer, counter, _expected_count(layer, reference))
+                setattr(layer, counter, _derived(layer, counter, reference))
     cls = _find_class(cls_name, cls_module)
     cache = cls.__new__(cls)
     if n_cache_slots:
@@ -695,6 +754,8 @@ def cache_dynamic_shapes(
             return {0: batch, 1: length}
         if slot == "indexer_position_ids" and value.dim() == 3:  # (dims, batch, length)
             return {1: batch, 2: length}
+        if slot in _LENGTH_SLOTS and value.dim() == 4:  # (batch, heads, length, head_dim)
+            return {0: batch, 2: length}
         if slot in _TOKEN_AXIS_SLOTS and value.dim() == 3:  # (batch, tokens or windows, dim)
             # a dimension of their own, AUTO since export restricts it to what the
             # model allows

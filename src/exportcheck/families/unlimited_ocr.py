@@ -21,12 +21,29 @@ image token, in that order, its row among the global rows, the crop rows, the ne
 the separator (:func:`feature_index`), computed on the processor side from the grids and
 checked against ``get_image_features`` on every input set. Images, crops and image tokens
 are dynamic; the two resolutions are static, as the processor fixes them.
+
+Every text layer is reference sliding-window attention: its cache layer
+(``UnlimitedOcrDynamicReferenceSlidingWindowLayer``) keeps the prompt's keys and values
+(``prefill_keys``, ``prefill_values``), never evicted, apart from a sliding window of the
+tokens decoded after it (``keys``, ``values``), which right after the prompt is the empty
+1-D tensor of its lazy initialization; ``prefill_length`` and
+``prefill_cumulative_length`` count the prompt, ``cumulative_length`` the decoded tokens.
+The cache flattens into both parts (:func:`exportcheck.caches.pytrees.register_length_slot`):
+the prompt's states of dynamic length, the window's of a length of their own that may be
+0 (the empty window as ``(batch, heads, 0, head_dim)``), and the counters are recomputed
+from those lengths on unflatten. The decoder step's input sets hold 0 to 110 decoded
+tokens beside the prompt (:data:`DECODED_TOKENS`); within its bounds the window never
+fills, so nothing is evicted and its counter is its length. The generation stage runs
+the prompt's first position eagerly, which makes that one position the layer's prompt and
+sends the rest to the window: at these lengths attention sees the same positions as in
+``generate``, which declares the whole prompt as prefill, and the tokens are compared.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..caches.pytrees import register_length_slot
 from . import Family, register
 from .deepseek_ocr2 import _crops, _processor_module
 
@@ -55,6 +72,30 @@ IMAGES_MAX, CROPS_MAX = 4, 128
 #: the size of both images of the generation prompt (pixels): without crops, as the
 #: decoder step is exported for caches of at most 111 tokens (its sliding window, 128)
 GENERATION_IMAGE = (600, 500)
+#: for each input set of the decoder step (the task's caches of 30, 30, 30, 60, 17 and 24
+#: tokens, then 111 at its bounds), how many of the cached tokens the model decodes after
+#: the prompt, its window: from none (the cache right after the prompt, as generate's
+#: first step gets it) to 110 beside a prompt of one token (the form of the caches the
+#: generation stage feeds the graph, whose first position is eager); the first set, the
+#: traced one, holds some, as export fixes a length of 0 or 1 seen when tracing
+DECODED_TOKENS = (6, 0, 12, 0, 9, 3, 110)
+CACHE_WHY = (
+    "every text layer is reference sliding-window attention, whose cache layer "
+    "(UnlimitedOcrDynamicReferenceSlidingWindowLayer) keeps the prompt's states "
+    "(prefill_keys, prefill_values), never evicted, apart from a window of the tokens "
+    "decoded after it (keys, values: the empty 1-D tensor of the lazy initialization "
+    "until one is); flattened as both parts, (batch, heads, length, head_dim) each, the "
+    "prompt's of cache_length (1 to 111) tokens and the window's of decoded_length (0 to "
+    "110, the window empty as (batch, heads, 0, head_dim)), its prefill_length, "
+    "prefill_cumulative_length and cumulative_length recomputed from their lengths on "
+    "unflatten; the decoder's sets hold 0 to 110 decoded tokens beside a prompt of 1 to "
+    "60, and with at most 15 new ones the window (128) never fills within the declared "
+    "bounds, so nothing is evicted and its counter is its length (beyond, the graph is "
+    "not checked); the generation stage runs the prompt's first position eagerly on an "
+    "empty cache, which makes that position the layer's prompt part and sends the rest of "
+    "the prompt to the window, where at these lengths attention sees the same positions as "
+    "in generate, which declares the whole prompt as prefill (its tokens are compared)"
+)
 
 
 def grid(width: int, height: int) -> tuple[int, int]:
@@ -297,6 +338,7 @@ LAYOUT = {
     "image_shapes": image_shapes,
     "generation_image": generation_image,
     "processor_image": processor_image,
+    "decoded_tokens": (DECODED_TOKENS, CACHE_WHY),
 }
 WHY = (
     "a global view and local crops of each image: the crops' rows laid out as one picture, "
@@ -304,6 +346,16 @@ WHY = (
     "by a precomputed index (feature_index) instead of the loop get_image_features runs "
     "over the crop grids in Python"
 )
+
+
+def _setup() -> None:
+    # Every text layer is a reference sliding-window layer: the prompt's states in
+    # prefill_keys and prefill_values, kept out of the window, prefill_length and
+    # prefill_cumulative_length their length once the prompt is in; the window in keys
+    # and values, the empty 1-D tensor of the lazy initialization until a token is decoded
+    register_length_slot("prefill_keys", "keys", ("prefill_length", "prefill_cumulative_length"))
+    register_length_slot("prefill_values", "values")
+
 
 register(
     Family(
@@ -328,5 +380,6 @@ register(
             )
         },
         input_layouts={"unlimited_ocr": (LAYOUT, WHY)},
+        setup=_setup,
     )
 )

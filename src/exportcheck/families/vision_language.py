@@ -89,16 +89,6 @@ _ENTRIES: dict[str, tuple[str, str]] = {
     },
     **_GRID,
     **_ENCODER_DECODERS,
-    "unlimited_ocr": (
-        r"IndexError: tuple index out of range",
-        "with its family's global views and crops (families/unlimited_ocr.py: its encoder "
-        "matches get_image_features on every set and exports to both runtimes) the build "
-        "stops at the decoder's cache: every text layer is reference sliding-window "
-        "attention, whose cache layer (UnlimitedOcrDynamicReferenceSlidingWindowLayer) "
-        "keeps the prompt's states in prefill_keys/prefill_values and decoded tokens in "
-        "its sliding keys, which after a prompt alone are the empty 1-D tensor of its lazy "
-        "initialization; caches/pytrees.py reads keys.shape[-2] of it",
-    ),
     "diffusion_gemma": (
         r"DiffusionGemmaForBlockDiffusion has no get_image_features",
         "with its family's experts (families/diffusion_gemma.py) the model builds, but it "

@@ -39,7 +39,7 @@ import contextlib
 import copy
 import functools
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..dims import BATCH_MAX, length_bounds
@@ -784,6 +784,7 @@ def merged_lm(
     step_kwargs: Any = None,
     step_ids_seen: bool = False,
     cache_max: int | None = None,
+    decoded_tokens: Sequence[int] | None = None,
 ) -> UntrainedModel:
     """The model of an LM whose forward merges an encoder's outputs into its input
     embeddings at the positions of ``token``: the ``encoder`` component, then
@@ -796,7 +797,12 @@ def merged_lm(
     image token would). ``step_ids`` ``(model, ids) -> ids`` and ``step_kwargs`` ``(model, ids) ->
     forward arguments``: the decoder also takes the ids of its new positions as
     ``step_ids`` gives them (``IdsDecoder``), or of every position it sees (the cache's
-    and its own, as the mask) with ``step_ids_seen``; its sets' new tokens are text."""
+    and its own, as the mask) with ``step_ids_seen``; its sets' new tokens are text.
+    ``decoded_tokens``: for each set, how many of its cache's last tokens the model takes
+    in a second forward, a decode step after the prompt, instead of in the prompt, for a
+    cache that keeps the prompt apart from the tokens decoded after it (Unlimited-OCR's
+    prompt beside its sliding window); their part of the cache then gets a dimension of
+    its own, from 0 (a cache right after the prompt) to ``cache_max - 1``."""
     import torch
 
     from ..caches import cache_dynamic_shapes
@@ -816,8 +822,17 @@ def merged_lm(
     seq_max, bound = length_bounds(text)
     cache_max = bound if cache_max is None else cache_max
     shapes = [*DECODER_SETS, (BATCH_MAX, seq_max, cache_max, 0)]
+    decoded = [0] * len(shapes) if decoded_tokens is None else list(decoded_tokens)
+    if len(decoded) != len(shapes) or not all(
+        0 <= d < c for d, (_, _, c, _) in zip(decoded, shapes, strict=True)
+    ):
+        raise ValueError(
+            f"decoded_tokens must give each of the {len(shapes)} decoder sets (caches of "
+            f"{[c for _, _, c, _ in shapes]} tokens) fewer decoded tokens than its cache "
+            f"holds, got {decoded_tokens}"
+        )
     step_sets, prompts, prompt_masks, embed_sets, labels = [], [], [], [], []
-    for n_batch, new, cached, pad in shapes:
+    for (n_batch, new, cached, pad), after in zip(shapes, decoded, strict=True):
         prompt_ids = _text_ids(text, (n_batch, cached), generator, token)
         mask = torch.ones((n_batch, cached), dtype=torch.int64)
         mask[0, :pad] = 0
@@ -826,10 +841,24 @@ def merged_lm(
         given = {}
         if position_rows:
             given = {"position_ids": text_positions(mask, position_rows)}
+        kept = cached - after  # the prompt's tokens; the rest decoded after it
         # the prefill is eager's: with the patches that correct it
         with torch.no_grad(), eager_fixes(model):
             prompt = embed(prompt_ids)
-            out = text_lm(model)(inputs_embeds=prompt, attention_mask=mask, use_cache=True, **given)
+            out = text_lm(model)(
+                inputs_embeds=prompt[:, :kept],
+                attention_mask=mask[:, :kept],
+                use_cache=True,
+                **{k: v[..., :kept] for k, v in given.items()},
+            )
+            if after:
+                out = text_lm(model)(
+                    inputs_embeds=prompt[:, kept:],
+                    attention_mask=mask,
+                    cache=_cache_of(out),
+                    use_cache=True,
+                    **{k: v[..., kept:] for k, v in given.items()},
+                )
             new_embeds = embed(new_ids)
         step = {"inputs_embeds": new_embeds, "attention_mask": whole}
         if position_rows:
@@ -846,6 +875,8 @@ def merged_lm(
         prompts.append(prompt)
         prompt_masks.append(mask)
         label = f"batch={n_batch} seq={new} cache={cached}"
+        if decoded_tokens is not None:
+            label += f" ({kept} prompt + {after} decoded)"
         labels.append(label + (" left-padded" if pad else ""))
     labels[-1] += " at bounds"
     seq_length = torch.export.Dim("seq_length", min=1, max=seq_max)
@@ -860,7 +891,16 @@ def merged_lm(
             if step_ids
             else {}
         ),
-        "cache": cache_dynamic_shapes(step_sets[0]["cache"], batch, cache_length),
+        "cache": cache_dynamic_shapes(
+            step_sets[0]["cache"],
+            batch,
+            cache_length,
+            *(
+                [torch.export.Dim("decoded_length", min=0, max=cache_max - 1)]
+                if decoded_tokens is not None
+                else []
+            ),
+        ),
     }
     embed_labels = [lab.split(" cache=")[0] for lab in labels]
     return UntrainedModel(

@@ -1050,7 +1050,10 @@ def _tower_layout(model: Any) -> dict[str, Any]:
     ``deepstack_layers`` ``(model) -> int`` gives a family's encoder that returns
     DeepStack features a decoder step taking them (:func:`deepstack_layers`), and
     ``cache_max`` (int) the decoder step's cache bound, for a family whose one image
-    takes more tokens than the task's bound."""
+    takes more tokens than the task's bound, and ``decoded_tokens`` ``(counts, note)``,
+    for a cache that keeps the prompt apart from the tokens decoded after it: how many of
+    each decoder input set's cached tokens the model decodes after the prompt
+    (:func:`exportcheck.tasks._audio_lm.merged_lm`), and what the row's notes say of it."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return INPUT_LAYOUTS.get(model_type, ({}, ""))[0]
 
@@ -1922,6 +1925,9 @@ class ImageTextToText(Task):
                 "image tokens' positions, zero elsewhere), added to the output of its first "
                 "layers as the forward adds them at the image tokens"
             )
+        decoded = family.get("decoded_tokens")
+        if decoded is not None:
+            notes.append(f"decoder cache: {decoded[1]}")
         _check_reads_pixels(encoder, image_sets[0])
         m = _audio_lm.merged_lm(
             self.name,
@@ -1938,6 +1944,7 @@ class ImageTextToText(Task):
             step_kwargs=family.get("step_kwargs"),
             step_ids_seen=bool(family.get("step_ids_seen")),
             cache_max=family.get("cache_max"),
+            decoded_tokens=None if decoded is None else decoded[0],
         )
         if prefix_lm(model):
             _as_prefix_lm(m)
