@@ -63,9 +63,10 @@ def _install_image_outputs(patcher: Any, model: Any) -> None:
     Remove when: Llama4ForConditionalGeneration.forward builds its output from what it has.
     """
     modeling = module_of(MODULE)
-    if modeling is None:
+    modules = getattr(model, "modules", None)  # None: patches entered for no model
+    if modeling is None or modules is None:
         return
-    for found in model.modules():
+    for found in modules():
         if isinstance(found, modeling.Llama4ForConditionalGeneration):
             patcher.replace(found.language_model, "forward", _with_image_outputs())
 
