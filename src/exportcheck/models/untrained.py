@@ -87,9 +87,14 @@ class UntrainedModel:
 def randomize_zero_weights(model: Any, std: float) -> list[str]:
     """Give random values to linear weights that initialisation left at zero, to
     projection matrices a module holds as bare parameters (``*projection_weight``,
-    Gemma 3's multimodal projector multiplies by its ``mm_input_projection_weight``) and
-    to a Q-Former's learned queries (``query_tokens``: zero, every query reads the image
-    alike and returns the same row).
+    Gemma 3's multimodal projector multiplies by its ``mm_input_projection_weight``), to
+    a Q-Former's learned queries (``query_tokens``: zero, every query reads the image
+    alike and returns the same row) and to the centroids of an audio codec's vector
+    quantizer, kept as buffers (Mimi's ``embed_sum``: zero, every frame is nearest to
+    centroid 0 and the codes do not depend on the audio). The centroids get unit normal
+    values: trained ones have the scale of the latents they quantize, not of a weight;
+    drawn at 0.02 beside latents of norm 76 (Kyutai's tiny codec), the two nearest to a
+    frame are so near that float rounding picks either.
 
     Some models zero-initialise a layer (a router gate): untrained, every expert then
     scores the same and top-k breaks the tie one way in PyTorch and another in
@@ -112,6 +117,11 @@ def randomize_zero_weights(model: Any, std: float) -> list[str]:
                 if bare and not bool(param.any()):
                     param.normal_(0.0, std)
                     changed.append(f"{name}.{own}" if name else own)
+            centroids = getattr(module, "embed_sum", None)
+            codebook = isinstance(centroids, torch.Tensor) and centroids.dim() == 2
+            if codebook and not bool(centroids.any()):
+                centroids.normal_(0.0, 1.0)
+                changed.append(f"{name}.embed_sum")
     return changed
 
 

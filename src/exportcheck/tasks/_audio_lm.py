@@ -313,18 +313,22 @@ def _parts() -> dict[str, type]:
     class WaveAudioEncoder(AudioEncoder):
         """the raw waveform and its sample mask -> the projected frames, padding left out."""
 
-        def forward(self, input_values: Any, padding_mask: Any) -> Any:  # type: ignore[override]
+        def forward(self, input_values: Any, padding_mask: Any = None) -> Any:  # type: ignore[override]
             return self.encode(input_values, padding_mask)
 
     class EmbedTokens(torch.nn.Module):
-        """token ids -> the input embeddings the LM reads."""
+        """token ids -> the input embeddings the LM reads (a family's ``input_layouts``
+        entry ``text_embeddings(model)`` gives the module, for a model whose input
+        embeddings take more than text ids)."""
 
         def __init__(self, model: Any) -> None:
             super().__init__()
             self.model = model
 
         def forward(self, input_ids: Any) -> Any:
-            return self.model.get_input_embeddings()(input_ids)
+            given = _layout(getattr(self.model, "config", None)).get("text_embeddings")
+            embeddings = given(self.model) if given else self.model.get_input_embeddings()
+            return embeddings(input_ids)
 
     class Decoder(torch.nn.Module):
         """A decode step on input embeddings with the cache of the positions before."""
@@ -561,9 +565,11 @@ def audio_inputs(
     rate = extractor.sampling_rate
     waves = [rng.standard_normal(int(s * rate)).astype("float32") * 0.1 for s in seconds]
     given = {"pad_to_multiple_of": samples} if samples > 1 else {}
-    out = extractor(
-        waves, sampling_rate=rate, return_tensors="pt", return_attention_mask=True, **given
-    )
+    params = inspect.signature(extractor.__call__).parameters
+    if "return_attention_mask" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        given["return_attention_mask"] = True  # an extractor that does not take it pads
+        # with its mask unasked (Kyutai's padding_mask)
+    out = extractor(waves, sampling_rate=rate, return_tensors="pt", **given)
     audio_name, mask_name = ENCODER_INPUTS[kind]
     # the mask of what the graph takes first: an extractor may return the samples' mask
     # beside the frames' (padding_mask beside input_features_mask)
@@ -617,9 +623,11 @@ def _audio_kind(task: Any, config: Any) -> str:
     """``input_features`` or ``input_values``: what the task's model class takes."""
     import transformers
 
+    declared = audio_function_of(config.model_type)
     names = getattr(transformers.models.auto.modeling_auto, task.mapping)
     cls = getattr(transformers, names[config.model_type])
-    params = inspect.signature(cls.forward).parameters
+    # the family's function is what the audio encoder graph runs
+    params = inspect.signature(declared or cls.forward).parameters
     kind = next((n for n in ("input_features", "input_values") if n in params), None)
     if kind is None:
         raise ValueError(
