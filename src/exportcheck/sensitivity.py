@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import inspect
 import json
 import sys
 from collections.abc import Sequence
@@ -194,7 +195,15 @@ def _vocab(model: Any) -> int:
         sizes.append(rows)
     config = model.config
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    for holder in (text, config):
+    holders = [text, config]
+    if getattr(config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        # an encoder of token ids with a config of its own names its vocabulary there
+        # (Dia's byte encoder: DiaConfig.get_text_config returns the decoder's whatever is
+        # asked, transformers/models/dia/configuration_dia.py:158)
+        encoder = model.get_encoder()
+        if "input_ids" in inspect.signature(encoder.forward).parameters:
+            holders.append(getattr(encoder, "config", None))
+    for holder in holders:
         for key in ("vocab_size", "tgt_vocab_size", "src_vocab_size"):
             value = getattr(holder, key, None)
             if isinstance(value, int) and value > 0:

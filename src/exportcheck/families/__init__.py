@@ -26,11 +26,21 @@ exportcheck get wrong for its model types, and nothing else does:
   reason)``: the length of the prompt its ``generate`` handles (None: the task's),
   ``settings(model)`` the generation settings its ``generate`` needs, and
   ``feed(model, prompt ids, new tokens, settings)`` the ``(prompt ids, new tokens)`` as
-  ``generate`` feeds them to the decode steps;
+  ``generate`` feeds them to the decode steps (for an encoder-decoder: the decoder
+  prompt as ``generate`` is given it and the new tokens, each as it is fed to the
+  decoder steps);
+* ``decoder_prompts``: encoder-decoder model types whose ``generate`` is given a decoder
+  prompt built by their processor (Dia's delay pattern), with ``(prompt(model, batch),
+  reason)``: the decoder keyword arguments the processor returns for ``batch`` rows;
+* ``logits_processors``: model types whose ``generate`` applies logits processors that no
+  generation setting turns off, with ``(processors(model, settings, max_length),
+  reason)``: a fresh callable ``(ids fed so far, logits) -> scores``, whose argmax is the
+  token ``generate`` picks (the compared logits stay the model's own);
 * ``input_builders``: a function that builds the input sets of a model type that does not
   take the task's usual inputs (a drafter fed by its main model);
 * ``input_layouts``: how a model type's inputs differ from what the task derives from
-  its config (an audio channel dimension, several values per mel bin), and why;
+  its config (an audio channel dimension, several values per mel bin, several ids per
+  decoder position: ``decoder_channels``), and why;
 * ``patches``: the :class:`exportcheck.patches.Patch` objects the family needs, next to
   their rewrite code;
 * ``setup``: a function called once at registration, to hook into a leaf module
@@ -55,11 +65,13 @@ from ..patches.core import Patch
 __all__ = [
     "CONFIG_ARGUMENTS",
     "CONFIG_FIXES",
+    "DECODER_PROMPTS",
     "FAMILIES",
     "GENERATION_INPUTS",
     "INPUT_BUILDERS",
     "INPUT_LAYOUTS",
     "KNOWN_FAILURES",
+    "LOGITS_PROCESSORS",
     "NO_CACHE",
     "NO_GENERATION",
     "ONE_TOKEN_DECODE",
@@ -94,6 +106,12 @@ class Family:
     generation_inputs: dict[str, tuple[int | None, Callable[..., Any], Callable[..., Any], str]] = (
         dataclasses.field(default_factory=dict)
     )
+    decoder_prompts: dict[str, tuple[Callable[..., Any], str]] = dataclasses.field(
+        default_factory=dict
+    )
+    logits_processors: dict[str, tuple[Callable[..., Any], str]] = dataclasses.field(
+        default_factory=dict
+    )
     input_builders: dict[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
     input_layouts: dict[str, tuple[dict[str, Any], str]] = dataclasses.field(default_factory=dict)
     patches: tuple[Patch, ...] = ()
@@ -116,6 +134,10 @@ NO_CACHE: dict[str, str] = {}
 NO_GENERATION: dict[str, str] = {}
 #: model_type -> (prompt length, generate's settings, the ids its steps are fed, reason)
 GENERATION_INPUTS: dict[str, tuple[int | None, Callable[..., Any], Callable[..., Any], str]] = {}
+#: model_type -> (the decoder inputs its processor gives generate, reason)
+DECODER_PROMPTS: dict[str, tuple[Callable[..., Any], str]] = {}
+#: model_type -> (the logits processors its generate always applies, reason)
+LOGITS_PROCESSORS: dict[str, tuple[Callable[..., Any], str]] = {}
 #: model_type -> a function building its input sets instead of the task's
 INPUT_BUILDERS: dict[str, Callable[..., Any]] = {}
 #: model_type -> (how its inputs differ from what a task derives from the config, reason)
@@ -133,6 +155,8 @@ _TABLES = {
     "no_cache": NO_CACHE,
     "no_generation": NO_GENERATION,
     "generation_inputs": GENERATION_INPUTS,
+    "decoder_prompts": DECODER_PROMPTS,
+    "logits_processors": LOGITS_PROCESSORS,
     "input_builders": INPUT_BUILDERS,
     "input_layouts": INPUT_LAYOUTS,
 }

@@ -15,7 +15,10 @@ have distinct shapes; two are right-padded on the encoder side, as a tokenizer p
 batch, so the cross-attention mask has zeros. The decoder step is checked against a full
 decoder forward over its prefix and new tokens (eager consistency), and greedy
 generation runs the three graphs (encoder once, the first step, then one call per token)
-against eager ``generate``.
+against eager ``generate``. A family may say how its model's ``generate`` differs from a
+plain greedy loop (``generation_inputs``, ``decoder_prompts``, ``logits_processors`` of
+:mod:`exportcheck.families`: Dia's delay pattern and EOS processors); the loop then
+feeds and picks as that ``generate`` does.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ import inspect
 from typing import Any
 
 from ..dims import BATCH_MAX, length_bounds, sequence_bound
-from ..families import ONE_TOKEN_DECODE
+from ..families import (
+    DECODER_PROMPTS,
+    GENERATION_INPUTS,
+    INPUT_LAYOUTS,
+    LOGITS_PROCESSORS,
+    ONE_TOKEN_DECODE,
+)
 from ..models import UntrainedModel, prepare_weights
 from ..patches import eager_fixes
 from . import Component, Generation, Task, _audio_lm
@@ -296,6 +305,23 @@ def _decoder_config(config: Any) -> Any:
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
+def decoder_channels(config: Any) -> int | None:
+    """The ids per decoder position a family declares (``input_layouts`` entry
+    ``decoder_channels``, a function of the config: Dia's audio codebooks), None for one
+    id per position."""
+    declared = INPUT_LAYOUTS.get(getattr(config, "model_type", None), ({}, ""))[0]
+    channels = declared.get("decoder_channels")
+    return None if channels is None else int(channels(config))
+
+
+def decoder_ids(config: Any, shape: tuple[int, int], generator: Any) -> Any:
+    """Random decoder ids of ``(batch, tokens)``, with a last axis of
+    :func:`decoder_channels` ids per position when the family declares one."""
+    channels = decoder_channels(config)
+    full = shape if channels is None else (*shape, channels)
+    return random_ids(_decoder_config(config), full, generator)
+
+
 def decoder_start(model: Any, config: Any) -> int:
     """The token every decoder sequence starts with."""
     for holder in (getattr(model, "generation_config", None), _decoder_config(config), config):
@@ -444,7 +470,19 @@ class Seq2Seq(Task):
         with_mask = getattr(probe, "attention_mask", None) is not None
         states_output = self.states_output(model)
         encoder = Encoder(model, with_mask=with_mask, states=states_output)
-        decoder_config = _decoder_config(config)
+        channels = decoder_channels(config)
+        if channels:
+            notes.append(
+                f"decoder ids (batch, seq_length, {channels}): {channels} ids per decoder "
+                f"position, {INPUT_LAYOUTS[config.model_type][1]}"
+            )
+        reasons = [
+            table[config.model_type][-1]
+            for table in (DECODER_PROMPTS, GENERATION_INPUTS, LOGITS_PROCESSORS)
+            if config.model_type in table
+        ]
+        if reasons:
+            notes.append("generation as the model's own generate runs: " + "; ".join(reasons))
         decoder_padded = self.pad_decoder_prompts and pads_decoder(model, side, with_mask)
         init_sets, step_sets, prompts, prompt_masks = [], [], [], []
         for feeds, shape, first in zip(side.sets, shapes, init_tokens, strict=True):
@@ -453,12 +491,12 @@ class Seq2Seq(Task):
                 states, masks = _states(encoder(**copy.deepcopy(feeds)), feeds, side)
             init_sets.append(
                 {
-                    "decoder_input_ids": random_ids(decoder_config, (n_batch, first), generator),
+                    "decoder_input_ids": decoder_ids(config, (n_batch, first), generator),
                     "encoder_hidden_states": states,
                     **masks,
                 }
             )
-            prefix = random_ids(decoder_config, (n_batch, cached), generator)
+            prefix = decoder_ids(config, (n_batch, cached), generator)
             prefix_mask = left_padded(n_batch, cached, padding) if decoder_padded else None
             # with the family's eager fixes, as validate's reference: a decoder that
             # changed its inputs in place would otherwise store changed states in the sets
@@ -468,7 +506,7 @@ class Seq2Seq(Task):
                 )
             # in the order of DecoderStep.forward: the ONNX inputs follow it
             step = {
-                "decoder_input_ids": random_ids(decoder_config, (n_batch, new), generator),
+                "decoder_input_ids": decoder_ids(config, (n_batch, new), generator),
                 "encoder_hidden_states": states,
                 **{k: v for k, v in masks.items() if k == "attention_mask"},
                 "cache": _contiguous(prefill["cache"]),
@@ -596,6 +634,8 @@ class Seq2Seq(Task):
         if _audio_lm.is_built(m):
             return _audio_lm.generate_eager(m)
         start = decoder_start(m.model, m.config)
+        if _generates_differently(m):
+            return _special_generate_eager(m, self.generation_inputs(m), self.new_tokens, start)
         return greedy_generate(
             m.model, self.generation_inputs(m), self.new_tokens, decoder_start_token_id=start
         )
@@ -612,6 +652,9 @@ class Seq2Seq(Task):
         init = next(c for c in m.components if c.name == "decoder_init")
         states, masks = _states(call("encoder", feeds), feeds, init.input_sets[0])
         start = torch.full((states.shape[0], 1), decoder_start(m.model, m.config))
+        special = _special_generation(m, states.shape[0], start, forced, self.new_tokens)
+        if special is not None:
+            start, forced, choose = special
         # a decoder step that takes the decoder tokens' mask gets ones: generation
         # starts every row from the start token, unpadded
         step = next(c for c in m.components if c.name == "decoder")
@@ -630,6 +673,7 @@ class Seq2Seq(Task):
             },
         )
         logits = [out["logits"][:, -1].detach().float()]
+        tokens = [choose(start, logits[0])] if special is not None else []
         for t in range(self.new_tokens - 1):
             out = call(
                 "decoder",
@@ -643,13 +687,126 @@ class Seq2Seq(Task):
                 },
             )
             logits.append(out["logits"][:, -1].detach().float())
-        tokens = torch.stack([step.argmax(-1) for step in logits], 1)
+            if special is not None:
+                fed = torch.cat([start, forced[:, : t + 1]], 1)
+                tokens.append(choose(fed, logits[-1]))
+        if special is None:
+            tokens = [step.argmax(-1) for step in logits]
+        first = "the decoder prompt as generate feeds it" if special else "the start token"
         return Generation(
-            tokens=tokens,
+            tokens=torch.stack(tokens, 1),
             logits=logits,
             calls=1 + self.new_tokens,
-            prefill="encoder once, the first decoder step on the start token, then the step",
+            prefill=f"encoder once, the first decoder step on {first}, then the step",
         )
+
+
+def _generates_differently(m: UntrainedModel) -> bool:
+    """True when a family says how the model's ``generate`` differs from a plain greedy
+    loop: the ids it feeds (``generation_inputs``), the decoder prompt its processor
+    builds (``decoder_prompts``) or logits processors it always applies
+    (``logits_processors``)."""
+    model_type = getattr(m.config, "model_type", None)
+    return any(model_type in t for t in (GENERATION_INPUTS, DECODER_PROMPTS, LOGITS_PROCESSORS))
+
+
+def _family_generation(m: UntrainedModel, batch: int) -> tuple[dict, dict, Any, Any]:
+    """The family's generation settings, the decoder inputs its processor gives
+    ``generate`` for ``batch`` rows, how ``generate`` feeds ids (None: as they are) and
+    the factory of its logits processors (None: plain argmax)."""
+    model_type = getattr(m.config, "model_type", None)
+    special = GENERATION_INPUTS.get(model_type)
+    settings = special[1](m.model) if special else {}
+    prompt = DECODER_PROMPTS[model_type][0](m.model, batch) if model_type in DECODER_PROMPTS else {}
+    feed = special[2] if special else None
+    processors = LOGITS_PROCESSORS.get(model_type, (None, ""))[0]
+    return settings, prompt, feed, processors
+
+
+def _special_generate_eager(
+    m: UntrainedModel, feeds: dict[str, Any], new_tokens: int, start: int
+) -> Generation:
+    """Eager ``generate(do_sample=False)`` of a model whose family says how its
+    ``generate`` differs (:func:`_generates_differently`): greedy settings
+    (:func:`.text_generation._greedy_config`) and the family's, the decoder prompt its
+    processor builds. The tokens are the argmax of the processed scores, what
+    ``generate`` picks; they must equal what it returns, as the steps are fed them."""
+    import torch
+
+    from .text_generation import _greedy_config
+
+    model = m.model
+    batch = next(iter(feeds.values())).shape[0]
+    settings, prompt, feed, _ = _family_generation(m, batch)
+    saved = model.generation_config
+    model.generation_config = _greedy_config(saved)
+    model.generation_config.decoder_start_token_id = start
+    for key, value in settings.items():
+        setattr(model.generation_config, key, value)
+    # the logits of each step as the model returns them to generate: its output_logits
+    # may be the tensors its processors masked in place (Dia's EOS channel filter,
+    # transformers/generation/logits_process.py:3163)
+    seen: list[Any] = []
+    hook = model.register_forward_hook(
+        lambda module, args, output: seen.append(output.logits[:, -1].detach().float().clone())
+    )
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                **feeds,
+                **prompt,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                num_beams=1,
+                output_logits=True,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+    finally:
+        hook.remove()
+        model.generation_config = saved
+    if len(out.logits) != new_tokens or len(seen) != new_tokens:
+        raise AssertionError(
+            f"generate returned {len(out.logits)} new tokens from {len(seen)} forward "
+            f"calls instead of {new_tokens}"
+        )
+    for step, (own, given) in enumerate(zip(seen, out.logits, strict=True)):
+        kept = torch.isfinite(given)
+        if not torch.equal(own[kept], given[kept].float()):
+            raise AssertionError(f"generate's logits of step {step} are not the model's")
+    tokens = torch.stack([step.argmax(-1) for step in out.scores], 1)
+    given = prompt.get("decoder_input_ids", torch.full((batch, 1), start))
+    fed = feed(model, given, tokens, settings)[1] if feed else tokens
+    returned = out.sequences[:, -new_tokens:]
+    if not torch.equal(returned, fed):
+        raise AssertionError(
+            "generate returned other new tokens than the argmax of its processed scores, "
+            f"as they are fed: {returned.tolist()} against {fed.tolist()}"
+        )
+    return Generation(tokens=tokens, logits=seen, calls=new_tokens, prefill="generate")
+
+
+def _special_generation(
+    m: UntrainedModel, batch: int, start: Any, forced: Any, new_tokens: int
+) -> tuple[Any, Any, Any] | None:
+    """For a model whose ``generate`` differs (:func:`_generates_differently`): the
+    decoder prompt and the new tokens as ``generate`` feeds them to the decoder steps,
+    and ``choose(ids fed so far, logits)``, the tokens it picks from a step's logits.
+    None for every other model."""
+    if not _generates_differently(m):
+        return None
+    settings, prompt, feed, processors = _family_generation(m, batch)
+    given = prompt.get("decoder_input_ids", start)
+    fed_prompt, fed = feed(m.model, given, forced, settings) if feed else (given, forced)
+    process = (
+        processors(m.model, settings, fed_prompt.shape[1] + new_tokens) if processors else None
+    )
+
+    def choose(ids: Any, logits: Any) -> Any:
+        scores = logits if process is None else process(ids, logits.clone())
+        return scores.argmax(-1)
+
+    return fed_prompt, fed, choose
 
 
 def _states(out: Any, feeds: dict[str, Any], decoder_feeds: Any) -> tuple[Any, dict[str, Any]]:

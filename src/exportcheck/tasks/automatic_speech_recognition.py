@@ -13,6 +13,9 @@ waveforms of distinct lengths (0.7 to 1.6 s at its sampling rate; one batch of
 ``batch``, ``frames`` (feature frames) or ``audio_length`` (samples), and
 ``encoder_length`` (the encoder states, shorter than the input by the encoder's
 subsampling; the decoder's cross-attention cache keeps it). A model whose encoder
+embeds token ids instead (Dia, text to speech, mapped here by transformers) gets the
+text encoder side of text2text-generation: right-padded token ids of its encoder's
+vocabulary and their mask. A model whose encoder
 accepts one length only (Whisper: ``2 * max_source_positions`` frames, which its feature
 extractor reaches by padding every clip with silence) keeps that length static.
 """
@@ -25,6 +28,7 @@ from typing import Any
 
 from ..dims import BATCH_MAX
 from . import register
+from ._encoder import token_inputs
 from ._seq2seq import EncoderSide, Seq2Seq
 
 __all__ = ["SpeechSeq2Seq", "feature_extractor"]
@@ -176,6 +180,16 @@ class SpeechSeq2Seq(Seq2Seq):
         "``generate(do_sample=False)``."
     )
 
+    def _text_encoder(self, model: Any) -> bool:
+        """True when the model reads token ids, not audio: its encoder's forward takes
+        ``input_ids``, and neither it nor the model's forward takes ``input_features`` or
+        ``input_values`` (Pop2Piano's encoder takes ids too, but its model feeds it
+        features as embeddings: it stays an audio model the task cannot build)."""
+        encoder = inspect.signature(model.get_encoder().forward).parameters
+        outer = inspect.signature(model.forward).parameters
+        audio = any(n in p for n in ("input_features", "input_values") for p in (encoder, outer))
+        return "input_ids" in encoder and not audio
+
     def _audio(self, model: Any, config: Any) -> _Audio:
         encoder = model.get_encoder()
         params = inspect.signature(encoder.forward).parameters
@@ -208,8 +222,16 @@ class SpeechSeq2Seq(Seq2Seq):
         generator: Any,
     ) -> dict[str, Any]:
         """What the feature extractor returns for ``batch`` random clips of ``length``
-        units (:data:`SAMPLES_PER_UNIT`), row ``i`` shorter by ``padding[i]`` units."""
+        units (:data:`SAMPLES_PER_UNIT`), row ``i`` shorter by ``padding[i]`` units; for
+        an encoder of token ids (:meth:`_text_encoder`), ``length`` token ids of its
+        own config's vocabulary, right-padded as a tokenizer pads a batch."""
         import torch
+
+        if self._text_encoder(model):
+            # the encoder's own config: a composite config may name another side's
+            # vocabulary (DiaConfig.get_text_config returns the decoder's whatever is
+            # asked, transformers/models/dia/configuration_dia.py:158)
+            return token_inputs(model.get_encoder().config, batch, length, padding, generator)
 
         audio = self._audio(model, config)
         waves = self._waveforms(batch, length * SAMPLES_PER_UNIT, padding, generator)
@@ -234,6 +256,14 @@ class SpeechSeq2Seq(Seq2Seq):
     ) -> EncoderSide:
         import torch
 
+        if self._text_encoder(model):
+            side = super().encoder_side(model, config, shapes, generator, batch)
+            side.notes.append(
+                f"encoder inputs: token ids and mask, as text2text-generation builds them: "
+                f"{type(model.get_encoder()).__name__}.forward embeds input_ids, not audio "
+                "(a text-to-speech model in the speech sequence-to-sequence mapping)"
+            )
+            return side
         audio = self._audio(model, config)
         # the set at the bounds: 2 s clips
         shapes = [*shapes[:-1], (shapes[-1][0], BOUND_UNITS, (), *shapes[-1][3:])]
