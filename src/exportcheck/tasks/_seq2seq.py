@@ -149,7 +149,11 @@ def _parts() -> dict[str, type]:
         """The first decoder step: no cache in, logits and the filled cache out."""
 
         def __init__(
-            self, model: Any, cache_argument: str, states: str = "last_hidden_state"
+            self,
+            model: Any,
+            cache_argument: str,
+            states: str = "last_hidden_state",
+            states_mask_argument: str | None = None,
         ) -> None:
             super().__init__()
             self.model = model
@@ -157,6 +161,9 @@ def _parts() -> dict[str, type]:
             #: the encoder output the model's forward hands its decoder: the states are
             #: given under that name
             self.states = states
+            #: the argument of the model's forward that takes the states' own mask, for
+            #: a model that reads it there instead of from the encoder's output
+            self.states_mask_argument = states_mask_argument
 
         def decode(
             self,
@@ -173,6 +180,8 @@ def _parts() -> dict[str, type]:
             # encoder's output; ``decoder_mask`` the decoder tokens' (cached and new),
             # zeros where a decoder prompt is left-padded.
             masks = {} if mask is None else {"attention_mask": mask}
+            if states_mask is not None and self.states_mask_argument is not None:
+                masks[self.states_mask_argument] = states_mask
             if decoder_mask is not None:
                 masks["decoder_attention_mask"] = decoder_mask
             if self.states == "pooler_output":
@@ -406,6 +415,12 @@ class Seq2Seq(Task):
         """The output of the encoder that the decoder cross-attends to."""
         return "last_hidden_state"
 
+    def states_mask_argument(self, model: Any) -> str | None:
+        """The argument of the model's forward that takes the mask of the states when the
+        encoder graph returns one; None: it goes in the encoder's output, where the
+        model reads it."""
+        return None
+
     def encoder_bound(self, config: Any) -> int:
         """The largest encoder length declared and checked."""
         return sequence_bound(config)
@@ -469,6 +484,7 @@ class Seq2Seq(Task):
         # the decoder reads from the encoder's output instead of the input's mask.
         with_mask = getattr(probe, "attention_mask", None) is not None
         states_output = self.states_output(model)
+        mask_argument = self.states_mask_argument(model) if with_mask else None
         encoder = Encoder(model, with_mask=with_mask, states=states_output)
         channels = decoder_channels(config)
         if channels:
@@ -501,7 +517,7 @@ class Seq2Seq(Task):
             # with the family's eager fixes, as validate's reference: a decoder that
             # changed its inputs in place would otherwise store changed states in the sets
             with torch.no_grad(), eager_fixes(model):
-                prefill = DecoderInit(model, cache_argument, states_output)(
+                prefill = DecoderInit(model, cache_argument, states_output, mask_argument)(
                     prefix, states, **masks, decoder_attention_mask=prefix_mask
                 )
             # in the order of DecoderStep.forward: the ONNX inputs follow it
@@ -576,14 +592,14 @@ class Seq2Seq(Task):
                 Component("encoder", encoder, side.sets, side.dynamic_shapes, side.labels),
                 Component(
                     "decoder_init",
-                    DecoderInit(model, cache_argument, states_output),
+                    DecoderInit(model, cache_argument, states_output, mask_argument),
                     init_sets,
                     init_shapes,
                     init_labels,
                 ),
                 Component(
                     "decoder",
-                    DecoderStep(model, cache_argument, states_output),
+                    DecoderStep(model, cache_argument, states_output, mask_argument),
                     step_sets,
                     step_shapes,
                     step_labels,

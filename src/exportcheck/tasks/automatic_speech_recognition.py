@@ -18,6 +18,12 @@ text encoder side of text2text-generation: right-padded token ids of its encoder
 vocabulary and their mask. A model whose encoder
 accepts one length only (Whisper: ``2 * max_source_positions`` frames, which its feature
 extractor reaches by padding every clip with silence) keeps that length static.
+
+A family's ``input_layouts`` entry can say what differs (:func:`_layout`): a port of a
+feature extractor that does not install, and for a model whose encoder takes embeddings
+its ``generate`` builds from the features, the wrapper of the encoder graph that builds
+them, the inputs it takes besides the features, and how ``generate`` is called on the
+generation stage's inputs.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import inspect
 from typing import Any
 
 from ..dims import BATCH_MAX
-from . import register
+from ..families import INPUT_LAYOUTS
+from ..models import UntrainedModel
+from . import Generation, register
 from ._encoder import token_inputs
 from ._seq2seq import EncoderSide, Seq2Seq
 
@@ -41,6 +49,22 @@ BOUND_UNITS = 32
 #: the shortest clip the export declares, in units (1/8 s): convolutions over the raw
 #: audio need a few hundred samples (moonshine's first one alone takes 127)
 SHORTEST_UNITS = 2
+
+
+def _layout(config: Any) -> dict[str, Any]:
+    """The family's ``input_layouts`` entry of the model type of ``config`` (empty when
+    it has none). The keys this task reads: ``feature_extractor`` (see
+    :func:`feature_extractor`); ``encoder``, a function returning the wrapper module of
+    the encoder graph when the model's encoder does not take the audio itself (its
+    forward's arguments are the graph's inputs, and it returns the states and their
+    mask); ``conditioning``, a function ``(model, batch, generator)`` giving the inputs
+    that wrapper takes besides the feature extractor's, each with a batch dimension;
+    ``generation``, a function ``(model, feeds)`` giving the graphs' inputs of the
+    generation stage and the keyword arguments of the model's ``generate`` on the same;
+    ``states_mask_argument``, the argument of the model's forward that takes the states'
+    mask; ``generation_config``, a function of the config giving attributes set on the
+    model's generation config when it is built."""
+    return INPUT_LAYOUTS.get(getattr(config, "model_type", None), ({}, ""))[0]
 
 
 def _model_types(config: Any) -> list[str]:
@@ -83,8 +107,6 @@ def feature_extractor(config: Any, input_name: str) -> Any:
     """
     import transformers
 
-    from ..families import INPUT_LAYOUTS
-
     declared = INPUT_LAYOUTS.get(config.model_type, ({}, ""))[0].get("feature_extractor")
     if declared is not None:
         return declared(config)
@@ -120,10 +142,14 @@ def feature_extractor(config: Any, input_name: str) -> Any:
 
 def processor_padding(config: Any) -> dict[str, Any]:
     """The padding the model type's processor asks of its feature extractor
-    (``pad_to_multiple_of``: moonshine_streaming's frames of 80 samples), if any."""
+    (``pad_to_multiple_of``: moonshine_streaming's frames of 80 samples), if any; none
+    when the family gives the feature extractor (a port of one whose backends do not
+    install, as its processor's do not: the port pads as the extractor does)."""
     import transformers
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
+    if _layout(config).get("feature_extractor") is not None:
+        return {}
     name = PROCESSOR_MAPPING_NAMES.get(config.model_type)
     cls = getattr(transformers, name, None) if name else None
     audio = getattr(cls, "audio_kwargs", None) or {}
@@ -190,13 +216,24 @@ class SpeechSeq2Seq(Seq2Seq):
         audio = any(n in p for n in ("input_features", "input_values") for p in (encoder, outer))
         return "input_ids" in encoder and not audio
 
+    def new_model(self, config: Any) -> Any:
+        """:meth:`Seq2Seq.new_model`, with the attributes the family sets on its
+        generation config (``generation_config`` in its input layout)."""
+        model = super().new_model(config)
+        settings = _layout(config).get("generation_config")
+        for key, value in (settings(config) if settings else {}).items():
+            setattr(model.generation_config, key, value)
+        return model
+
     def _audio(self, model: Any, config: Any) -> _Audio:
-        encoder = model.get_encoder()
+        wrapper = _layout(config).get("encoder")
+        encoder = wrapper() if wrapper is not None else model.get_encoder()
         params = inspect.signature(encoder.forward).parameters
         name = next((n for n in ("input_features", "input_values") if n in params), None)
         if name is None:
             raise ValueError(
-                f"{type(encoder).__name__}.forward takes neither input_features nor "
+                f"{encoder.__name__ if wrapper else type(encoder).__name__}.forward takes "
+                "neither input_features nor "
                 f"input_values (it takes {', '.join(list(params)[:4])}): not an audio encoder"
             )
         extractor = feature_extractor(config, name)
@@ -249,6 +286,9 @@ class SpeechSeq2Seq(Seq2Seq):
         feeds = {audio.name: out[audio.name].to(torch.float32)}
         if audio.mask:
             feeds["attention_mask"] = out["attention_mask"].to(torch.int64)
+        conditioning = _layout(config).get("conditioning")
+        if conditioning is not None:
+            feeds.update(conditioning(model, batch, generator))
         return feeds
 
     def encoder_side(
@@ -279,8 +319,8 @@ class SpeechSeq2Seq(Seq2Seq):
             )
         ]
         with torch.no_grad():
-            Encoder = _encoder_class(audio.name)
-            lengths = [Encoder(model)(**sets[i]).shape[1] for i in (0, len(sets) - 1)]
+            Encoder = self._encoder_class(config, audio.name)
+            lengths = [_states_of(Encoder(model)(**sets[i])).shape[1] for i in (0, len(sets) - 1)]
         if audio.fixed:
             notes.append(
                 f"input length static: the encoder accepts {sets[0][audio.name].shape[axis]} "
@@ -301,6 +341,11 @@ class SpeechSeq2Seq(Seq2Seq):
         dynamic_shapes = {audio.name: dims}
         if audio.mask:
             dynamic_shapes["attention_mask"] = mask_dims
+        for name in sets[0]:
+            if name not in dynamic_shapes:  # the family's conditioning: one per row
+                dynamic_shapes[name] = {0: batch}
+        if _layout(config).get("encoder") is not None:
+            notes.append(f"encoder graph: {INPUT_LAYOUTS[config.model_type][1]}")
         labels = []
         for feeds, (b, _, padding, *_) in zip(sets, shapes, strict=True):
             unit = "frames" if audio.name == "input_features" else "audio"
@@ -311,6 +356,56 @@ class SpeechSeq2Seq(Seq2Seq):
                 label += " at bounds"
             labels.append(label)
         return EncoderSide(sets, dynamic_shapes, mask_dims, states_length, labels, notes)
+
+    def _encoder_class(self, config: Any, name: str) -> type:
+        """The wrapper of the encoder graph: the family's (``encoder`` in its input
+        layout), else the one of the audio input ``name``."""
+        wrapper = _layout(config).get("encoder")
+        return wrapper() if wrapper is not None else _encoder_class(name)
+
+    def encoder_class(self, model: Any, side: EncoderSide) -> type:
+        """The family's wrapper of the encoder graph, else :meth:`Seq2Seq.encoder_class`."""
+        if _layout(model.config).get("encoder") is not None:
+            return self._encoder_class(model.config, "")
+        return super().encoder_class(model, side)
+
+    def encoder_outputs(self, model: Any, feeds: dict[str, Any]) -> Any:
+        """The family's wrapper's states and mask, else :meth:`Seq2Seq.encoder_outputs`."""
+        if _layout(model.config).get("encoder") is None:
+            return super().encoder_outputs(model, feeds)
+        import types
+
+        out = self._encoder_class(model.config, "")(model)(**feeds)
+        return types.SimpleNamespace(**out)
+
+    def states_mask_argument(self, model: Any) -> str | None:
+        """The family's ``states_mask_argument``, else None."""
+        return _layout(model.config).get("states_mask_argument")
+
+    def generation_inputs(self, m: UntrainedModel) -> dict[str, Any]:
+        """:meth:`Seq2Seq.generation_inputs`, as the family's ``generation`` gives them to
+        the graphs."""
+        feeds = super().generation_inputs(m)
+        generation = _layout(m.config).get("generation")
+        return generation(m.model, feeds)[0] if generation is not None else feeds
+
+    def generate_eager(self, m: UntrainedModel) -> Generation:
+        """:meth:`Seq2Seq.generate_eager`, the model's ``generate`` called with the
+        arguments the family's ``generation`` gives for the graphs' inputs."""
+        generation = _layout(m.config).get("generation")
+        if generation is None:
+            return super().generate_eager(m)
+        from ._seq2seq import decoder_start
+        from .text_generation import greedy_generate
+
+        arguments = generation(m.model, super().generation_inputs(m))[1]
+        start = decoder_start(m.model, m.config)
+        return greedy_generate(m.model, arguments, self.new_tokens, decoder_start_token_id=start)
+
+
+def _states_of(out: Any) -> Any:
+    """The states of an encoder wrapper's output (a tensor, or a dict with its mask)."""
+    return out["last_hidden_state"] if isinstance(out, dict) else out
 
 
 def _length_axis(sets: list[dict[str, Any]], name: str) -> int:
