@@ -182,10 +182,10 @@ def test_audio_ledger_entries_still_fail_to_build_with_their_error(model_type, t
 
 
 def test_the_audio_ledger_covers_the_types_that_cannot_be_built():
-    assert {t for t, _ in _audio_ledger()} >= {
-        "kyutai_speech_to_text",
-        "vibevoice",
-    }
+    ledger = {t for t, _ in _audio_ledger()}
+    assert "vibevoice" in ledger
+    # built as an audio LM with added audio (its family's codec step)
+    assert "kyutai_speech_to_text" not in ledger
 
 
 class _Extractor:
