@@ -5,7 +5,9 @@ The ways, all on the same weights (random, float32) and the same inputs:
 - ``eager``: PyTorch, ``model(...)`` under ``torch.no_grad``;
 - ``plain``: exportcheck's ONNX (``torch.export`` with dynamic shapes, then
   ``torch.onnx.export``), in onnxruntime;
-- ``fused``: the same graph rewritten by :func:`exportcheck.runtimes.onnx_ort.fuse_for_ort`;
+- ``fused``: the same graph rewritten by :func:`exportcheck.runtimes.onnx_ort.fuse_for_ort`,
+  its rotary tables stored for ``max_position_embeddings`` positions (``rotary_rows``),
+  the length the model builder's graph serves too (its ``context_length``);
 - ``hf``: ``transformers.exporters``' ``OnnxExporter`` (dynamic), in onnxruntime;
 - ``builder``: the onnxruntime-genai model builder's ONNX (``-p fp32 -e cpu``) of the same
   folder, in onnxruntime.
@@ -106,7 +108,8 @@ def convert(way: str, folder: str) -> str:
             if not os.path.exists(plain):  # the fused graph is the plain one rewritten
                 convert("plain", folder)
             path = os.path.join(out, "model.onnx")
-            print(json.dumps({"fusions": fuse_for_ort(plain, path)}))
+            rows = _config(folder).max_position_embeddings
+            print(json.dumps({"fusions": fuse_for_ort(plain, path, rotary_rows=rows)}))
             return path
         m = _exportcheck_model(folder)
         with export_patches(m.model), torch.no_grad():

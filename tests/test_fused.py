@@ -303,3 +303,41 @@ def test_rotary_stays_outside_the_attention_unless_its_positions_follow_the_cach
     assert not _positions_follow_cache(values["given"], values["past"], g)
     g, values, positions = graph(start=1)  # one past the cache length: not GQA's
     assert not _positions_follow_cache(positions, values["past"], g)
+
+
+@pytest.mark.models
+def test_rotary_tables_as_constants_give_the_computed_values_up_to_their_rows(tmp_path):
+    # fuse_for_ort(rotary_rows=N) stores the cos/sin tables GroupQueryAttention reads,
+    # which the graph otherwise computes at each call for every position up to the
+    # longest: the same values position for position, and a clear refusal beyond N
+    import numpy as np
+    import onnxruntime
+
+    from exportcheck import ort_feeds
+    from exportcheck.runtimes.onnx_ort import fuse_for_ort
+
+    plain = str(tmp_path / "plain.onnx")
+    m = _gqa_llama_onnx(plain)
+    computed, stored = str(tmp_path / "computed.onnx"), str(tmp_path / "stored.onnx")
+    assert "rotary_tables_as_constants" not in fuse_for_ort(plain, computed)
+    assert fuse_for_ort(plain, stored, rotary_rows=32)["rotary_tables_as_constants"] == 1
+    ops = {n.op_type for n in onnx.load(stored).graph.node}
+    assert {"Cos", "Sin"} <= {n.op_type for n in onnx.load(computed).graph.node}
+    assert not {"Cos", "Sin"} & ops, ops
+    a, b = (
+        onnxruntime.InferenceSession(p, providers=["CPUExecutionProvider"])
+        for p in (computed, stored)
+    )
+    within = beyond = 0
+    for inputs in [m.inputs, *m.other_inputs]:
+        total = inputs["attention_mask"].shape[1]
+        if total <= 32:
+            got, expected = b.run(None, ort_feeds(b, inputs)), a.run(None, ort_feeds(a, inputs))
+            for x, y in zip(got, expected, strict=True):
+                np.testing.assert_array_equal(x, y)
+            within += 1
+        else:
+            with pytest.raises(Exception, match="cos_cache dimension 0 shall not be less"):
+                b.run(None, ort_feeds(b, inputs))
+            beyond += 1
+    assert within and beyond, (within, beyond)

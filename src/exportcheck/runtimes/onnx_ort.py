@@ -32,6 +32,7 @@ from .ort_gqa import (
     rotary_frequencies_as_matmul,
     rotary_into_gqa,
     rotary_positions_per_row,
+    rotary_tables_as_constants,
 )
 from .ort_pack import pack_shared_matmuls
 
@@ -41,10 +42,16 @@ __all__ = ["FUSIONS_KEY", "OnnxFusedRuntime", "fuse_for_ort"]
 FUSIONS_KEY = "exportcheck.ort_fusions"
 
 
-def fuse_for_ort(source: str, target: str) -> dict[str, int]:
+def fuse_for_ort(source: str, target: str, rotary_rows: int | None = None) -> dict[str, int]:
     """Rewrite the ONNX model at ``source`` with onnxruntime's fused operators and save it
     at ``target``; returns the number of each fusion applied (also stored in the model's
-    metadata under :data:`FUSIONS_KEY`)."""
+    metadata under :data:`FUSIONS_KEY`).
+
+    ``rotary_rows``: store the rotary cos/sin tables ``GroupQueryAttention`` reads as
+    constants of that many positions instead of computing them at every call
+    (:func:`.ort_gqa.rotary_tables_as_constants`); the graph then refuses longer
+    sequences. ``None`` (the default, and what validation checks) keeps them computed.
+    """
     import onnx_ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
@@ -62,6 +69,8 @@ def fuse_for_ort(source: str, target: str) -> dict[str, int]:
     counts["rotary_frequencies_as_matmul"] = rewritten
     counts["packed_matmul"] = pack_shared_matmuls(model)
     counts["rotary_in_group_query_attention"] = rotary_into_gqa(model)
+    if rotary_rows is not None:
+        counts["rotary_tables_as_constants"] = rotary_tables_as_constants(model, rotary_rows)
     gemm_inputs_as_matrices(model)  # a repair, not a fusion: not counted
     applied = {name: int(n) for name, n in sorted(counts.items()) if n}
     model.metadata_props[FUSIONS_KEY] = json.dumps(applied)

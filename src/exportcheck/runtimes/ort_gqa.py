@@ -45,6 +45,7 @@ __all__ = [
     "rotary_frequencies_as_matmul",
     "rotary_into_gqa",
     "rotary_positions_per_row",
+    "rotary_tables_as_constants",
 ]
 
 
@@ -421,6 +422,121 @@ def _remove_unused(graph: Any) -> None:
     for name, value in list(graph.initializers.items()):
         if not value.uses() and value not in outputs and value not in graph.inputs:
             graph.initializers.pop(name)
+
+
+def rotary_tables_as_constants(model: Any, rows: int) -> int:
+    """Replace the cos/sin tables ``GroupQueryAttention`` rotates with, which the graph
+    computes at every call, by constant tables of ``rows`` positions; returns how many
+    pairs of tables were replaced.
+
+    The graph computes them for positions ``0 .. n-1`` (``Range``) with ``n`` one more
+    than the largest position of the call: each decode step takes the cosine and sine of
+    ``n`` times ``head_dim / 2`` angles, a cost that grows with the cache. Where every
+    other input of that computation is a constant, the same nodes are run once by
+    onnxruntime on ``arange(rows)`` and their outputs stored, so the values are the ones
+    the graph computed, position for position. The operator refuses a call whose total
+    length exceeds ``rows`` (``cos_cache dimension 0 shall not be less than
+    total_sequence_length``): ``rows`` is the longest sequence the graph then serves,
+    ``max_position_embeddings`` for a model that declares it. Tables computed from
+    anything else than the positions (a scaling that depends on the length) are left as
+    they are.
+    """
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime
+
+    graph = model.graph
+    replaced: dict[tuple[int, int], tuple[Any, Any]] = {}
+    count = 0
+    for node in list(graph):
+        if node.op_type != "GroupQueryAttention" or node.domain != "com.microsoft":
+            continue
+        inputs = list(node.inputs)
+        if len(inputs) < 9 or inputs[7] is None or inputs[8] is None:
+            continue
+        cos, sin = inputs[7], inputs[8]
+        key = (id(cos), id(sin))
+        if key not in replaced:
+            found = _table_computation([cos, sin], graph)
+            if found is None:
+                continue
+            positions, nodes = found
+            proto = onnx.helper.make_model(
+                onnx.helper.make_graph(
+                    [ir.serde.serialize_node(n) for n in nodes],
+                    "rotary_tables",
+                    [ir.serde.serialize_value(positions)],
+                    [ir.serde.serialize_value(cos), ir.serde.serialize_value(sin)],
+                    [ir.serde.serialize_tensor(v.const_value) for v in _constant_leaves(nodes)],
+                ),
+                opset_imports=[
+                    onnx.helper.make_opsetid(domain, version)
+                    for domain, version in model.opset_imports.items()
+                ],
+            )
+            session = onnxruntime.InferenceSession(
+                proto.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
+            dtype = positions.dtype.numpy()
+            tables = session.run(None, {positions.name: np.arange(rows, dtype=dtype)})
+            values = []
+            for name, table in zip(("cos", "sin"), tables, strict=True):
+                value = ir.Value(
+                    name=f"rotary_{name}_table_{len(replaced)}",
+                    const_value=ir.tensor(np.ascontiguousarray(table)),
+                )
+                value.shape, value.type = (
+                    ir.Shape(table.shape),
+                    ir.TensorType(ir.DataType.from_numpy(table.dtype)),
+                )
+                graph.register_initializer(value)
+                values.append(value)
+            replaced[key] = (values[0], values[1])
+        node.replace_input_with(7, replaced[key][0])
+        node.replace_input_with(8, replaced[key][1])
+        count += 1
+    if count:
+        _remove_unused(graph)
+    return len(replaced) if count else 0
+
+
+def _table_computation(outputs: list, graph: Any) -> tuple[Any, list] | None:
+    """``(positions, nodes)`` when ``outputs`` are computed by ``nodes`` from the output
+    of one ``Range(0, n, 1)`` (``positions``) and constants alone, else None."""
+    nodes: dict[int, Any] = {}
+    positions = None
+    stack = list(outputs)
+    while stack:
+        value = stack.pop()
+        if value is None or value.const_value is not None:
+            continue
+        producer = value.producer()
+        if producer is None:
+            return None  # a graph input reached other than through the positions
+        if producer.op_type == "Range" and producer.domain in ("", "ai.onnx"):
+            if _const_int(producer.inputs[0]) != 0 or _const_int(producer.inputs[2]) != 1:
+                return None
+            if positions is not None and positions is not value:
+                return None
+            positions = value
+            continue
+        if id(producer) not in nodes:
+            nodes[id(producer)] = producer
+            stack.extend(producer.inputs)
+    if positions is None or positions.dtype is None:
+        return None
+    order = {id(n): i for i, n in enumerate(graph)}
+    return positions, sorted(nodes.values(), key=lambda n: order.get(id(n), 0))
+
+
+def _constant_leaves(nodes: list) -> list:
+    """The constant inputs of ``nodes`` (initializers), once each."""
+    seen: dict[int, Any] = {}
+    for node in nodes:
+        for value in node.inputs:
+            if value is not None and value.const_value is not None and value.producer() is None:
+                seen.setdefault(id(value), value)
+    return list(seen.values())
 
 
 def rotary_frequencies_as_matmul(model: Any) -> int:
