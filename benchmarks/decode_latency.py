@@ -658,6 +658,15 @@ def render(report: dict) -> str:
         else:
             cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
+    spread = _repeat_ratios(report, "fused", "builder")
+    if spread:
+        repeats = len({r["repeat"] for r in report["runs"]})
+        lines += [
+            "",
+            f"{TITLES['fused']} / builder within each of the {repeats} repeats (lowest to "
+            "highest): "
+            + ", ".join(f"{key} {low:.2f} to {high:.2f}" for key, (low, high) in spread.items()),
+        ]
     peaks = ", ".join(
         f"{TITLES[w]} {max(r['peak_kb'] for r in report['runs'] if r['way'] == w) / 2**20:.2f}"
         for w in ways
@@ -672,6 +681,21 @@ def render(report: dict) -> str:
         fusions = report["convert"]["fused"].get("fusions", {})
         lines.append("fusions: " + ", ".join(f"{k} {v}" for k, v in fusions.items()))
     return "\n".join(lines)
+
+
+def _repeat_ratios(report: dict, way: str, base: str) -> dict:
+    """{shape key: (lowest, highest)} of ``way``'s time over ``base``'s within each
+    repeat (the two processes that ran one after the other), when there are several."""
+    times = {(r["way"], r["repeat"]): r["times"] for r in report["runs"]}
+    repeats = sorted({r for w, r in times if (way, r) in times and (base, r) in times})
+    if len(repeats) < 2:
+        return {}
+    spread = {}
+    for kind, batch, length in report["shapes"]:
+        key = f"{kind} b{batch} L{length}"
+        ratios = [times[way, r][key] / times[base, r][key] for r in repeats]
+        spread[key] = (min(ratios), max(ratios))
+    return spread
 
 
 def _medians(report: dict) -> dict:
