@@ -341,3 +341,93 @@ def test_rotary_tables_as_constants_give_the_computed_values_up_to_their_rows(tm
                 b.run(None, ort_feeds(b, inputs))
             beyond += 1
     assert within and beyond, (within, beyond)
+
+
+def test_rotary_tables_are_stored_only_when_computed_from_positions_and_constants():
+    # the tables' frequencies in a Constant node (the walk stops at its output and hands
+    # it to the evaluation as an initializer); a factor the graph takes as an input keeps
+    # the tables computed
+    import numpy as np
+    import onnx_ir
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exportcheck.runtimes.ort_gqa import rotary_tables_as_constants
+
+    def model(factor_input: bool):
+        freqs = (0.5 ** np.arange(8, dtype=np.float32))[None]  # head size 16
+        nodes = [
+            helper.make_node("Range", ["zero", "n", "one"], ["positions"]),
+            helper.make_node("Cast", ["positions"], ["fpos"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["fpos", "axis"], ["column"]),
+            helper.make_node(
+                "Constant", [], ["freqs"], value=numpy_helper.from_array(freqs, "freqs")
+            ),
+            helper.make_node("Mul", ["column", "freqs"], ["angles0"]),
+            helper.make_node(
+                "Mul" if factor_input else "Identity",
+                ["angles0", "factor"] if factor_input else ["angles0"],
+                ["angles"],
+            ),
+            helper.make_node("Cos", ["angles"], ["cos"]),
+            helper.make_node("Sin", ["angles"], ["sin"]),
+            helper.make_node(
+                "GroupQueryAttention",
+                ["q", "k", "v", "past_k", "past_v", "seqlens_k", "total", "cos", "sin"],
+                ["out", "present_k", "present_v"],
+                domain="com.microsoft",
+                num_heads=2,
+                kv_num_heads=1,
+                do_rotary=1,
+            ),
+        ]
+        inputs = [
+            helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 1, 32]),
+            helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 1, 16]),
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 1, 16]),
+            helper.make_tensor_value_info("past_k", TensorProto.FLOAT, [1, 1, "p", 16]),
+            helper.make_tensor_value_info("past_v", TensorProto.FLOAT, [1, 1, "p", 16]),
+            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+            helper.make_tensor_value_info("total", TensorProto.INT32, []),
+            helper.make_tensor_value_info("n", TensorProto.INT64, []),
+        ]
+        if factor_input:
+            inputs.append(helper.make_tensor_value_info("factor", TensorProto.FLOAT, []))
+        inits = [
+            helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+            helper.make_tensor("one", TensorProto.INT64, [], [1]),
+            helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+        ]
+        outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+        opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+        graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+        return helper.make_model(graph, opset_imports=opsets)
+
+    rng = np.random.default_rng(0)
+    past = 5
+    feeds = {
+        "q": rng.standard_normal((1, 1, 32)).astype(np.float32),
+        "k": rng.standard_normal((1, 1, 16)).astype(np.float32),
+        "v": rng.standard_normal((1, 1, 16)).astype(np.float32),
+        "past_k": rng.standard_normal((1, 1, past, 16)).astype(np.float32),
+        "past_v": rng.standard_normal((1, 1, past, 16)).astype(np.float32),
+        "seqlens_k": np.array([past], dtype=np.int32),
+        "total": np.array(past + 1, dtype=np.int32),
+        "n": np.array(past + 1, dtype=np.int64),
+    }
+    computed = model(factor_input=False)
+    rewritten = onnx_ir.from_proto(computed)
+    assert rotary_tables_as_constants(rewritten, 16) == 1
+    stored = onnx_ir.to_proto(rewritten)
+    assert [n.op_type for n in stored.graph.node] == ["GroupQueryAttention"]
+    run = [
+        onnxruntime.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
+        for p in (computed, stored)
+    ]
+    expected = run[0].run(None, feeds)[0]
+    got = run[1].run(None, feeds)[0]
+    np.testing.assert_array_equal(got, expected)
+
+    scaled = onnx_ir.from_proto(model(factor_input=True))
+    assert rotary_tables_as_constants(scaled, 16) == 0
+    assert {"Cos", "Sin"} <= {n.op_type for n in scaled.graph}

@@ -29,6 +29,10 @@ the ones the operator computes (the cache length plus each new token's index), a
 queries, keys and values packed as one input when one ``MatMul`` computes them
 (:mod:`.ort_pack`).
 
+On request (``fuse_for_ort(rotary_rows=N)``), :func:`rotary_tables_as_constants` stores
+the cos/sin tables the operator reads for ``N`` positions, which the graph otherwise
+computes at every call for every position up to the longest.
+
 Every rewrite is structural: it applies to the nodes of the form it names and leaves
 every other node as it was; the fused graph is then checked against eager like any other.
 """
@@ -460,14 +464,14 @@ def rotary_tables_as_constants(model: Any, rows: int) -> int:
             found = _table_computation([cos, sin], graph)
             if found is None:
                 continue
-            positions, nodes = found
+            positions, dtype, nodes = found
             proto = onnx.helper.make_model(
                 onnx.helper.make_graph(
                     [ir.serde.serialize_node(n) for n in nodes],
                     "rotary_tables",
-                    [ir.serde.serialize_value(positions)],
-                    [ir.serde.serialize_value(cos), ir.serde.serialize_value(sin)],
-                    [ir.serde.serialize_tensor(v.const_value) for v in _constant_leaves(nodes)],
+                    [onnx.helper.make_tensor_value_info(positions.name, dtype, [None])],
+                    [onnx.helper.make_empty_tensor_value_info(v.name) for v in (cos, sin)],
+                    [_named_tensor(v) for v in _constant_leaves(nodes)],
                 ),
                 opset_imports=[
                     onnx.helper.make_opsetid(domain, version)
@@ -477,8 +481,8 @@ def rotary_tables_as_constants(model: Any, rows: int) -> int:
             session = onnxruntime.InferenceSession(
                 proto.SerializeToString(), providers=["CPUExecutionProvider"]
             )
-            dtype = positions.dtype.numpy()
-            tables = session.run(None, {positions.name: np.arange(rows, dtype=dtype)})
+            arange = np.arange(rows, dtype=onnx.helper.tensor_dtype_to_np_dtype(dtype))
+            tables = session.run(None, {positions.name: arange})
             values = []
             for name, table in zip(("cos", "sin"), tables, strict=True):
                 value = ir.Value(
@@ -500,9 +504,10 @@ def rotary_tables_as_constants(model: Any, rows: int) -> int:
     return len(replaced) if count else 0
 
 
-def _table_computation(outputs: list, graph: Any) -> tuple[Any, list] | None:
-    """``(positions, nodes)`` when ``outputs`` are computed by ``nodes`` from the output
-    of one ``Range(0, n, 1)`` (``positions``) and constants alone, else None."""
+def _table_computation(outputs: list, graph: Any) -> tuple[Any, int, list] | None:
+    """``(positions, their ONNX element type, nodes)`` when ``outputs`` are computed by
+    ``nodes`` from the output of one ``Range(0, n, 1)`` (``positions``) and constants
+    alone, else None."""
     nodes: dict[int, Any] = {}
     positions = None
     stack = list(outputs)
@@ -523,18 +528,31 @@ def _table_computation(outputs: list, graph: Any) -> tuple[Any, list] | None:
         if id(producer) not in nodes:
             nodes[id(producer)] = producer
             stack.extend(producer.inputs)
-    if positions is None or positions.dtype is None:
+    if positions is None:
         return None
+    start = positions.producer().inputs[0]  # a constant: its type is the positions'
+    dtype = positions.dtype or start.const_value.dtype
     order = {id(n): i for i, n in enumerate(graph)}
-    return positions, sorted(nodes.values(), key=lambda n: order.get(id(n), 0))
+    return positions, int(dtype), sorted(nodes.values(), key=lambda n: order.get(id(n), 0))
+
+
+def _named_tensor(value: Any) -> Any:
+    """The constant of ``value`` as a TensorProto under the value's name, its data inline
+    (a side file of the model would not be found from a model built in memory)."""
+    import onnx_ir as ir
+
+    proto = ir.serde.serialize_tensor(ir.tensor(value.const_value.numpy()))
+    proto.name = value.name
+    return proto
 
 
 def _constant_leaves(nodes: list) -> list:
-    """The constant inputs of ``nodes`` (initializers), once each."""
+    """The constant inputs of ``nodes`` (initializers, outputs of ``Constant`` nodes the
+    walk stopped at), once each."""
     seen: dict[int, Any] = {}
     for node in nodes:
         for value in node.inputs:
-            if value is not None and value.const_value is not None and value.producer() is None:
+            if value is not None and value.const_value is not None:
                 seen.setdefault(id(value), value)
     return list(seen.values())
 
