@@ -29,12 +29,22 @@ by summing a 1 GiB tensor with the same thread count.
     python benchmarks/decode_latency.py HuggingFaceTB/SmolLM2-135M --repeat 3
     python benchmarks/decode_latency.py meta-llama/Llama-3.2-1B --repeat 1 --prefill 128
 
+With ``--interleave``, every way is loaded in its own process at once (under
+``/usr/bin/time -v``) and the driver alternates single timed calls between them, the
+order rotating from one round to the next, ``--runs`` rounds per shape: each way meets the
+machine's slow and fast moments alike, where one process after another can each land in
+one. The table then also gives the quartiles of each round's fused / builder ratio. All
+ways are in memory together: for a large model, list fewer ``--ways``.
+
+    python benchmarks/decode_latency.py HuggingFaceTB/SmolLM2-135M --interleave --runs 20
+
 Writes the table (markdown) to stdout and everything measured to ``--out`` (JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -417,6 +427,88 @@ def weight_bytes(folder: str) -> int:
 # ----------------------------------------------------------------- the driver
 
 
+def serve(way: str, folder: str, threads: int) -> None:
+    """A child of ``--interleave``: load the way, check it, say ``ready``, then time one
+    call per shape read from stdin (``[kind, batch, length]``, one JSON line each) and
+    print its seconds; the inputs are built anew before each call, outside the timing."""
+    config = _config(folder)
+    runner = _Runner(way, folder, threads)
+    check(runner, folder, config)
+    print("ready", flush=True)
+    cases: dict = {}
+    for line in sys.stdin:
+        kind, batch, length = json.loads(line)
+        if (kind, batch, length) not in cases:
+            cases.clear()  # one shape at a time: the driver goes through them in order
+            past, new = (length, 1) if kind == "decode" else (0, length)
+            cases[kind, batch, length] = _case(config, batch, past, new, seed=2)
+        prepared = runner.prepared(cases[kind, batch, length])
+        begin = time.perf_counter()
+        runner.call(prepared)
+        print(json.dumps(time.perf_counter() - begin), flush=True)
+
+
+def interleaved(args, folder: str, shapes: list) -> dict:
+    """Every way in its own process at once, single calls alternating (``--interleave``):
+    ``{"runs": [...], "rounds": {shape: {way: [seconds, ...]}}}``."""
+    procs, logs = {}, {}
+    with contextlib.ExitStack() as stack:
+        try:
+            for way in args.ways:
+                logs[way] = stack.enter_context(tempfile.TemporaryFile(mode="w+"))
+                cmd = [
+                    "/usr/bin/time", "-v", sys.executable, __file__, args.source,
+                    "--threads", str(args.threads), "--_do", "serve", folder, way,
+                ]  # fmt: skip
+                procs[way] = subprocess.Popen(
+                    cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[way], text=True
+                )
+                if procs[way].stdout.readline().strip() != "ready":  # loaded and checked
+                    logs[way].seek(0)
+                    sys.stderr.write(logs[way].read()[-4000:])
+                    raise RuntimeError(f"{way} did not load: its process's log is above")
+
+            def call(way: str, shape) -> float:
+                procs[way].stdin.write(json.dumps(shape) + "\n")
+                procs[way].stdin.flush()
+                seconds = float(procs[way].stdout.readline())
+                time.sleep(0.05)  # the idle threads of the process that ran stop spinning
+                return seconds
+
+            rounds: dict = {}
+            ways = list(procs)
+            for kind, batch, length in shapes:
+                key = f"{kind} b{batch} L{length}"
+                for way in ways:  # the first call of a shape warms up
+                    call(way, [kind, batch, length])
+                times: dict = {w: [] for w in ways}
+                for r in range(args.runs):
+                    for way in ways[r % len(ways) :] + ways[: r % len(ways)]:
+                        times[way].append(call(way, [kind, batch, length]))
+                rounds[key] = times
+                print(
+                    f"{key}: "
+                    + ", ".join(
+                        f"{w} {1e3 * statistics.median(t):.1f} ms" for w, t in times.items()
+                    ),
+                    file=sys.stderr,
+                )
+        finally:
+            for proc in procs.values():
+                if proc.stdin:
+                    proc.stdin.close()
+            for proc in procs.values():
+                proc.wait()
+        runs = []
+        for way in ways:
+            logs[way].seek(0)
+            log = logs[way].read()
+            peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", log).group(1))
+            medians = {key: statistics.median(t[way]) for key, t in rounds.items()}
+            runs.append({"way": way, "repeat": 0, "times": medians, "peak_kb": peak})
+        return {"runs": runs, "rounds": rounds}
+
+
 def _timed_process(source: str, args: list[str]) -> tuple[str, int]:
     """Runs ``this script source args`` under /usr/bin/time -v: (stdout, peak RSS in kB)."""
     cmd = ["/usr/bin/time", "-v", sys.executable, __file__, source, *args]
@@ -444,6 +536,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--runs", type=int, default=5, help="timed calls per shape (median)")
     parser.add_argument("--repeat", type=int, default=3, help="processes per way, alternating")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="load every way in its own process at once and alternate single calls "
+        "between them, --runs rounds per shape (--repeat is not used)",
+    )
     parser.add_argument("--layers", type=int, help="fewer layers (a quick trial)")
     parser.add_argument("--out", help="write everything measured here (JSON)")
     parser.add_argument(
@@ -474,6 +572,8 @@ def main() -> None:
             print(json.dumps(measure(rest[0], folder, shapes, args.threads, args.runs)))
         elif step == "check":
             check(_Runner(rest[0], folder, args.threads), folder, _config(folder))
+        elif step == "serve":
+            serve(rest[0], folder, args.threads)
         elif step == "bandwidth":
             print(json.dumps({"bandwidth": bandwidth(args.threads)}))
         return
@@ -560,7 +660,13 @@ def run(args, folder: str) -> dict:
         return report
     common = ["--threads", str(args.threads), "--runs", str(args.runs)]
     bandwidths = []
-    for r in range(args.repeat):
+    if args.interleave:  # the probe before and after the rounds
+        out, _ = _timed_process(args.source, [*common, "--_do", "bandwidth", folder])
+        bandwidths.append(json.loads(out)["bandwidth"])
+        report.update(interleaved(args, folder, shapes), interleaved_rounds=args.runs)
+        out, _ = _timed_process(args.source, [*common, "--_do", "bandwidth", folder])
+        bandwidths.append(json.loads(out)["bandwidth"])
+    for r in range(0 if args.interleave else args.repeat):
         order = args.ways[r % len(args.ways) :] + args.ways[: r % len(args.ways)]
         out, _ = _timed_process(args.source, [*common, "--_do", "bandwidth", folder])
         bandwidths.append(json.loads(out)["bandwidth"])
@@ -626,7 +732,13 @@ def render(report: dict) -> str:
         + (f" ({report['layers']} layers)" if report.get("layers") else "")
         + f", float32, {report['threads']} threads, {report['machine']}, {report['date']}; "
         f"read bandwidth {report['bandwidth'] / 1e9:.1f} GB/s, weights "
-        f"{report['weight_bytes'] / 1e6:.0f} MB",
+        f"{report['weight_bytes'] / 1e6:.0f} MB"
+        + (
+            f"; interleaved: every way loaded at once, single calls alternating, "
+            f"{report['interleaved_rounds']} rounds per shape"
+            if report.get("interleaved_rounds")
+            else ""
+        ),
         "",
     ]
     if report.get("check_max_abs_diff"):
@@ -659,7 +771,17 @@ def render(report: dict) -> str:
             cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
     spread = _repeat_ratios(report, "fused", "builder")
-    if spread:
+    quartiles = _round_ratios(report, "fused", "builder")
+    if quartiles:
+        lines += [
+            "",
+            f"{TITLES['fused']} / builder in each round (lower quartile, median, upper "
+            "quartile): "
+            + ", ".join(
+                f"{key} {q[0]:.3f}, {q[1]:.3f}, {q[2]:.3f}" for key, q in quartiles.items()
+            ),
+        ]
+    elif spread:
         repeats = len({r["repeat"] for r in report["runs"]})
         lines += [
             "",
@@ -696,6 +818,19 @@ def _repeat_ratios(report: dict, way: str, base: str) -> dict:
         ratios = [times[way, r][key] / times[base, r][key] for r in repeats]
         spread[key] = (min(ratios), max(ratios))
     return spread
+
+
+def _round_ratios(report: dict, way: str, base: str) -> dict:
+    """{shape key: (lower quartile, median, upper quartile)} of ``way``'s time over
+    ``base``'s in each round of an interleaved run (two calls close in time)."""
+    rounds = report.get("rounds") or {}
+    result = {}
+    for key, times in rounds.items():
+        if way in times and base in times:
+            ratios = [a / b for a, b in zip(times[way], times[base], strict=True)]
+            q1, q2, q3 = statistics.quantiles(ratios, n=4)
+            result[key] = (q1, q2, q3)
+    return result
 
 
 def _medians(report: dict) -> dict:

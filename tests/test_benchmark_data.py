@@ -47,3 +47,50 @@ def test_a_published_check_table_is_rendered_from_its_measurements(path):
 
 def test_the_padded_check_is_published():
     assert "decode_checks_SmolLM2-135M" in {p.stem for p in CHECKS}
+
+
+INTERLEAVED = sorted((ROOT / "docs" / "benchmarks").glob("decode_interleaved_*.json"))
+
+
+@pytest.mark.parametrize("path", INTERLEAVED, ids=lambda p: p.stem)
+def test_a_published_interleaved_table_is_rendered_from_its_rounds(path):
+    report = json.loads(path.read_text())
+    assert _benchmark().render(report) + "\n" == path.with_suffix(".md").read_text()
+    rounds = report["rounds"]
+    assert rounds and all({"fused", "builder"} <= set(t) for t in rounds.values())
+    # every way was called once per round, and the table's times are their medians
+    for key, times in rounds.items():
+        assert {len(t) for t in times.values()} == {report["interleaved_rounds"]}, key
+        for run in report["runs"]:
+            ordered = sorted(times[run["way"]])
+            assert ordered[0] <= run["times"][key] <= ordered[-1]
+
+
+def test_the_interleaved_benchmark_is_published():
+    assert "decode_interleaved_SmolLM2-135M" in {p.stem for p in INTERLEAVED}
+
+
+def test_an_interleaved_table_gives_the_quartiles_of_each_rounds_ratio():
+    report = {
+        "source": "m",
+        "threads": 2,
+        "machine": "x",
+        "date": "d",
+        "bandwidth": 1e10,
+        "weight_bytes": 10**8,
+        "kv_bytes_per_token": 1000,
+        "shapes": [["decode", 1, 128]],
+        "convert": {},
+        "interleaved_rounds": 4,
+        "rounds": {"decode b1 L128": {"fused": [1.0, 2.0, 3.0, 4.0], "builder": [2.0] * 4}},
+        "runs": [
+            {"way": "fused", "repeat": 0, "times": {"decode b1 L128": 2.5}, "peak_kb": 1},
+            {"way": "builder", "repeat": 0, "times": {"decode b1 L128": 2.0}, "peak_kb": 1},
+        ],
+    }
+    table = _benchmark().render(report)
+    assert "interleaved: every way loaded at once, single calls alternating, 4 rounds" in table
+    # ratios 0.5, 1, 1.5, 2: quartiles as statistics.quantiles computes them
+    assert "in each round (lower quartile, median, upper quartile): decode b1 L128 " in table
+    assert "decode b1 L128 0.625, 1.250, 1.875" in table
+    assert "within each of" not in table  # no repeats to compare
