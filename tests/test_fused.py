@@ -431,3 +431,32 @@ def test_rotary_tables_are_stored_only_when_computed_from_positions_and_constant
     scaled = onnx_ir.from_proto(model(factor_input=True))
     assert rotary_tables_as_constants(scaled, 16) == 0
     assert {"Cos", "Sin"} <= {n.op_type for n in scaled.graph}
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(
+    "hidden, attention, rotates",
+    [(32, True, False), (48, False, False)],
+    ids=["heads_of_8", "heads_of_12"],
+)
+def test_heads_onnxruntime_cannot_attend_or_rotate_stay_as_they_are(hidden, attention, rotates):
+    # GroupQueryAttention refuses heads whose size is not a multiple of 8, and rotating
+    # heads whose size is not a multiple of 16 (run-time errors): the fusions leave those
+    # graphs as they were, and the fused graph stays correct
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    )
+    report = validate(config, runtimes=["exported_program", "onnx_ort"])
+    assert report.ok, report.table()
+    fused = report.artifacts["model/onnx_ort"]
+    assert ("GroupQueryAttention" in fused["op_types"]) is attention, fused["op_types"]
+    assert bool(fused["fusions"].get("rotary_in_group_query_attention")) is rotates
+    runs = [r for r in report.runs if r["runtime"] == "onnx_ort"]
+    assert runs and all(r["ok"] for r in runs), runs

@@ -94,7 +94,9 @@ def _cache_concat(value: Any, graph: Any) -> tuple[Any, int] | None:
 
 def mha_to_gqa(model: Any) -> int:
     """Rewrite the ``MultiHeadAttention`` nodes of ``model`` (an ``onnx_ir.Model``) that
-    attend over a cache into ``GroupQueryAttention``; returns how many were rewritten."""
+    attend over a cache into ``GroupQueryAttention``; returns how many were rewritten.
+    Heads whose size is not a multiple of 8 stay as they are: onnxruntime's operator
+    refuses them at run time."""
     import onnx_ir as ir
 
     graph = model.graph
@@ -143,6 +145,8 @@ def mha_to_gqa(model: Any) -> int:
             key_bsd = _as_bsd(new_key, kv_heads, add)
             value_bsd = _as_bsd(new_value, kv_heads, add)
             presents = [concat_k.outputs[0], concat_v.outputs[0]]
+        if len(kv_shape) != 4 or not isinstance(kv_shape[3], int) or kv_shape[3] % 8:
+            continue  # onnxruntime refuses it at run time: "head_size must be a multiple of 8"
         key_of_lengths = (id(mask), str(kv_shape[2]))
         if key_of_lengths not in lengths:
             # every row's cache is full: the mask, not seqlens_k, says which keys count
@@ -251,8 +255,9 @@ def rotary_into_gqa(model: Any) -> int:
     """Hand the rotation of the queries and keys to ``GroupQueryAttention``
     (``do_rotary=1`` with the same cos/sin tables); returns how many operators rotate.
 
-    Only where the two ``RotaryEmbedding`` nodes in front of the operator rotate with the
-    same tables, full heads, and positions that are provably the cache length plus each
+    Only where the heads' size is a multiple of 16 (onnxruntime refuses to rotate others),
+    the two ``RotaryEmbedding`` nodes in front of the operator rotate with the same tables,
+    full heads, and positions that are provably the cache length plus each
     new token's index (:func:`_positions_follow_cache`): the operator computes those
     itself from its lengths. Two nodes fewer per layer, and the rotation is applied on
     the way into the attention instead of in two passes over the queries and keys.
@@ -267,6 +272,9 @@ def rotary_into_gqa(model: Any) -> int:
             continue
         if any(inputs[i] is not None for i in (7, 8, 9)):
             continue
+        head_size = inputs[3].shape[3] if inputs[3] is not None and inputs[3].shape else None
+        if not isinstance(head_size, int) or head_size % 16:
+            continue  # onnxruntime: "head_size shall be a multiple of 16" when it rotates
         rotaries = [inputs[0].producer(), inputs[1].producer() if inputs[1] else None]
         if any(
             r is None or r.op_type != "RotaryEmbedding" or r.domain != "com.microsoft"
