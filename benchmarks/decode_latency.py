@@ -34,7 +34,11 @@ With ``--interleave``, every way is loaded in its own process at once (under
 order rotating from one round to the next, ``--runs`` rounds per shape: each way meets the
 machine's slow and fast moments alike, where one process after another can each land in
 one. The table then also gives the quartiles of each round's fused / builder ratio. All
-ways are in memory together: for a large model, list fewer ``--ways``.
+ways are in memory together: for a large model, list fewer ``--ways``. The ways are loaded
+afresh ``--blocks`` times (2 by default), in the order given and then reversed, the rounds
+shared among the loads: weights loaded earlier ran slower on this machine (the same graph
+loaded twice in one process, its first copy 5 % slower), and a way always loaded first
+would carry that.
 
     python benchmarks/decode_latency.py HuggingFaceTB/SmolLM2-135M --interleave --runs 20
 
@@ -448,13 +452,26 @@ def serve(way: str, folder: str, threads: int) -> None:
         print(json.dumps(time.perf_counter() - begin), flush=True)
 
 
-def interleaved(args, folder: str, shapes: list) -> dict:
-    """Every way in its own process at once, single calls alternating (``--interleave``):
-    ``{"runs": [...], "rounds": {shape: {way: [seconds, ...]}}}``."""
+def load_orders(ways: list[str], blocks: int) -> list[list[str]]:
+    """The order the ways are loaded in, block by block: as given, then reversed, in turn.
+    Weights loaded earlier ran slower on this machine (the same graph loaded twice in one
+    process, its first copy 5 % slower), so no way may always be loaded first; over an even
+    number of blocks every way's mean place in the loading order is the same."""
+    return [list(ways) if b % 2 == 0 else list(reversed(ways)) for b in range(blocks)]
+
+
+def block_rounds(runs: int, blocks: int) -> list[int]:
+    """The rounds of each block: ``runs`` shared as evenly as possible."""
+    return [runs // blocks + (1 if b < runs % blocks else 0) for b in range(blocks)]
+
+
+def _interleaved_block(args, folder: str, shapes: list, order: list[str], runs: int):
+    """One block of ``--interleave``: the ways loaded in ``order``, each in its own
+    process, then ``runs`` rounds per shape; ``({shape: {way: [seconds]}}, {way: peak kB})``."""
     procs, logs = {}, {}
     with contextlib.ExitStack() as stack:
         try:
-            for way in args.ways:
+            for way in order:
                 logs[way] = stack.enter_context(tempfile.TemporaryFile(mode="w+"))
                 cmd = [
                     "/usr/bin/time", "-v", sys.executable, __file__, args.source,
@@ -476,18 +493,17 @@ def interleaved(args, folder: str, shapes: list) -> dict:
                 return seconds
 
             rounds: dict = {}
-            ways = list(procs)
             for kind, batch, length in shapes:
                 key = f"{kind} b{batch} L{length}"
-                for way in ways:  # the first call of a shape warms up
+                for way in order:  # the first call of a shape warms up
                     call(way, [kind, batch, length])
-                times: dict = {w: [] for w in ways}
-                for r in range(args.runs):
-                    for way in ways[r % len(ways) :] + ways[: r % len(ways)]:
+                times: dict = {w: [] for w in args.ways}
+                for r in range(runs):
+                    for way in order[r % len(order) :] + order[: r % len(order)]:
                         times[way].append(call(way, [kind, batch, length]))
                 rounds[key] = times
                 print(
-                    f"{key}: "
+                    f"{key} (loaded {', '.join(order)}): "
                     + ", ".join(
                         f"{w} {1e3 * statistics.median(t):.1f} ms" for w, t in times.items()
                     ),
@@ -499,14 +515,49 @@ def interleaved(args, folder: str, shapes: list) -> dict:
                     proc.stdin.close()
             for proc in procs.values():
                 proc.wait()
-        runs = []
-        for way in ways:
+        peaks = {}
+        for way in order:
             logs[way].seek(0)
             log = logs[way].read()
-            peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", log).group(1))
-            medians = {key: statistics.median(t[way]) for key, t in rounds.items()}
-            runs.append({"way": way, "repeat": 0, "times": medians, "peak_kb": peak})
-        return {"runs": runs, "rounds": rounds}
+            peaks[way] = int(
+                re.search(r"Maximum resident set size \(kbytes\): (\d+)", log).group(1)
+            )
+        return rounds, peaks
+
+
+def interleaved(args, folder: str, shapes: list) -> dict:
+    """Every way in its own process at once, single calls alternating (``--interleave``),
+    in ``--blocks`` blocks whose loading order alternates (:func:`load_orders`):
+    ``{"runs": [...], "rounds": {shape: {way: [seconds, ...]}}, "load_orders": [...]}``;
+    a shape's rounds are those of every block, in turn, so that the i-th calls of two ways
+    were made close in time."""
+    orders = load_orders(args.ways, args.blocks)
+    rounds: dict = {}
+    peaks: dict = {}
+    for order, runs in zip(orders, block_rounds(args.runs, args.blocks), strict=True):
+        if runs == 0:
+            continue
+        block, block_peaks = _interleaved_block(args, folder, shapes, order, runs)
+        for key, times in block.items():
+            for way, seconds in times.items():
+                rounds.setdefault(key, {w: [] for w in args.ways})[way].extend(seconds)
+        for way, kb in block_peaks.items():
+            peaks[way] = max(kb, peaks.get(way, 0))
+    runs = [
+        {
+            "way": way,
+            "repeat": 0,
+            "times": {key: statistics.median(t[way]) for key, t in rounds.items()},
+            "peak_kb": peaks[way],
+        }
+        for way in args.ways
+    ]
+    return {
+        "runs": runs,
+        "rounds": rounds,
+        "load_orders": orders,
+        "block_rounds": block_rounds(args.runs, args.blocks),
+    }
 
 
 def _timed_process(source: str, args: list[str]) -> tuple[str, int]:
@@ -531,8 +582,20 @@ def main() -> None:
     parser.add_argument("--folder", help="model folder (kept); a temporary one by default")
     parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 4])
-    parser.add_argument("--cache", nargs="+", type=int, default=[128, 512, 2048])
-    parser.add_argument("--prefill", nargs="+", type=int, default=[128, 512])
+    parser.add_argument(
+        "--cache",
+        nargs="*",
+        type=int,
+        default=[128, 512, 2048],
+        help="cached tokens (none: no decode)",
+    )
+    parser.add_argument(
+        "--prefill",
+        nargs="*",
+        type=int,
+        default=[128, 512],
+        help="prompt tokens (none: no prefill)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--runs", type=int, default=5, help="timed calls per shape (median)")
     parser.add_argument("--repeat", type=int, default=3, help="processes per way, alternating")
@@ -541,6 +604,14 @@ def main() -> None:
         action="store_true",
         help="load every way in its own process at once and alternate single calls "
         "between them, --runs rounds per shape (--repeat is not used)",
+    )
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        default=2,
+        help="with --interleave: load the ways afresh this many times, in the order given "
+        "and reversed in turn, the rounds shared among the loads (an even number puts "
+        "every way equally often early in the loading order)",
     )
     parser.add_argument("--layers", type=int, help="fewer layers (a quick trial)")
     parser.add_argument("--out", help="write everything measured here (JSON)")
@@ -589,6 +660,13 @@ def main() -> None:
         parser.error("--convert-only keeps its conversions in --folder: give one.")
     if args.check_only and "eager" not in args.ways:
         parser.error("--check-only compares the ways with eager: list eager among --ways.")
+    if not args.cache and not args.prefill and not (args.saved or args.convert_only):
+        parser.error("--cache and --prefill are both empty: nothing to measure.")
+    if args.interleave and not 1 <= args.blocks <= args.runs:
+        parser.error(
+            f"--blocks {args.blocks} with --runs {args.runs}: every load needs a round of its "
+            "own; give --blocks between 1 and --runs."
+        )
     tmp = None if args.folder else tempfile.TemporaryDirectory(prefix="decode-latency-")
     folder = args.folder or tmp.name
     try:
@@ -663,7 +741,9 @@ def run(args, folder: str) -> dict:
     if args.interleave:  # the probe before and after the rounds
         out, _ = _timed_process(args.source, [*common, "--_do", "bandwidth", folder])
         bandwidths.append(json.loads(out)["bandwidth"])
-        report.update(interleaved(args, folder, shapes), interleaved_rounds=args.runs)
+        report.update(
+            interleaved(args, folder, shapes), interleaved_rounds=args.runs, blocks=args.blocks
+        )
         out, _ = _timed_process(args.source, [*common, "--_do", "bandwidth", folder])
         bandwidths.append(json.loads(out)["bandwidth"])
     for r in range(0 if args.interleave else args.repeat):
@@ -736,6 +816,11 @@ def render(report: dict) -> str:
         + (
             f"; interleaved: every way loaded at once, single calls alternating, "
             f"{report['interleaved_rounds']} rounds per shape"
+            + (
+                "; loaded " + " then ".join(f"({', '.join(o)})" for o in report["load_orders"])
+                if report.get("load_orders")
+                else ""
+            )
             if report.get("interleaved_rounds")
             else ""
         ),
@@ -781,6 +866,15 @@ def render(report: dict) -> str:
                 f"{key} {q[0]:.3f}, {q[1]:.3f}, {q[2]:.3f}" for key, q in quartiles.items()
             ),
         ]
+        by_load = _load_ratios(report, "fused", "builder")
+        if by_load:
+            lines.append(
+                f"{TITLES['fused']} / builder, median round of each load: "
+                + ", ".join(
+                    f"{key} " + ", ".join(f"{m:.3f}" for m in medians)
+                    for key, medians in by_load.items()
+                )
+            )
     elif spread:
         repeats = len({r["repeat"] for r in report["runs"]})
         lines += [
@@ -830,6 +924,25 @@ def _round_ratios(report: dict, way: str, base: str) -> dict:
             ratios = [a / b for a, b in zip(times[way], times[base], strict=True)]
             q1, q2, q3 = statistics.quantiles(ratios, n=4)
             result[key] = (q1, q2, q3)
+    return result
+
+
+def _load_ratios(report: dict, way: str, base: str) -> dict:
+    """{shape key: [median of each round's ratio, one per load]} of an interleaved run
+    loaded more than once (``--blocks``), in the order of the loads."""
+    sizes = report.get("block_rounds") or []
+    if len(sizes) < 2:
+        return {}
+    result = {}
+    for key, times in (report.get("rounds") or {}).items():
+        if way in times and base in times:
+            ratios = [a / b for a, b in zip(times[way], times[base], strict=True)]
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            result[key] = [
+                statistics.median(ratios[s : s + n])
+                for s, n in zip(starts, sizes, strict=True)
+                if n
+            ]
     return result
 
 

@@ -70,8 +70,9 @@ def test_the_interleaved_benchmark_is_published():
     assert "decode_interleaved_SmolLM2-135M" in {p.stem for p in INTERLEAVED}
 
 
-def test_an_interleaved_table_gives_the_quartiles_of_each_rounds_ratio():
-    report = {
+def _interleaved_report(fused: list[float], **more) -> dict:
+    """A synthetic interleaved run: one shape, four rounds, the builder at 2 s a call."""
+    return {
         "source": "m",
         "threads": 2,
         "machine": "x",
@@ -82,15 +83,69 @@ def test_an_interleaved_table_gives_the_quartiles_of_each_rounds_ratio():
         "shapes": [["decode", 1, 128]],
         "convert": {},
         "interleaved_rounds": 4,
-        "rounds": {"decode b1 L128": {"fused": [1.0, 2.0, 3.0, 4.0], "builder": [2.0] * 4}},
+        "rounds": {"decode b1 L128": {"fused": fused, "builder": [2.0] * 4}},
         "runs": [
-            {"way": "fused", "repeat": 0, "times": {"decode b1 L128": 2.5}, "peak_kb": 1},
-            {"way": "builder", "repeat": 0, "times": {"decode b1 L128": 2.0}, "peak_kb": 1},
+            {"way": w, "repeat": 0, "times": {"decode b1 L128": 2.0}, "peak_kb": 1}
+            for w in ("fused", "builder")
         ],
+        **more,
     }
+
+
+def test_an_interleaved_table_gives_the_quartiles_of_each_rounds_ratio():
+    report = _interleaved_report([1.0, 2.0, 3.0, 4.0])
     table = _benchmark().render(report)
     assert "interleaved: every way loaded at once, single calls alternating, 4 rounds" in table
     # ratios 0.5, 1, 1.5, 2: quartiles as statistics.quantiles computes them
     assert "in each round (lower quartile, median, upper quartile): decode b1 L128 " in table
     assert "decode b1 L128 0.625, 1.250, 1.875" in table
     assert "within each of" not in table  # no repeats to compare
+
+
+def test_the_loading_order_alternates_so_no_way_is_always_loaded_first():
+    benchmark = _benchmark()
+    ways = ["eager", "plain", "fused", "hf", "builder"]
+    assert benchmark.load_orders(ways, 1) == [ways]
+    orders = benchmark.load_orders(ways, 4)
+    assert orders[1] == orders[3] == ways[::-1] and orders[2] == ways
+    for blocks in (2, 4):  # an even number of loads: every way's mean place is the same
+        places = {w: sum(o.index(w) for o in benchmark.load_orders(ways, blocks)) for w in ways}
+        assert len(set(places.values())) == 1, places
+    assert benchmark.block_rounds(20, 2) == [10, 10]
+    assert benchmark.block_rounds(5, 2) == [3, 2]
+    assert sum(benchmark.block_rounds(7, 3)) == 7
+
+
+@pytest.mark.parametrize("path", INTERLEAVED, ids=lambda p: p.stem)
+def test_a_published_interleaved_run_loaded_its_ways_in_both_orders(path):
+    report = json.loads(path.read_text())
+    orders = report["load_orders"]
+    assert len(orders) % 2 == 0 and len(orders) == report["blocks"]
+    assert sum(report["block_rounds"]) == report["interleaved_rounds"]
+    ways = orders[0]
+    places = {w: sum(o.index(w) for o in orders) for w in ways}
+    assert len(set(places.values())) == 1, places
+
+
+def test_an_interleaved_table_gives_each_loads_median_ratio():
+    report = _interleaved_report(
+        [3.0, 3.0, 1.0, 1.0],
+        blocks=2,
+        load_orders=[["fused", "builder"], ["builder", "fused"]],
+        block_rounds=[2, 2],
+    )
+    table = _benchmark().render(report)
+    assert "loaded (fused, builder) then (builder, fused)" in table
+    # the first load's rounds are 3 / 2, the second's 1 / 2
+    assert "median round of each load: decode b1 L128 1.500, 0.500" in table
+
+
+def test_more_loads_than_rounds_is_refused():
+    import subprocess
+    import sys
+
+    script = ROOT / "benchmarks" / "decode_latency.py"
+    cmd = [sys.executable, str(script), "m", "--interleave", "--runs", "2", "--blocks", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "--blocks 3 with --runs 2" in done.stderr and "between 1 and --runs" in done.stderr
