@@ -36,9 +36,10 @@ machine's slow and fast moments alike, where one process after another can each 
 one. The table then also gives the quartiles of each round's fused / builder ratio. All
 ways are in memory together: for a large model, list fewer ``--ways``. The ways are loaded
 afresh ``--blocks`` times (2 by default), in the order given and then reversed, the rounds
-shared among the loads: weights loaded earlier ran slower on this machine (the same graph
-loaded twice in one process, its first copy 5 % slower), and a way always loaded first
-would carry that.
+shared among the loads: the way loaded first ran slower on this machine (SmolLM2-135M's
+fused / builder 1.04 and 1.06 in loads where the fused graph went first, 0.98 and 1.00
+where the builder's did), and a way always loaded first would carry that. What still moves from one such run to the next shows when several are
+set side by side: ``benchmarks/interleaved_summary.py``.
 
     python benchmarks/decode_latency.py HuggingFaceTB/SmolLM2-135M --interleave --runs 20
 
@@ -454,9 +455,8 @@ def serve(way: str, folder: str, threads: int) -> None:
 
 def load_orders(ways: list[str], blocks: int) -> list[list[str]]:
     """The order the ways are loaded in, block by block: as given, then reversed, in turn.
-    Weights loaded earlier ran slower on this machine (the same graph loaded twice in one
-    process, its first copy 5 % slower), so no way may always be loaded first; over an even
-    number of blocks every way's mean place in the loading order is the same."""
+    The way loaded first ran slower on this machine, so no way may always be loaded first;
+    over an even number of blocks every way's mean place in the loading order is the same."""
     return [list(ways) if b % 2 == 0 else list(reversed(ways)) for b in range(blocks)]
 
 

@@ -149,3 +149,52 @@ def test_more_loads_than_rounds_is_refused():
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 2
     assert "--blocks 3 with --runs 2" in done.stderr and "between 1 and --runs" in done.stderr
+
+
+def _summary():
+    return load_script(ROOT / "benchmarks" / "interleaved_summary.py")
+
+
+def test_a_summary_of_runs_gives_each_runs_median_and_every_round_pooled():
+    runs = [
+        _interleaved_report([2.0, 2.0, 2.0, 4.0], load_orders=[["fused", "builder"]] * 2),
+        _interleaved_report([1.0, 1.0, 3.0, 3.0], load_orders=[["fused", "builder"]] * 2),
+    ]
+    table = _summary().render(runs, ["a", "b"])
+    # ratios 1, 1, 1, 2 then 0.5, 0.5, 1.5, 1.5: medians 1 and 1
+    assert "| a | 4 | 2 | 10.0 | 1.000 |" in table
+    assert "| b | 4 | 2 | 10.0 | 1.000 |" in table
+    assert "| lowest to highest run | | | | 1.000 to 1.000 |" in table
+    # the eight rounds pooled: 0.5, 0.5, 1, 1, 1, 1.5, 1.5, 2
+    assert "| every round pooled: quartiles | | | | 0.625, 1.000, 1.500 |" in table
+
+
+def test_a_summary_refuses_runs_it_cannot_compare():
+    summary = _summary()
+    plain = {k: v for k, v in _interleaved_report([2.0] * 4).items() if k != "rounds"}
+    with pytest.raises(ValueError, match="no rounds: give runs that"):
+        summary.render([plain], ["a"])
+    other = _interleaved_report([2.0] * 4)
+    other["rounds"] = {"decode b1 L512": other["rounds"]["decode b1 L128"]}
+    with pytest.raises(ValueError, match="different shapes"):
+        summary.render([_interleaved_report([2.0] * 4), other], ["a", "b"])
+    with pytest.raises(ValueError, match="different models"):
+        summary.render([_interleaved_report([2.0] * 4), {**other, "source": "n"}], ["a", "b"])
+
+
+RUNS = sorted((ROOT / "docs" / "benchmarks").glob("decode_interleaved_*_runs"))
+
+
+@pytest.mark.parametrize("folder", RUNS, ids=lambda p: p.name)
+def test_a_published_summary_is_rendered_from_its_runs(folder):
+    paths = sorted(folder.glob("*.json"))
+    assert len(paths) >= 2
+    reports = [json.loads(p.read_text()) for p in paths]
+    table = _summary().render(reports, [p.stem for p in paths])
+    assert table + "\n" == (folder.parent / f"{folder.name}.md").read_text()
+    for report in reports:  # each run loaded its ways in both orders
+        assert len(report["load_orders"]) % 2 == 0
+
+
+def test_the_summary_of_runs_is_published():
+    assert "decode_interleaved_SmolLM2-135M_runs" in {p.name for p in RUNS}
